@@ -1,0 +1,1 @@
+//! The host-guest contract: spec format, xenstore key names, version.

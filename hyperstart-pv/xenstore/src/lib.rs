@@ -1,0 +1,1 @@
+//! A small xenstore wire-protocol client (socket and /dev/xen/xenbus).

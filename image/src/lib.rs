@@ -1,0 +1,1 @@
+//! OCI/Docker images: references, registry pull, store, layer merge, rootfs disks.

@@ -1,0 +1,1 @@
+//! HyperKernel build checks and the guest initramfs (cpio newc) assembly.

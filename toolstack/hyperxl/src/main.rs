@@ -1,0 +1,27 @@
+//! `hyperxl`: run container images as Xen virtual machines.
+//!
+//! The binary is thin: argument parsing lives in [`cli`], one file per subcommand, and
+//! each handler calls into the libraries (`hyperxl-image`, `libxl`, `xenstore-wire`).
+//! Errors are `anyhow` here; the libraries return typed errors. Exit codes follow
+//! `docker run`: 125 when hyperxl itself failed, otherwise the app's own code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status when hyperxl itself failed (as `docker run`).
+pub const EXIT_HYPERXL_FAILED: u8 = 125;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::dispatch(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // One line: the context chain, outermost first.
+            eprintln!("hyperxl: {err:#}");
+            ExitCode::from(EXIT_HYPERXL_FAILED)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! A small safe layer over libxl: context, domain config builder, lifecycle.
