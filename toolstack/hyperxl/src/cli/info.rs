@@ -23,7 +23,14 @@ pub fn run(state_dir: &Path, args: InfoArgs) -> anyhow::Result<u8> {
             state_dir.display().to_string()
         ),
         "table" => {
-            println!("xen:        {}", if xen { "yes" } else { "no (no /dev/xen/privcmd)" });
+            println!(
+                "xen:        {}",
+                if xen {
+                    "yes"
+                } else {
+                    "no (no /dev/xen/privcmd)"
+                }
+            );
             println!("state dir:  {}", state_dir.display());
         }
         other => anyhow::bail!("unknown --format {other:?} (expected table or json)"),

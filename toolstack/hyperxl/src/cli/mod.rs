@@ -12,7 +12,12 @@ mod info;
 #[command(name = "hyperxl", version, about, long_about = None)]
 pub struct Cli {
     /// Where images, disks and VM state live.
-    #[arg(long, global = true, env = "HYPERXL_STATE_DIR", default_value = "/var/lib/hyperxl")]
+    #[arg(
+        long,
+        global = true,
+        env = "HYPERXL_STATE_DIR",
+        default_value = "/var/lib/hyperxl"
+    )]
     pub state_dir: PathBuf,
 
     /// The command to run.
