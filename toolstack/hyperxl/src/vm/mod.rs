@@ -1,0 +1,3 @@
+//! VMs: their recorded state, and (as the toolstack grows) their lifecycle.
+
+pub mod state;

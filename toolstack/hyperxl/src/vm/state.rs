@@ -1,0 +1,406 @@
+//! The state of one VM, one JSON file per VM under `STATE_DIR/vms/<id>/state.json`,
+//! always replaced atomically (write a temp file, fsync, rename), never truncated in
+//! place, so a reader never sees half a record and a crash leaves the old one.
+//!
+//! Several hyperxl processes may act at once: creation takes the store lock (so two runs
+//! cannot take the same name), and a change to one VM takes that VM's own lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// Errors of the VM state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing the state dir failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A state file that does not parse.
+    #[error("corrupt VM state {path}: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// No VM has this name or id (prefix).
+    #[error("no such VM: {0}")]
+    NotFound(String),
+    /// An id prefix that matches several VMs.
+    #[error("{0:?} matches more than one VM; give more of the id")]
+    Ambiguous(String),
+    /// The name is taken by another VM.
+    #[error("the name {name:?} is already in use by VM {id}; remove it first (hyperxl rm {name})")]
+    NameInUse {
+        /// The name asked for.
+        name: String,
+        /// The VM holding it.
+        id: String,
+    },
+    /// A name Docker would refuse too.
+    #[error("invalid VM name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 63 characters)")]
+    BadName(String),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// State recorded; the domain is being built.
+    Created,
+    /// The domain exists and was unpaused.
+    Running,
+    /// The app ended (or the domain died); see `exit_code` and `error`.
+    Exited,
+}
+
+impl Status {
+    /// Whether `stop`/`kill` make sense.
+    pub fn can_stop(self) -> bool {
+        matches!(self, Status::Created | Status::Running)
+    }
+
+    /// Whether `rm` without `-f` may remove the VM.
+    pub fn can_remove(self) -> bool {
+        self == Status::Exited
+    }
+}
+
+/// Everything hyperxl records about one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// 16 hex digits, unique.
+    pub id: String,
+    /// The user's name for it (unique among VMs).
+    pub name: String,
+    /// The image as the user wrote it.
+    pub image: String,
+    /// The command line the app was started with.
+    pub command: Vec<String>,
+    /// `pvh` or `pv`.
+    pub kind: String,
+    /// Current status.
+    pub status: Status,
+    /// Xen domain id while the domain exists.
+    pub domid: Option<u32>,
+    /// The app's exit code, once known.
+    pub exit_code: Option<i32>,
+    /// Why the VM failed or ended abnormally (exec failure, crash, init error).
+    pub error: Option<String>,
+    /// The loop device backing the rootfs disk while the domain runs.
+    pub loop_device: Option<PathBuf>,
+    /// The process that watches the VM (the attached `run` or a detached monitor).
+    pub monitor_pid: Option<u32>,
+    /// Remove everything once the VM exits (`--rm`).
+    pub auto_remove: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// When the app started (the guest reported `started`).
+    pub started_at: Option<u64>,
+    /// When the VM exited.
+    pub finished_at: Option<u64>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks a VM name the way Docker does.
+pub fn validate_name(name: &str) -> Result<(), StateError> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadName(name.to_owned()))
+    }
+}
+
+/// The VM state store under `STATE_DIR/vms`.
+#[derive(Debug, Clone)]
+pub struct VmStore {
+    root: PathBuf,
+}
+
+/// A held lock; released on drop.
+pub struct StoreLock(#[allow(dead_code)] Flock<File>);
+
+impl VmStore {
+    /// Opens (creating) the store under `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+        let root = state_dir.join("vms");
+        fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
+        Ok(Self { root })
+    }
+
+    /// The directory of VM `id` (its state, console log, lock).
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn lock_file(path: &Path) -> Result<StoreLock, StateError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err("opening lock", path))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(StoreLock)
+            .map_err(|(_, errno)| StateError::Io {
+                action: "locking",
+                path: path.to_path_buf(),
+                source: errno.into(),
+            })
+    }
+
+    /// Takes the store-wide lock (name allocation).
+    pub fn lock(&self) -> Result<StoreLock, StateError> {
+        Self::lock_file(&self.root.join(".lock"))
+    }
+
+    /// Takes VM `id`'s own lock.
+    pub fn lock_vm(&self, id: &str) -> Result<StoreLock, StateError> {
+        Self::lock_file(&self.dir(id).join(".lock"))
+    }
+
+    /// Records a new VM; fails if its name is taken. The caller holds [`VmStore::lock`].
+    pub fn create(&self, state: &VmState) -> Result<(), StateError> {
+        validate_name(&state.name)?;
+        if let Some(other) = self.list()?.into_iter().find(|v| v.name == state.name) {
+            return Err(StateError::NameInUse {
+                name: state.name.clone(),
+                id: other.id,
+            });
+        }
+        let dir = self.dir(&state.id);
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        self.save(state)
+    }
+
+    /// Atomically replaces VM `state.id`'s record.
+    pub fn save(&self, state: &VmState) -> Result<(), StateError> {
+        let path = self.dir(&state.id).join("state.json");
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(state).expect("VmState serialises");
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            StateError::Io {
+                action: "writing",
+                path: path.clone(),
+                source: e,
+            }
+        })
+    }
+
+    /// Reads VM `id`'s record.
+    pub fn load(&self, id: &str) -> Result<VmState, StateError> {
+        let path = self.dir(id).join("state.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(id.to_owned()))
+            }
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
+    }
+
+    /// Every VM, oldest first. Directories without a state file (a creation that died
+    /// before its first write) are skipped.
+    pub fn list(&self) -> Result<Vec<VmState>, StateError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(io_err("listing", &self.root))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("listing", &self.root))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str() else { continue };
+            if id.starts_with('.') {
+                continue;
+            }
+            match self.load(id) {
+                Ok(s) => out.push(s),
+                Err(StateError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Finds a VM by exact name, exact id, or unique id prefix (as Docker does).
+    pub fn find(&self, name_or_id: &str) -> Result<VmState, StateError> {
+        if name_or_id.is_empty() {
+            return Err(StateError::NotFound(String::new()));
+        }
+        let all = self.list()?;
+        if let Some(v) = all
+            .iter()
+            .find(|v| v.name == name_or_id || v.id == name_or_id)
+        {
+            return Ok(v.clone());
+        }
+        let mut matches = all.into_iter().filter(|v| v.id.starts_with(name_or_id));
+        match (matches.next(), matches.next()) {
+            (Some(v), None) => Ok(v),
+            (Some(_), Some(_)) => Err(StateError::Ambiguous(name_or_id.to_owned())),
+            _ => Err(StateError::NotFound(name_or_id.to_owned())),
+        }
+    }
+
+    /// Removes VM `id`'s directory (state, console log).
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &dir)(e)),
+        }
+    }
+}
+
+/// A fresh random VM id (16 hex digits from the kernel's RNG).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    if bytes == [0; 8] {
+        // No /dev/urandom: time and pid still make collisions unlikely.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = ((t as u64) ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(id: &str, name: &str) -> VmState {
+        VmState {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox".into(),
+            command: vec!["true".into()],
+            kind: "pvh".into(),
+            status: Status::Created,
+            domid: None,
+            exit_code: None,
+            error: None,
+            loop_device: None,
+            monitor_pid: None,
+            auto_remove: false,
+            created_at: 1,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn create_save_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::open(dir.path()).unwrap();
+        let mut v = vm("aaaa0001", "web");
+        store.create(&v).unwrap();
+        v.status = Status::Exited;
+        v.exit_code = Some(3);
+        store.save(&v).unwrap();
+        assert_eq!(store.load("aaaa0001").unwrap(), v);
+        // No temp files left behind.
+        let files: Vec<_> = fs::read_dir(store.dir("aaaa0001"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec!["state.json".to_string()]);
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::open(dir.path()).unwrap();
+        store.create(&vm("aaaa0001", "web")).unwrap();
+        let err = store.create(&vm("bbbb0002", "web")).unwrap_err();
+        assert!(
+            matches!(err, StateError::NameInUse { ref id, .. } if id == "aaaa0001"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn find_by_name_id_and_unique_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::open(dir.path()).unwrap();
+        store.create(&vm("abc1", "one")).unwrap();
+        store.create(&vm("abd2", "two")).unwrap();
+        assert_eq!(store.find("one").unwrap().id, "abc1");
+        assert_eq!(store.find("abd2").unwrap().name, "two");
+        assert_eq!(store.find("abc").unwrap().name, "one");
+        assert!(matches!(store.find("ab"), Err(StateError::Ambiguous(_))));
+        assert!(matches!(store.find("zz"), Err(StateError::NotFound(_))));
+        assert!(matches!(store.find(""), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn names_follow_docker_rules() {
+        for ok in ["a", "web-1", "A.b_c", &"x".repeat(63)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "-a", ".a", "a/b", "a b", "../x", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_guards() {
+        assert!(Status::Running.can_stop());
+        assert!(!Status::Exited.can_stop());
+        assert!(Status::Exited.can_remove());
+        assert!(!Status::Running.can_remove());
+    }
+
+    #[test]
+    fn ids_are_16_hex_digits_and_differ() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
