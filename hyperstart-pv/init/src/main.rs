@@ -1,3 +1,98 @@
 //! hyperstart-pv: the static init (PID 1) of every hyperxl guest.
+//!
+//! Mounts /proc /sys /dev, reads the spec from xenstore through the xenbus device,
+//! mounts the image read-only under a writable overlay, switches into it, runs the app
+//! as the spec says, reaps zombies, forwards shutdown requests, reports the exit code
+//! under `data/hyperxl/` and powers the domain off. Every failure of the init itself is
+//! reported as `state=failed` plus `error`, and on the console, before powering off.
 
-fn main() {}
+mod console;
+mod error;
+mod exec;
+mod mounts;
+mod status;
+mod supervise;
+
+use std::fs;
+use std::time::Duration;
+
+use hyperxl_contract::{keys, user, Spec, State};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::wait::waitpid;
+use xenstore_wire::Xenstore;
+
+use crate::console::say;
+use crate::error::{InitError, SysContext};
+use crate::exec::Launch;
+use crate::status::Status;
+
+fn read_or_empty(path: &str) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+fn run(status: &mut Status) -> Result<(), InitError> {
+    mounts::early()?;
+    let dev = mounts::xenbus_device()?;
+    status.attach(Xenstore::open_xenbus_at(dev)?);
+    let watch_xs = Xenstore::open_xenbus_at(dev)?;
+    status.state(State::Booting);
+
+    let raw = match status.xs() {
+        Some(xs) => xs.read(keys::SPEC)?,
+        None => unreachable!("status attached above"),
+    };
+    let spec = Spec::from_json(&raw)?;
+
+    mounts::rootfs(&spec)?;
+    mounts::switch_root()?;
+    if !spec.hostname.is_empty() {
+        nix::unistd::sethostname(&spec.hostname).ctx("sethostname")?;
+    }
+    let who = user::resolve(
+        &spec.user,
+        &read_or_empty("/etc/passwd"),
+        &read_or_empty("/etc/group"),
+    )?;
+    exec::ensure_workdir(&spec.working_dir)?;
+    supervise::install_signal_handlers();
+
+    let prepared = exec::prepare(&spec, who);
+    match exec::launch(&prepared)? {
+        Launch::Running(pid) => {
+            status.started();
+            supervise::set_main(pid, spec.stop_grace_secs);
+            supervise::spawn_watcher(watch_xs);
+            let code = supervise::reap_until(pid);
+            say!("app exited with code {code}");
+            status.exited(code, None);
+        }
+        Launch::Failed { pid, code, message } => {
+            let _ = waitpid(pid, None);
+            say!("{message}");
+            status.exited(code, Some(&message));
+        }
+    }
+    Ok(())
+}
+
+fn power_off() -> ! {
+    nix::unistd::sync();
+    let Err(e) = reboot(RebootMode::RB_POWER_OFF);
+    say!("power off failed: {e}");
+    // PID 1 must never exit (the kernel would panic); wait for the toolstack instead.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() {
+    let mut status = Status::console_only();
+    if std::process::id() != 1 {
+        say!("not PID 1: refusing to run (this is the guest init)");
+        std::process::exit(hyperxl_contract::exit::INIT_FAILED);
+    }
+    if let Err(e) = run(&mut status) {
+        status.failed(&e.to_string());
+    }
+    power_off()
+}
