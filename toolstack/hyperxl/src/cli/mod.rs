@@ -5,7 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod image;
+mod images;
 mod info;
+mod load;
+mod login;
+mod pull;
+mod rmi;
+mod save;
 
 /// Run container images as Xen virtual machines.
 #[derive(Debug, Parser)]
@@ -30,11 +37,35 @@ pub struct Cli {
 pub enum Command {
     /// Show what this host offers: Xen presence, state dir.
     Info(info::InfoArgs),
+    /// Pull an image from a registry.
+    Pull(pull::PullArgs),
+    /// Save registry credentials.
+    Login(login::LoginArgs),
+    /// Forget registry credentials.
+    Logout(login::LogoutArgs),
+    /// Import images from a `docker save` archive or an OCI layout.
+    Load(load::LoadArgs),
+    /// Write images to an OCI layout tar.
+    Save(save::SaveArgs),
+    /// List stored images.
+    Images(images::ImagesArgs),
+    /// Remove image names.
+    Rmi(rmi::RmiArgs),
+    /// Inspect and prune images.
+    Image(image::ImageArgs),
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Info(args) => info::run(&cli.state_dir, args),
+        Command::Pull(args) => pull::run(&cli.state_dir, args),
+        Command::Login(args) => login::run(&cli.state_dir, args),
+        Command::Logout(args) => login::logout(&cli.state_dir, args),
+        Command::Load(args) => load::run(&cli.state_dir, args),
+        Command::Save(args) => save::run(&cli.state_dir, args),
+        Command::Images(args) => images::run(&cli.state_dir, args),
+        Command::Rmi(args) => rmi::run(&cli.state_dir, args),
+        Command::Image(args) => image::run(&cli.state_dir, args),
     }
 }
