@@ -12,6 +12,7 @@ mod load;
 mod login;
 mod pull;
 mod rmi;
+mod run;
 mod save;
 
 /// Run container images as Xen virtual machines.
@@ -35,6 +36,8 @@ pub struct Cli {
 /// Every `hyperxl` subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run an image as a Xen VM, attached; exits with the app's exit code.
+    Run(run::RunArgs),
     /// Show what this host offers: Xen presence, state dir.
     Info(info::InfoArgs),
     /// Pull an image from a registry.
@@ -58,6 +61,7 @@ pub enum Command {
 /// Runs the chosen subcommand; returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Run(args) => run::run(&cli.state_dir, args),
         Command::Info(args) => info::run(&cli.state_dir, args),
         Command::Pull(args) => pull::run(&cli.state_dir, args),
         Command::Login(args) => login::run(&cli.state_dir, args),

@@ -1,3 +1,5 @@
-//! VMs: their recorded state, and (as the toolstack grows) their lifecycle.
+//! VMs: their recorded state, the spec built for them, and their lifecycle.
 
+pub mod launch;
+pub mod spec;
 pub mod state;
