@@ -113,6 +113,10 @@ fn run_boots_images_and_exits_with_the_apps_code() {
         .step("pv", "hyperxl run --rm --type pv demo echo pv-hello")
         .step("named", "hyperxl run --name keep demo true")
         .step("duplicate", "hyperxl run --name keep demo true")
+        .step("ps_running", "hyperxl ps")
+        .step("ps_all", "hyperxl ps -a --format json")
+        .step("after_run", "ls $HYPERXL_STATE_DIR/vms")
+        .step("rm", "hyperxl rm keep && hyperxl rm keep")
         .step("after", "xl list | tail -n +2; losetup -a; ls $HYPERXL_STATE_DIR/vms");
     let run = batch.run().expect("test host runs the batch");
 
@@ -140,14 +144,39 @@ fn run_boots_images_and_exits_with_the_apps_code() {
     let dup = &run["duplicate"];
     assert_eq!(dup.status, 125, "{dup}");
     assert!(dup.stderr.contains("already in use"), "{dup}");
-    // Only dom0 is left, no loop device, and only the VM without --rm has state.
-    let after: Vec<&str> = run["after"].stdout.lines().collect();
-    assert!(after[0].starts_with("Domain-0"), "{}", run["after"]);
-    assert_eq!(after.len(), 2, "leftovers:\n{}", run["after"]);
+    // ps shows no running VM; ps -a shows the kept one, exited with code 0.
     assert_eq!(
-        after[1].len(),
-        16,
-        "one VM state dir expected:\n{}",
-        run["after"]
+        run["ps_running"]
+            .assert_success("ps")
+            .stdout
+            .lines()
+            .count(),
+        1
     );
+    let all = &run["ps_all"].assert_success("ps_all").stdout;
+    assert!(all.contains(r#""name": "keep""#), "{all}");
+    assert!(
+        all.contains(r#""status": "exited""#) && all.contains(r#""exit_code": 0"#),
+        "{all}"
+    );
+    assert_eq!(
+        all.matches(r#""id":"#).count(),
+        1,
+        "--rm VMs left state:\n{all}"
+    );
+    assert_eq!(
+        run["after_run"].stdout.lines().count(),
+        1,
+        "{}",
+        run["after_run"]
+    );
+    // rm removes it; a second rm of the same name fails with a clear error.
+    let rm = &run["rm"];
+    assert_eq!(rm.stdout, "keep\n", "{rm}");
+    assert_eq!(rm.status, 125, "{rm}");
+    assert!(rm.stderr.contains("no such VM: keep"), "{rm}");
+    // Only dom0 is left, no loop device, no VM state.
+    let after: Vec<&str> = run["after"].stdout.lines().collect();
+    assert_eq!(after.len(), 1, "leftovers:\n{}", run["after"]);
+    assert!(after[0].starts_with("Domain-0"), "{}", run["after"]);
 }

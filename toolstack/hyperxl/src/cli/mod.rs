@@ -10,7 +10,9 @@ mod images;
 mod info;
 mod load;
 mod login;
+mod ps;
 mod pull;
+mod rm;
 mod rmi;
 mod run;
 mod save;
@@ -38,6 +40,10 @@ pub struct Cli {
 pub enum Command {
     /// Run an image as a Xen VM, attached; exits with the app's exit code.
     Run(run::RunArgs),
+    /// List VMs.
+    Ps(ps::PsArgs),
+    /// Remove VMs.
+    Rm(rm::RmArgs),
     /// Show what this host offers: Xen presence, state dir.
     Info(info::InfoArgs),
     /// Pull an image from a registry.
@@ -62,6 +68,8 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(&cli.state_dir, args),
+        Command::Ps(args) => ps::run(&cli.state_dir, args),
+        Command::Rm(args) => rm::run(&cli.state_dir, args),
         Command::Info(args) => info::run(&cli.state_dir, args),
         Command::Pull(args) => pull::run(&cli.state_dir, args),
         Command::Login(args) => login::run(&cli.state_dir, args),
