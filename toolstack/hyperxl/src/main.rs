@@ -6,7 +6,6 @@
 //! `docker run`: 125 when hyperxl itself failed, otherwise the app's own code.
 
 mod cli;
-#[allow(dead_code)] // used by the VM commands as they land
 mod vm;
 
 use std::process::ExitCode;
