@@ -44,9 +44,6 @@ pub struct LaunchOptions {
 
 /// Exit status when the VM died without reporting one, or the init failed.
 const EXIT_CRASHED: i32 = 125;
-/// How long a guest may take from unpause to reporting an exit code before we give up
-/// waiting for the console to go quiet after its domain is gone.
-const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Set by SIGINT/SIGTERM: ask the guest to stop.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -135,32 +132,22 @@ pub fn run_attached(
     if let Some(domid) = vm.domid {
         let _ = ctx.destroy(DomId(domid));
     }
-    match result {
-        Ok(code) => {
-            vm.status = Status::Exited;
-            vm.exit_code = Some(code);
-            vm.finished_at = Some(state::now());
-            vm.domid = None;
-            if opts.auto_remove {
-                vms.remove(&vm.id)?;
-            } else {
-                vms.save(&vm)?;
-            }
-            Ok(code)
-        }
-        Err(err) => {
-            vm.status = Status::Exited;
-            vm.error = Some(format!("{err:#}"));
-            vm.domid = None;
-            vm.finished_at = Some(state::now());
-            if opts.auto_remove {
-                let _ = vms.remove(&vm.id);
-            } else {
-                let _ = vms.save(&vm);
-            }
-            Err(err)
-        }
+    vm.status = Status::Exited;
+    vm.domid = None;
+    vm.finished_at = Some(state::now());
+    match &result {
+        Ok(code) => vm.exit_code = Some(*code),
+        Err(err) => vm.error = Some(format!("{err:#}")),
     }
+    let recorded = if opts.auto_remove {
+        vms.remove(&vm.id)
+    } else {
+        vms.save(&vm)
+    };
+    // The run's own error matters more than a failure to record it.
+    let code = result?;
+    recorded?;
+    Ok(code)
 }
 
 fn boot_and_attach(
@@ -284,9 +271,6 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             if t.elapsed() > Duration::from_millis(500) {
                 bail!("the VM's domain died without reporting an exit code (crashed?)");
             }
-        }
-        if gone_at.is_some_and(|t| t.elapsed() > TEARDOWN_TIMEOUT) {
-            return Ok(EXIT_CRASHED);
         }
         thread::sleep(Duration::from_millis(20));
     }
