@@ -18,18 +18,21 @@ pub struct PsArgs {
     pub format: String,
 }
 
-/// Whether domain `domid` exists (false where Xen is unavailable).
-pub fn domain_exists(domid: u32) -> bool {
-    libxl::Context::new()
-        .ok()
-        .and_then(|ctx| ctx.domain_info(libxl::DomId(domid)).ok().flatten())
-        .is_some()
+/// A question "does domain N exist?" answered by one libxl context for all VMs
+/// (false for every domain where Xen is unavailable).
+pub fn domain_checker() -> impl Fn(u32) -> bool {
+    let ctx = libxl::Context::new().ok();
+    move |domid| {
+        ctx.as_ref()
+            .and_then(|c| c.domain_info(libxl::DomId(domid)).ok().flatten())
+            .is_some()
+    }
 }
 
 /// Prints the VMs.
 pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
-    let list: Vec<_> = reconcile(&vms, domain_exists)?
+    let list: Vec<_> = reconcile(&vms, domain_checker())?
         .into_iter()
         .filter(|v| args.all || v.status != Status::Exited)
         .collect();

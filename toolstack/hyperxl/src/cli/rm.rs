@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 use libxl::DomainOps;
 
-use crate::cli::ps::domain_exists;
+use crate::cli::ps::domain_checker;
 use crate::vm::reconcile::reconcile;
 use crate::vm::state::VmStore;
 
@@ -24,7 +24,7 @@ pub struct RmArgs {
 /// Removes the VMs; fails on the first that cannot be removed.
 pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
-    reconcile(&vms, domain_exists)?;
+    reconcile(&vms, domain_checker())?;
     for which in &args.vms {
         let vm = vms.find(which)?;
         if !vm.status.can_remove() {

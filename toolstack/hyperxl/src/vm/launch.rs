@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -287,7 +288,8 @@ fn spawn_console(
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags_nonblock()
+        // Non-blocking, so the console thread can notice the end; never our ctty.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(tty)
         .with_context(|| format!("opening the console {}", tty.display()))?;
     if let Ok(mut t) = nix::sys::termios::tcgetattr(&file) {
@@ -333,16 +335,4 @@ fn spawn_console(
             thread::sleep(Duration::from_millis(10));
         }
     }))
-}
-
-/// `O_NONBLOCK` on open, so the console thread can notice the end.
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-    }
 }
