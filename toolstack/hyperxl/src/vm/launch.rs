@@ -231,10 +231,18 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
     grace: u32,
     vm: &mut VmState,
 ) -> anyhow::Result<i32> {
+    // Everything under data/ is written by the guest: untrusted. Control characters are
+    // replaced so a guest cannot drive the operator's terminal through hyperxl's stderr.
     let read = |xs: &mut Xenstore<T>, key: &str| {
         xs.read_string(&keys::abs(domid.0, key))
             .ok()
             .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.trim()
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect::<String>()
+            })
     };
     let mut stop_sent: Option<Instant> = None;
     let mut gone_at: Option<Instant> = None;
