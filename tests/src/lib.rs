@@ -19,6 +19,8 @@
 //! build nested inside `cargo test` would wait on the outer build's lock), so
 //! `scripts/test` builds it before running these tests.
 
+pub mod demo;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;

@@ -23,7 +23,9 @@ pub mod path;
 pub mod spec;
 pub mod user;
 
-pub use spec::{Disk, Rlimit, RlimitName, Spec, SpecError, CONTRACT_VERSION};
+pub use spec::{
+    Disk, Rlimit, RlimitName, Spec, SpecError, CONTRACT_VERSION, DEFAULT_STOP_GRACE_SECS,
+};
 
 /// What the guest reports in `data/hyperxl/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,17 @@ pub const EXIT_HYPERXL_FAILED: u8 = 125;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if !args.command.owns_a_vm() {
+        // `hyperxl ps | head` ends quietly, as other Unix tools do; a process that owns
+        // a VM keeps running when its stdout goes away, so it can still tear it down.
+        // SAFETY: SIG_DFL installs no handler; nothing else has touched SIGPIPE yet.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     match cli::dispatch(args) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -95,6 +95,8 @@ pub struct Disk {
     pub vdev: String,
     /// Read-only for the guest.
     pub readonly: bool,
+    /// The hotplug script libxl runs for it (`None`: Xen's stock `block` script).
+    pub script: Option<PathBuf>,
 }
 
 impl Disk {
@@ -104,7 +106,14 @@ impl Disk {
             target: target.into(),
             vdev: vdev.into(),
             readonly: false,
+            script: None,
         }
+    }
+
+    /// The same disk with its own hotplug script (an absolute path).
+    pub fn script(mut self, script: impl Into<PathBuf>) -> Self {
+        self.script = Some(script.into());
+        self
     }
 
     /// The same disk, read-only.

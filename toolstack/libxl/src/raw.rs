@@ -109,6 +109,9 @@ impl RawDomainConfig {
                 raw.readwrite = i32::from(!disk.readonly);
                 raw.is_cdrom = 0;
                 raw.removable = 0;
+                if let Some(script) = &disk.script {
+                    raw.script = c_string(script.as_os_str().as_bytes())?;
+                }
             }
         }
 

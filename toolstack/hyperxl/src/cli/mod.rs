@@ -8,14 +8,20 @@ use clap::{Parser, Subcommand};
 mod image;
 mod images;
 mod info;
+mod inspect;
+mod kill;
 mod load;
 mod login;
+mod logs;
+mod monitor;
 mod ps;
 mod pull;
 mod rm;
 mod rmi;
 mod run;
 mod save;
+mod stop;
+mod wait;
 
 /// Run container images as Xen virtual machines.
 #[derive(Debug, Parser)]
@@ -38,12 +44,25 @@ pub struct Cli {
 /// Every `hyperxl` subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run an image as a Xen VM, attached; exits with the app's exit code.
+    /// Run an image as a Xen VM; attached, exits with the app's exit code.
     Run(run::RunArgs),
     /// List VMs.
     Ps(ps::PsArgs),
+    /// Stop running VMs gracefully (destroyed after a timeout).
+    Stop(stop::StopArgs),
+    /// Destroy running VMs at once.
+    Kill(kill::KillArgs),
     /// Remove VMs.
     Rm(rm::RmArgs),
+    /// Show a VM's console log.
+    Logs(logs::LogsArgs),
+    /// Wait for VMs to exit and print their exit codes.
+    Wait(wait::WaitArgs),
+    /// Show everything recorded about VMs, as JSON.
+    Inspect(inspect::InspectArgs),
+    /// Watch a VM started with `run -d` (started by hyperxl itself).
+    #[command(hide = true)]
+    Monitor(monitor::MonitorArgs),
     /// Show what this host offers: Xen presence, state dir.
     Info(info::InfoArgs),
     /// Pull an image from a registry.
@@ -64,12 +83,25 @@ pub enum Command {
     Image(image::ImageArgs),
 }
 
+impl Command {
+    /// Whether this command watches a VM to its end (and must outlive its stdout).
+    pub fn owns_a_vm(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Monitor(_))
+    }
+}
+
 /// Runs the chosen subcommand; returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(&cli.state_dir, args),
         Command::Ps(args) => ps::run(&cli.state_dir, args),
         Command::Rm(args) => rm::run(&cli.state_dir, args),
+        Command::Stop(args) => stop::run(&cli.state_dir, args),
+        Command::Kill(args) => kill::run(&cli.state_dir, args),
+        Command::Logs(args) => logs::run(&cli.state_dir, args),
+        Command::Wait(args) => wait::run(&cli.state_dir, args),
+        Command::Inspect(args) => inspect::run(&cli.state_dir, args),
+        Command::Monitor(args) => monitor::run(&cli.state_dir, args),
         Command::Info(args) => info::run(&cli.state_dir, args),
         Command::Pull(args) => pull::run(&cli.state_dir, args),
         Command::Login(args) => login::run(&cli.state_dir, args),

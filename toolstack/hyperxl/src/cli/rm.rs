@@ -1,13 +1,14 @@
 //! `hyperxl rm [-f] VM...`: remove exited VMs (with `-f`, destroy running ones first).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use libxl::DomainOps;
 
-use crate::cli::ps::domain_checker;
-use crate::vm::reconcile::reconcile;
+use crate::vm::disk;
+use crate::vm::host::{reconcile_all, Host};
+use crate::vm::reconcile::unwatched;
 use crate::vm::state::VmStore;
 
 /// Arguments of `hyperxl rm`.
@@ -24,24 +25,41 @@ pub struct RmArgs {
 /// Removes the VMs; fails on the first that cannot be removed.
 pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
-    reconcile(&vms, domain_checker())?;
+    let host = Host::connect();
+    reconcile_all(&vms, &host)?;
     for which in &args.vms {
         let vm = vms.find(which)?;
-        if !vm.status.can_remove() {
+        if vm.status.can_stop() {
             if !args.force {
                 bail!("VM {} is running: stop it first or use rm -f", vm.name);
             }
+            let vm = vms.update(&vm.id, |vm| {
+                vm.killed = true;
+                vm.stopped_by_user = true;
+            })?;
             if let Some(domid) = vm.domid {
-                let ctx = libxl::Context::new()?;
-                if let Err(e) = ctx.destroy(libxl::DomId(domid)) {
-                    if !e.is_domain_not_found() {
-                        return Err(e.into());
-                    }
+                host.destroy(domid)?;
+            }
+            if !unwatched(&vm) {
+                // Let the watcher finish its record, so it does not write after us.
+                let _ = crate::vm::control::wait_exited(
+                    &vms,
+                    &host,
+                    &vm.id,
+                    Some(Duration::from_secs(10)),
+                );
+            }
+        }
+        // What a killed watcher could not tear down: the loop device.
+        if let Ok(vm) = vms.load(&vm.id) {
+            if let Some(dev) = &vm.loop_device {
+                if !disk::wait_freed(dev, Duration::from_secs(3)) {
+                    disk::detach(dev)?;
                 }
             }
         }
         vms.remove(&vm.id)?;
-        println!("{}", vm.name);
+        println!("{which}");
     }
     Ok(0)
 }

@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::vm::launch::{self, LaunchOptions};
 use crate::vm::spec::{self, RunFlags};
+use crate::vm::state::VmStore;
 
 /// Arguments of `hyperxl run`.
 #[derive(Debug, Args)]
@@ -34,6 +35,9 @@ pub struct RunArgs {
     /// Remove the VM's state when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Run in the background: print the VM's id and leave a monitor process behind.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Memory, e.g. 64m, 1g (default 128m).
     #[arg(short = 'm', long = "memory", default_value = "128m")]
     pub memory: String,
@@ -59,7 +63,7 @@ pub struct RunArgs {
 }
 
 /// Where the guest artefacts live unless `--kernel`/`--initrd` say otherwise.
-fn guest_dir() -> PathBuf {
+pub fn guest_dir() -> PathBuf {
     std::env::var_os("HYPERXL_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/hyperxl"))
@@ -93,7 +97,20 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
         kernel: args.kernel.unwrap_or_else(|| dir.join("vmlinuz")),
         initrd: args.initrd.unwrap_or_else(|| dir.join("initramfs.cpio")),
         show_init_lines: args.debug,
+        labels: Default::default(),
     };
-    let code = launch::run_attached(state_dir, &opts, &flags)?;
-    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(125))
+    let vms = VmStore::open(state_dir)?;
+    let prepared = launch::prepare(state_dir, &opts, &flags)?;
+    if args.detach {
+        let id = launch::run_detached(state_dir, &vms, prepared)?;
+        println!("{id}");
+        return Ok(0);
+    }
+    let code = launch::run_attached(&vms, prepared)?;
+    Ok(exit_status(code))
+}
+
+/// The app's exit code as a process exit status (125 if it does not fit).
+pub fn exit_status(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(crate::EXIT_HYPERXL_FAILED)
 }

@@ -1,6 +1,10 @@
 //! VMs: their recorded state, the spec built for them, and their lifecycle.
 
+pub mod control;
+pub mod disk;
+pub mod host;
 pub mod launch;
+pub mod monitor;
 pub mod reconcile;
 pub mod spec;
 pub mod state;

@@ -1,37 +1,82 @@
-//! Makes recorded state agree with what is really there: a VM recorded as running
-//! whose watching process is gone and whose domain no longer exists has exited.
+//! Makes recorded state agree with what Xen really runs. A VM whose watching process
+//! (the attached `run` or its monitor) is gone is judged by its domain alone: gone or
+//! ended means exited — with the exit code the guest reported, if it did — and an ended
+//! domain nobody is left to tear down is destroyed here.
 
 use super::state::{self, Status, VmState, VmStore};
 
+/// What Xen says about a VM's domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainFact {
+    /// No such domain.
+    Gone,
+    /// Shut down or dying; the exit code the guest reported, if any.
+    Ended {
+        /// From the guest's `exit-code` key.
+        exit_code: Option<i32>,
+    },
+    /// Running or paused.
+    Alive,
+}
+
 /// Whether a process with this pid exists.
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
-/// Marks VMs whose monitor died as exited; `domain_exists` asks Xen about a domid.
+/// Whether nobody watches this VM any more.
+pub fn unwatched(vm: &VmState) -> bool {
+    vm.monitor_pid.is_none_or(|p| !alive(p))
+}
+
+/// Records the end of every unwatched VM whose domain is gone or ended; `probe` asks
+/// Xen about a domid, `destroy` tears down an ended domain. Returns every VM, updated.
 pub fn reconcile(
     vms: &VmStore,
-    domain_exists: impl Fn(u32) -> bool,
+    probe: impl Fn(u32) -> DomainFact,
+    destroy: impl Fn(u32),
 ) -> Result<Vec<VmState>, state::StateError> {
     let mut out = Vec::new();
-    for mut vm in vms.list()? {
-        let monitor_gone = vm.monitor_pid.is_none_or(|p| !alive(p));
-        let domain_gone = vm.domid.is_none_or(|d| !domain_exists(d));
-        if vm.status.can_stop() && monitor_gone && domain_gone {
-            let _lock = vms.lock_vm(&vm.id)?;
+    for vm in vms.list()? {
+        if !vm.status.can_stop() || !unwatched(&vm) {
+            out.push(vm);
+            continue;
+        }
+        let fact = vm.domid.map_or(DomainFact::Gone, &probe);
+        if fact == DomainFact::Alive {
+            out.push(vm);
+            continue;
+        }
+        if let (Some(domid), DomainFact::Ended { .. }) = (vm.domid, fact) {
+            destroy(domid);
+        }
+        let updated = vms.update(&vm.id, |vm| {
+            // Someone else may have recorded the end meanwhile.
+            if !vm.status.can_stop() {
+                return;
+            }
             vm.status = Status::Exited;
             vm.domid = None;
             vm.finished_at = Some(state::now());
+            if let DomainFact::Ended { exit_code: Some(c) } = fact {
+                vm.exit_code = Some(c);
+            } else if vm.killed {
+                vm.exit_code = Some(137);
+            }
             if vm.exit_code.is_none() {
                 vm.error
                     .get_or_insert_with(|| "the VM ended without reporting an exit code".into());
             }
-            vms.save(&vm)?;
+        });
+        match updated {
+            Ok(vm) => out.push(vm),
+            // Removed meanwhile (`rm`, `--rm`): nothing to show.
+            Err(state::StateError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
-        out.push(vm);
     }
     Ok(out)
 }
@@ -58,6 +103,9 @@ mod tests {
             created_at: 1,
             started_at: None,
             finished_at: None,
+            killed: false,
+            stopped_by_user: false,
+            labels: Default::default(),
         }
     }
 
@@ -69,7 +117,7 @@ mod tests {
         vms.create(&running("aa01", "dead", u32::MAX)).unwrap();
         vms.create(&running("bb02", "watched", std::process::id()))
             .unwrap();
-        let list = reconcile(&vms, |_| false).unwrap();
+        let list = reconcile(&vms, |_| DomainFact::Gone, |_| {}).unwrap();
         let dead = list.iter().find(|v| v.name == "dead").unwrap();
         assert_eq!(dead.status, Status::Exited);
         assert!(dead.error.as_deref().unwrap().contains("without reporting"));
@@ -83,7 +131,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vms = VmStore::open(dir.path()).unwrap();
         vms.create(&running("aa01", "orphan", u32::MAX)).unwrap();
-        reconcile(&vms, |domid| domid == 7).unwrap();
+        reconcile(
+            &vms,
+            |domid| {
+                if domid == 7 {
+                    DomainFact::Alive
+                } else {
+                    DomainFact::Gone
+                }
+            },
+            |_| panic!("nothing to destroy"),
+        )
+        .unwrap();
         assert_eq!(vms.load("aa01").unwrap().status, Status::Running);
+    }
+
+    #[test]
+    fn an_ended_domain_is_destroyed_and_its_exit_code_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        vms.create(&running("aa01", "ended", u32::MAX)).unwrap();
+        let destroyed = std::cell::Cell::new(None);
+        reconcile(
+            &vms,
+            |_| DomainFact::Ended { exit_code: Some(3) },
+            |d| destroyed.set(Some(d)),
+        )
+        .unwrap();
+        let vm = vms.load("aa01").unwrap();
+        assert_eq!(
+            (vm.status, vm.exit_code, vm.error),
+            (Status::Exited, Some(3), None)
+        );
+        assert_eq!(destroyed.get(), Some(7));
+    }
+
+    #[test]
+    fn a_killed_vm_that_is_gone_exited_137() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "killed", u32::MAX);
+        vm.killed = true;
+        vms.create(&vm).unwrap();
+        reconcile(&vms, |_| DomainFact::Gone, |_| {}).unwrap();
+        let vm = vms.load("aa01").unwrap();
+        assert_eq!((vm.exit_code, vm.error), (Some(137), None));
     }
 }

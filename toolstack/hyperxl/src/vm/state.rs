@@ -5,6 +5,7 @@
 //! Several hyperxl processes may act at once: creation takes the store lock (so two runs
 //! cannot take the same name), and a change to one VM takes that VM's own lock.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -79,11 +80,6 @@ impl Status {
     pub fn can_stop(self) -> bool {
         matches!(self, Status::Created | Status::Running)
     }
-
-    /// Whether `rm` without `-f` may remove the VM.
-    pub fn can_remove(self) -> bool {
-        self == Status::Exited
-    }
 }
 
 /// Everything hyperxl records about one VM.
@@ -119,6 +115,47 @@ pub struct VmState {
     pub started_at: Option<u64>,
     /// When the VM exited.
     pub finished_at: Option<u64>,
+    /// `kill`, or `stop` past its timeout, destroyed the domain: an end without an exit
+    /// code is then 137 (as Docker reports SIGKILL), not a crash.
+    #[serde(default)]
+    pub killed: bool,
+    /// `stop` asked for it: a restart policy leaves it stopped.
+    #[serde(default)]
+    pub stopped_by_user: bool,
+    /// Free-form labels (deployments put their name and a definition fingerprint here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl VmState {
+    /// A fresh record for a VM about to be created.
+    pub fn new(id: String, name: String, image: String) -> Self {
+        Self {
+            id,
+            name,
+            image,
+            command: Vec::new(),
+            kind: "pvh".into(),
+            status: Status::Created,
+            domid: None,
+            exit_code: None,
+            error: None,
+            loop_device: None,
+            monitor_pid: Some(std::process::id()),
+            auto_remove: false,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+            killed: false,
+            stopped_by_user: false,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The Xen domain name hyperxl gives this VM.
+    pub fn domain_name(&self) -> String {
+        format!("hyperxl-{}", self.name)
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -226,6 +263,20 @@ impl VmStore {
         })
     }
 
+    /// Read-modify-write of VM `id`'s record under its lock, so changes made at the
+    /// same time by a monitor and by `stop`/`kill` are never lost.
+    pub fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut VmState),
+    ) -> Result<VmState, StateError> {
+        let _lock = self.lock_vm(id)?;
+        let mut vm = self.load(id)?;
+        change(&mut vm);
+        self.save(&vm)?;
+        Ok(vm)
+    }
+
     /// Reads VM `id`'s record.
     pub fn load(&self, id: &str) -> Result<VmState, StateError> {
         let path = self.dir(id).join("state.json");
@@ -331,6 +382,9 @@ mod tests {
             created_at: 1,
             started_at: None,
             finished_at: None,
+            killed: false,
+            stopped_by_user: false,
+            labels: Default::default(),
         }
     }
 
@@ -392,8 +446,6 @@ mod tests {
     fn status_guards() {
         assert!(Status::Running.can_stop());
         assert!(!Status::Exited.can_stop());
-        assert!(Status::Exited.can_remove());
-        assert!(!Status::Running.can_remove());
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! The demo image the end-to-end tests, `scripts/demo` and the benchmarks run: a
+//! `docker save` tarball of `demo:latest` built here, with no Docker engine.
+//!
+//! One layer: static busybox with a few applets, users root/nobody/app, `/srv`, and
+//! `/bin/xs` (the static xenstore tool `scripts/build-guest` builds) so tests can probe
+//! from inside a guest what xenstore lets it do. The config sets Cmd, Env, WorkingDir
+//! and User, so a test can see each of them honoured.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Where `scripts/build-guest` installed the guest artefacts (and `xs`).
+pub fn guest_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HYPERXL_GUEST_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("HYPERXL_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hyperxl"),
+        PathBuf::from,
+    );
+    cache.join("guest/current")
+}
+
+/// The busybox applets linked into the image.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "pwd", "env", "sleep", "true", "false", "hostname", "ls", "head",
+    "grep", "seq", "dd",
+];
+
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn add(
+        &mut self,
+        path: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        data: &[u8],
+        link: Option<&str>,
+    ) -> io::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l)?;
+        }
+        self.0.append_data(&mut h, path, data)
+    }
+}
+
+fn layer() -> io::Result<Vec<u8>> {
+    let mut l = Layer(tar::Builder::new(Vec::new()));
+    for d in ["bin", "etc", "srv", "tmp"] {
+        l.add(d, tar::EntryType::Directory, 0o755, b"", None)?;
+    }
+    let busybox = fs::read("/bin/busybox")
+        .map_err(|e| io::Error::new(e.kind(), format!("/bin/busybox (busybox-static): {e}")))?;
+    l.add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        &busybox,
+        None,
+    )?;
+    for a in APPLETS {
+        l.add(
+            &format!("bin/{a}"),
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            Some("busybox"),
+        )?;
+    }
+    let xs_path = guest_dir().join("xs");
+    let xs = fs::read(&xs_path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{} (run scripts/build-guest): {e}", xs_path.display()),
+        )
+    })?;
+    l.add("bin/xs", tar::EntryType::Regular, 0o755, &xs, None)?;
+    l.add(
+        "etc/passwd",
+        tar::EntryType::Regular,
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        None,
+    )?;
+    l.add(
+        "etc/group",
+        tar::EntryType::Regular,
+        0o644,
+        b"root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
+        None,
+    )?;
+    l.0.into_inner()
+}
+
+/// Writes the `docker save` tarball of `demo:latest` to `path`.
+pub fn write_docker_save(path: &Path) -> io::Result<()> {
+    let layer = layer()?;
+    let layer_id = sha(&layer);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin","FOO=image"],"Cmd":["sh","-c","echo image-cmd FOO=$FOO; pwd; id -un"],"WorkingDir":"/srv","User":"app"}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_id}"]}},"history":[]}}"#
+    );
+    let config_id = sha(config.as_bytes());
+    let manifest = format!(
+        r#"[{{"Config":"{config_id}.json","RepoTags":["demo:latest"],"Layers":["{layer_id}/layer.tar"]}}]"#
+    );
+    let mut files = BTreeMap::new();
+    files.insert("manifest.json".to_string(), manifest.into_bytes());
+    files.insert(format!("{config_id}.json"), config.into_bytes());
+    files.insert(format!("{layer_id}/layer.tar"), layer);
+    let mut b = tar::Builder::new(fs::File::create(path)?);
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data.as_slice())?;
+    }
+    b.finish()
+}

@@ -1,0 +1,66 @@
+//! Acting on a VM some other process watches: stop, kill, wait. Each records what it
+//! asked for under the VM's lock, acts through Xen, and then waits for the watcher (or,
+//! when the watcher is gone, reconciliation) to record the end.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::host::{reconcile_all, Host};
+use super::state::{StateError, VmState, VmStore};
+
+/// How long a watcher gets to record an end after the domain is gone.
+const RECORD_GRACE: Duration = Duration::from_secs(10);
+
+/// Polls until VM `id` has exited (`Some`) or was removed (`None`), up to `limit`.
+pub fn wait_exited(
+    vms: &VmStore,
+    host: &Host,
+    id: &str,
+    limit: Option<Duration>,
+) -> anyhow::Result<Option<VmState>> {
+    let start = Instant::now();
+    loop {
+        reconcile_all(vms, host)?;
+        match vms.load(id) {
+            Ok(vm) if !vm.status.can_stop() => return Ok(Some(vm)),
+            Ok(_) => {}
+            Err(StateError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        if limit.is_some_and(|l| start.elapsed() > l) {
+            bail!("VM {id} did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Destroys the VM's domain now; the end is recorded as exit code 137.
+pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
+    let vm = vms.update(&vm.id, |vm| {
+        vm.killed = true;
+        vm.stopped_by_user = true;
+    })?;
+    if let Some(domid) = vm.domid {
+        host.destroy(domid)?;
+    }
+    wait_exited(vms, host, &vm.id, Some(RECORD_GRACE))?;
+    Ok(())
+}
+
+/// Asks the app to stop (SIGTERM in the guest), and destroys the domain if it has not
+/// ended after `timeout`.
+pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyhow::Result<()> {
+    let vm = vms.update(&vm.id, |vm| vm.stopped_by_user = true)?;
+    let Some(domid) = vm.domid else {
+        // Still being built: nothing to ask yet, so it cannot be graceful.
+        return kill(vms, host, &vm);
+    };
+    if !host.request_stop(domid) {
+        return kill(vms, host, &vm);
+    }
+    match wait_exited(vms, host, &vm.id, Some(timeout)) {
+        Ok(_) => Ok(()),
+        Err(_) => kill(vms, host, &vm),
+    }
+}

@@ -1,0 +1,296 @@
+//! Watching one VM from unpause to teardown: console to its log (and to stdout when
+//! attached), the guest's status keys, stop requests, and the record of its end.
+//!
+//! The same code serves an attached `run` (in the foreground) and `run -d` (in the
+//! detached `hyperxl monitor` process), so both end a VM the same way.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hyperxl_contract::{keys, State};
+use libxl::{Context, DomId, DomainOps};
+use xenstore_wire::Xenstore;
+
+use super::disk::{self, LoopDisk};
+use super::host::{destroy_if_present, read_exit_code, read_guest_key};
+use super::state::{self, Status, VmStore};
+
+/// Exit code recorded when `kill` (or `stop` past its timeout) destroyed the domain.
+pub const EXIT_KILLED: i32 = 137;
+
+/// Where the console goes besides the VM's log.
+#[derive(Debug, Clone, Copy)]
+pub enum ConsoleOut {
+    /// Also to stdout; the init's and the kernel's lines only if `show_init_lines`.
+    Attached {
+        /// `--debug`.
+        show_init_lines: bool,
+    },
+    /// Only to the log (`run -d`).
+    LogOnly,
+}
+
+/// Set by SIGINT/SIGTERM: ask the guest to stop.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM become a graceful stop of the VM; SIGHUP is ignored (a detached
+/// monitor outlives its terminal).
+pub fn install_stop_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let stop = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe;
+    // SIG_IGN has no handler at all.
+    unsafe {
+        let _ = sigaction(Signal::SIGINT, &stop);
+        let _ = sigaction(Signal::SIGTERM, &stop);
+        let _ = sigaction(Signal::SIGHUP, &ignore);
+    }
+}
+
+/// Unpauses the domain and watches it until the app's exit code is known (or the
+/// domain ended without one, which is an error). `ready` is called once the VM runs.
+/// The caller records the end with [`finish`], whatever this returns.
+pub fn supervise(
+    ctx: &Context,
+    vms: &VmStore,
+    id: &str,
+    domid: DomId,
+    out: ConsoleOut,
+    disk: Option<LoopDisk>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<i32> {
+    let vm = vms.load(id)?;
+    let grace = vm_stop_grace(vms, id);
+    let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    let tty = ctx.console_tty(domid).context("finding the console")?;
+    let done = Arc::new(AtomicBool::new(false));
+    let console = spawn_console(
+        &tty,
+        &vms.dir(&vm.id).join("console.log"),
+        out,
+        done.clone(),
+    )?;
+    install_stop_handlers();
+    let result = (|| {
+        ctx.unpause(domid).context("unpausing the domain")?;
+        vms.update(id, |vm| vm.status = Status::Running)?;
+        ready();
+        wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disk)
+    })();
+    let _ = destroy_if_present(ctx, domid);
+    let _ = vms.update(id, |vm| vm.domid = None);
+    // Let the console drain what the guest wrote before it powered off.
+    thread::sleep(Duration::from_millis(100));
+    done.store(true, Ordering::SeqCst);
+    let _ = console.join();
+    result
+}
+
+/// The stop grace period the VM's spec asked for.
+fn vm_stop_grace(vms: &VmStore, id: &str) -> u32 {
+    std::fs::read(vms.dir(id).join("spec.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<hyperxl_contract::Spec>(&b).ok())
+        .map_or(hyperxl_contract::DEFAULT_STOP_GRACE_SECS, |s| {
+            s.stop_grace_secs
+        })
+}
+
+/// Records a VM's end, whatever it was: no domain, no loop device left, and with
+/// `--rm` no state either. Returns the exit code to report.
+pub fn finish(
+    ctx: Option<&Context>,
+    vms: &VmStore,
+    id: &str,
+    result: anyhow::Result<i32>,
+) -> anyhow::Result<i32> {
+    let vm = vms.load(id)?;
+    if let (Some(ctx), Some(domid)) = (ctx, vm.domid) {
+        let _ = destroy_if_present(ctx, DomId(domid));
+    }
+    if let Some(dev) = &vm.loop_device {
+        // blkback closes the device shortly after the domain is gone; autoclear then
+        // frees it. Wait for that so `--rm` really leaves nothing behind.
+        if !disk::wait_freed(dev, Duration::from_secs(3)) {
+            let _ = disk::detach(dev);
+        }
+    }
+    let vm = vms.update(id, |vm| {
+        vm.status = Status::Exited;
+        vm.domid = None;
+        vm.loop_device = None;
+        vm.finished_at = Some(state::now());
+        match &result {
+            Ok(code) => vm.exit_code = Some(*code),
+            Err(err) => vm.error = Some(format!("{err:#}")),
+        }
+    })?;
+    let recorded = if vm.auto_remove {
+        vms.remove(id)
+    } else {
+        Ok(())
+    };
+    // The run's own error matters more than a failure to record it.
+    let code = result?;
+    recorded?;
+    Ok(code)
+}
+
+/// Polls the guest's status keys and the domain until the app's exit code is known.
+fn wait_for_exit<T: xenstore_wire::Transport>(
+    ctx: &Context,
+    xs: &mut Xenstore<T>,
+    domid: DomId,
+    grace: u32,
+    vms: &VmStore,
+    id: &str,
+    mut disk: Option<LoopDisk>,
+) -> anyhow::Result<i32> {
+    let mut stop_sent: Option<Instant> = None;
+    let mut gone_at: Option<Instant> = None;
+    let mut started = false;
+    let mut destroyed = false;
+    loop {
+        if let Some(code) = read_exit_code(xs, domid.0) {
+            if let Some(e) = read_guest_key(xs, domid.0, keys::status::ERROR) {
+                eprintln!("hyperxl: {e}");
+                vms.update(id, |vm| vm.error = Some(e))?;
+            }
+            return Ok(code);
+        }
+        let guest_state = read_guest_key(xs, domid.0, keys::status::STATE);
+        if guest_state.as_deref() == Some(State::Failed.as_str()) {
+            let err = read_guest_key(xs, domid.0, keys::status::ERROR)
+                .unwrap_or_else(|| "unknown error".into());
+            bail!("the guest init failed: {err}");
+        }
+        if !started && read_guest_key(xs, domid.0, keys::status::STARTED).is_some() {
+            started = true;
+            // The guest mounted its rootfs: blkback holds the loop device now.
+            if let Some(d) = disk.take() {
+                d.release();
+            }
+            vms.update(id, |vm| vm.started_at = Some(state::now()))?;
+        }
+        if STOP_REQUESTED.load(Ordering::SeqCst) && stop_sent.is_none() {
+            let _ = xs.write(&keys::abs(domid.0, keys::SHUTDOWN), b"stop");
+            stop_sent = Some(Instant::now());
+        }
+        let overdue = Duration::from_secs(u64::from(grace) + 5);
+        if !destroyed && stop_sent.is_some_and(|t| t.elapsed() > overdue) {
+            destroyed = true;
+            vms.update(id, |vm| vm.killed = true)?;
+            let _ = destroy_if_present(ctx, domid);
+        }
+        let info = ctx.domain_info(domid).context("querying the domain")?;
+        if info.as_ref().is_none_or(|i| i.shutdown || i.dying) {
+            // The guest writes its exit code before powering off; allow a last read.
+            let t = *gone_at.get_or_insert_with(Instant::now);
+            if t.elapsed() > Duration::from_millis(500) || info.is_none() {
+                if read_exit_code(xs, domid.0).is_none() && vms.load(id)?.killed {
+                    return Ok(EXIT_KILLED);
+                }
+                if info.is_none() {
+                    // Gone between two reads: one more look at the exit code.
+                    if let Some(code) = read_exit_code(xs, domid.0) {
+                        return Ok(code);
+                    }
+                }
+                bail!("the VM's domain died without reporting an exit code (crashed?)");
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Copies the guest console to the VM's log, and when attached to stdout (hiding the
+/// init's own lines unless asked), until `done`.
+fn spawn_console(
+    tty: &Path,
+    log_path: &Path,
+    out: ConsoleOut,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Non-blocking, so the console thread can notice the end; never our ctty.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(tty)
+        .with_context(|| format!("opening the console {}", tty.display()))?;
+    if let Ok(mut t) = nix::sys::termios::tcgetattr(&file) {
+        nix::sys::termios::cfmakeraw(&mut t);
+        let _ = nix::sys::termios::tcsetattr(&file, nix::sys::termios::SetArg::TCSANOW, &t);
+    }
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    Ok(thread::spawn(move || {
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        let stdout = std::io::stdout();
+        let mut emit = |line: &[u8]| {
+            let _ = log.write_all(line);
+            let ConsoleOut::Attached { show_init_lines } = out else {
+                return;
+            };
+            let text = String::from_utf8_lossy(line);
+            let trimmed = text.trim_end_matches(['\r', '\n']);
+            if show_init_lines || !is_init_line(trimmed) {
+                let mut out = stdout.lock();
+                let _ = out.write_all(trimmed.as_bytes());
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+        };
+        loop {
+            // A non-blocking read may stop mid-line: keep the part until its newline.
+            match reader.read_until(b'\n', &mut line) {
+                Ok(_) if line.ends_with(b"\n") => {
+                    emit(&line);
+                    line.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            if done.load(Ordering::SeqCst) {
+                if !line.is_empty() {
+                    emit(&line);
+                }
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }))
+}
+
+/// The guest kernel's and the init's own console lines (hidden unless `--debug`).
+pub fn is_init_line(line: &str) -> bool {
+    line.starts_with("hyperstart: ") || line.starts_with('[') || line.starts_with("reboot: ")
+}
+
+/// Opens (creating) a file the monitor's own messages go to.
+pub fn open_monitor_log(vms: &VmStore, id: &str) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(vms.dir(id).join("monitor.log"))
+}
