@@ -6,7 +6,9 @@
 //! `docker run`: 125 when hyperxl itself failed, otherwise the app's own code.
 
 mod cli;
+mod deploy;
 mod vm;
+mod xlcfg;
 
 use std::process::ExitCode;
 
