@@ -55,7 +55,8 @@ fn vms_are_managed_from_start_to_removal() {
         .step(
             "sigkill",
             "hyperxl run --name crash demo sleep 1000 >/dev/null 2>&1 & pid=$!
-             until xl list | grep -q hyperxl-crash; do sleep 0.1; done; kill -9 $pid; wait $pid
+             for i in $(seq 600); do xl list | grep -q hyperxl-crash && break; sleep 0.1; done
+             kill -9 $pid; wait $pid
              echo killed",
         )
         .step("ps_crash", "hyperxl ps -a")
@@ -65,9 +66,11 @@ fn vms_are_managed_from_start_to_removal() {
         // finds the exit code the guest left, and tears the domain down.
         .step(
             "orphan",
-            "hyperxl run --name orphan demo sh -c 'sleep 2; exit 6' >/dev/null 2>&1 & pid=$!
-             until xl list | grep -q hyperxl-orphan; do sleep 0.1; done; kill -9 $pid; wait $pid
-             until xl list | grep hyperxl-orphan | grep -q 's-'; do sleep 0.2; done; echo ended",
+            "hyperxl run --name orphan demo sh -c 'sleep 3; exit 6' >/dev/null 2>&1 & pid=$!
+             for i in $(seq 600); do hyperxl inspect orphan 2>/dev/null | grep -q '\"started_at\": [0-9]' && break; sleep 0.2; done
+             kill -9 $pid; wait $pid
+             for i in $(seq 600); do xl list | grep hyperxl-orphan | grep -q 's-' && break; sleep 0.2; done
+             xl list | grep hyperxl-orphan | grep -q 's-' && echo ended",
         )
         .step("ps_orphan", "hyperxl ps -a --format json")
         .step("rm_orphan", "hyperxl rm orphan")

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod config;
 mod image;
 mod images;
 mod info;
@@ -21,6 +22,7 @@ mod rmi;
 mod run;
 mod save;
 mod stop;
+mod up;
 mod wait;
 
 /// Run container images as Xen virtual machines.
@@ -60,6 +62,17 @@ pub enum Command {
     Wait(wait::WaitArgs),
     /// Show everything recorded about VMs, as JSON.
     Inspect(inspect::InspectArgs),
+    /// Start or update the VMs of a deployment file, in dependency order.
+    Up(up::UpArgs),
+    /// Stop and remove the VMs of a deployment file, in reverse order.
+    Down(up::FileArgs),
+    /// Print the xl.cfg equivalent to a `run` (takes the same arguments).
+    Config(run::RunArgs),
+    /// Container specs for domains made with plain `xl create`.
+    Spec(config::SpecArgs),
+    /// Apply a deployment's restart policies (started by `up -d`).
+    #[command(hide = true)]
+    Supervise(up::FileArgs),
     /// Watch a VM started with `run -d` (started by hyperxl itself).
     #[command(hide = true)]
     Monitor(monitor::MonitorArgs),
@@ -86,7 +99,10 @@ pub enum Command {
 impl Command {
     /// Whether this command watches a VM to its end (and must outlive its stdout).
     pub fn owns_a_vm(&self) -> bool {
-        matches!(self, Command::Run(_) | Command::Monitor(_))
+        matches!(
+            self,
+            Command::Run(_) | Command::Monitor(_) | Command::Up(_) | Command::Supervise(_)
+        )
     }
 }
 
@@ -102,6 +118,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Wait(args) => wait::run(&cli.state_dir, args),
         Command::Inspect(args) => inspect::run(&cli.state_dir, args),
         Command::Monitor(args) => monitor::run(&cli.state_dir, args),
+        Command::Up(args) => up::up(&cli.state_dir, args),
+        Command::Down(args) => up::down(&cli.state_dir, args),
+        Command::Supervise(args) => up::supervise(&cli.state_dir, args),
+        Command::Config(args) => config::config(&cli.state_dir, args),
+        Command::Spec(args) => config::spec(args),
         Command::Info(args) => info::run(&cli.state_dir, args),
         Command::Pull(args) => pull::run(&cli.state_dir, args),
         Command::Login(args) => login::run(&cli.state_dir, args),

@@ -14,6 +14,9 @@ pub struct PsArgs {
     /// Show all VMs, not only running ones.
     #[arg(short, long)]
     pub all: bool,
+    /// Only the VMs of this deployment (`hyperxl up`).
+    #[arg(long, value_name = "NAME")]
+    pub deployment: Option<String>,
     /// Only VMs with this label (KEY=VALUE), e.g. `hyperxl.deployment=shop`.
     #[arg(long, value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
@@ -25,11 +28,14 @@ pub struct PsArgs {
 /// Prints the VMs.
 pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
-    let filters: Vec<(&str, &str)> = args
+    let mut filters: Vec<(&str, &str)> = args
         .filter
         .iter()
         .map(|f| f.split_once('=').unwrap_or((f.as_str(), "")))
         .collect();
+    if let Some(d) = &args.deployment {
+        filters.push((crate::deploy::apply::LABEL_DEPLOYMENT, d));
+    }
     let list: Vec<_> = reconcile_all(&vms, &Host::connect())?
         .into_iter()
         .filter(|v| args.all || v.status != Status::Exited)

@@ -69,8 +69,8 @@ pub fn guest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/hyperxl"))
 }
 
-/// Runs the VM; returns the app's exit code.
-pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
+/// What `run` (and `config`) make of the flags: the VM's options and the app's flags.
+pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)> {
     let memory_mib = spec::parse_memory(&args.memory)?;
     let mut cli_env = args.env.clone();
     for file in &args.env_file {
@@ -80,25 +80,35 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     }
     let flags = RunFlags {
         env: spec::resolve_env(&cli_env),
-        workdir: args.workdir,
-        user: args.user,
-        entrypoint: args.entrypoint,
-        command: args.command,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        entrypoint: args.entrypoint.clone(),
+        command: args.command.clone(),
         hostname: String::new(),
     };
     let dir = guest_dir();
     let opts = LaunchOptions {
-        image: args.image,
-        name: args.name,
+        image: args.image.clone(),
+        name: args.name.clone(),
         auto_remove: args.rm,
         memory_mib,
         vcpus: args.cpus,
         pv: args.kind == "pv",
-        kernel: args.kernel.unwrap_or_else(|| dir.join("vmlinuz")),
-        initrd: args.initrd.unwrap_or_else(|| dir.join("initramfs.cpio")),
+        kernel: args.kernel.clone().unwrap_or_else(|| dir.join("vmlinuz")),
+        initrd: args
+            .initrd
+            .clone()
+            .unwrap_or_else(|| dir.join("initramfs.cpio")),
         show_init_lines: args.debug,
         labels: Default::default(),
     };
+    Ok((opts, flags))
+}
+
+/// Runs the VM; returns the app's exit code.
+pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
+    crate::vm::timing::start();
+    let (opts, flags) = launch_inputs(&args)?;
     let vms = VmStore::open(state_dir)?;
     let prepared = launch::prepare(state_dir, &opts, &flags)?;
     if args.detach {

@@ -1,11 +1,10 @@
 //! Deployments: several VMs described in one TOML file ([`file`]), started in dependency
 //! order, and brought in line with the file on a second `up` ([`plan`]).
 //!
-//! Everything here is pure: no Xen, no state dir.
+//! [`file`], [`plan`] and [`restart`] are pure (no Xen, no state dir); [`apply`] carries
+//! a deployment out through the ordinary VM lifecycle.
 
-// Wired into the CLI by `up`/`down`.
-#![allow(dead_code)]
-
+pub mod apply;
 pub mod error;
 pub mod file;
 mod order;

@@ -65,6 +65,21 @@ pub struct Prepared {
     /// The rootfs image file.
     pub disk_file: PathBuf,
     opts: LaunchOptions,
+    /// Start an exited VM again under its own record, instead of recording a new one.
+    restart_of: Option<VmState>,
+}
+
+impl Prepared {
+    /// Makes this a restart of `old` (a restart policy at work): same id, name and
+    /// console log, one more in its restart count.
+    pub fn restart_of(mut self, old: &VmState) -> Self {
+        self.vm.id = old.id.clone();
+        self.vm.name = old.name.clone();
+        self.vm.created_at = old.created_at;
+        self.vm.restart_count = old.restart_count + 1;
+        self.restart_of = Some(old.clone());
+        self
+    }
 }
 
 /// Steps 1-3: image (pulled if absent), rootfs disk, spec; nothing is created yet.
@@ -86,6 +101,7 @@ pub fn prepare(
     let config = store
         .image_config(&reference)
         .context("reading the image config")?;
+    super::timing::mark("image");
     let id = state::new_id();
     let name = opts
         .name
@@ -105,6 +121,7 @@ pub fn prepare(
             );
         }
     }
+    super::timing::mark("spec");
     let mut vm = VmState::new(id, name, opts.image.clone());
     vm.command = spec.args.clone();
     vm.kind = if opts.pv { "pv" } else { "pvh" }.into();
@@ -115,6 +132,7 @@ pub fn prepare(
         spec,
         disk_file,
         opts: opts.clone(),
+        restart_of: None,
     })
 }
 
@@ -150,7 +168,20 @@ struct Booted {
 
 /// Steps 4-6. On failure, whatever was created is gone again and the error is recorded.
 fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> {
-    {
+    if p.restart_of.is_some() {
+        let fresh = p.vm.clone();
+        let mut applied = false;
+        vms.update(&fresh.id, |vm| {
+            // Only an exited VM starts again; someone else may have been quicker.
+            if !vm.status.can_stop() {
+                *vm = fresh.clone();
+                applied = true;
+            }
+        })?;
+        if !applied {
+            bail!("VM {} is already running again", fresh.name);
+        }
+    } else {
         let _lock = vms.lock()?;
         vms.create(&p.vm)?;
     }
@@ -158,12 +189,16 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     std::fs::write(vms.dir(&id).join("spec.json"), p.spec.to_json()?)
         .context("recording the spec")?;
     let booted = (|| {
+        super::timing::mark("record");
         let disk = LoopDisk::attach(&p.disk_file)?;
         vms.update(&id, |vm| vm.loop_device = Some(disk.path().to_path_buf()))?;
+        super::timing::mark("disk-attach");
         let config = domain_config(p, disk.path())?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
         vms.update(&id, |vm| vm.domid = Some(domid.0))?;
+        super::timing::mark("domain-build");
         write_spec(domid, &p.spec)?;
+        super::timing::mark("xenstore");
         Ok(Booted {
             id: id.clone(),
             domid,

@@ -8,3 +8,4 @@ pub mod monitor;
 pub mod reconcile;
 pub mod spec;
 pub mod state;
+pub mod timing;

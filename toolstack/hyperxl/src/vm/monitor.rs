@@ -44,6 +44,11 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Whether SIGINT or SIGTERM arrived since [`install_stop_handlers`].
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::SeqCst)
+}
+
 /// SIGINT and SIGTERM become a graceful stop of the VM; SIGHUP is ignored (a detached
 /// monitor outlives its terminal).
 pub fn install_stop_handlers() {
@@ -89,6 +94,7 @@ pub fn supervise(
     install_stop_handlers();
     let result = (|| {
         ctx.unpause(domid).context("unpausing the domain")?;
+        super::timing::mark("unpause");
         vms.update(id, |vm| vm.status = Status::Running)?;
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disk)
@@ -146,6 +152,7 @@ pub fn finish(
     } else {
         Ok(())
     };
+    super::timing::mark("teardown");
     // The run's own error matters more than a failure to record it.
     let code = result?;
     recorded?;
@@ -168,6 +175,11 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
     let mut destroyed = false;
     loop {
         if let Some(code) = read_exit_code(xs, domid.0) {
+            if !started {
+                // Started and ended between two polls.
+                super::timing::mark("boot-to-started");
+            }
+            super::timing::mark("app");
             if let Some(e) = read_guest_key(xs, domid.0, keys::status::ERROR) {
                 eprintln!("hyperxl: {e}");
                 vms.update(id, |vm| vm.error = Some(e))?;
@@ -182,6 +194,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         }
         if !started && read_guest_key(xs, domid.0, keys::status::STARTED).is_some() {
             started = true;
+            super::timing::mark("boot-to-started");
             // The guest mounted its rootfs: blkback holds the loop device now.
             if let Some(d) = disk.take() {
                 d.release();

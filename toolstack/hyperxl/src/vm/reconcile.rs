@@ -105,6 +105,7 @@ mod tests {
             finished_at: None,
             killed: false,
             stopped_by_user: false,
+            restart_count: 0,
             labels: Default::default(),
         }
     }

@@ -122,6 +122,9 @@ pub struct VmState {
     /// `stop` asked for it: a restart policy leaves it stopped.
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// How often a restart policy started it again (the same id, name and log).
+    #[serde(default)]
+    pub restart_count: u32,
     /// Free-form labels (deployments put their name and a definition fingerprint here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -148,6 +151,7 @@ impl VmState {
             finished_at: None,
             killed: false,
             stopped_by_user: false,
+            restart_count: 0,
             labels: BTreeMap::new(),
         }
     }
@@ -384,6 +388,7 @@ mod tests {
             finished_at: None,
             killed: false,
             stopped_by_user: false,
+            restart_count: 0,
             labels: Default::default(),
         }
     }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Runs inside the test host's dom0 (see scripts/bench-run), under bash (for its
+# microsecond clock, $EPOCHREALTIME). Loads the demo image from /images/demo.tar, then,
+# after one warm-up of each, times ROUNDS interleaved pairs of
+#   hx  `hyperxl run --rm demo true` (HYPERXL_TIMINGS=1: its phases too)
+#   xl  `xl create -p` of the same kernel, initramfs, cmdline, memory and rootfs disk, the
+#       spec written to xenstore, `xl unpause`, until the domain is gone (xl's own monitor
+#       destroys it on poweroff; the disk goes through Xen's bash `block` hotplug script)
+# then the smallest --memory at which the demo image still runs.
+# Prints "hx MS RC", "xl MS EXITCODE", "phase hx|NAME MS" (one set per timed hx run,
+# which begins with "phase-run"), "mem MIB ok|fail" lines; diagnostics go to stderr.
+set -u
+rounds=${1:-5}
+now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "${t#0}"; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (b - a) / 1000}'; }
+
+hyperxl load -i /images/demo.tar >/dev/null || { echo "hyperxl load failed" >&2; exit 1; }
+
+# One hyperxl run: prints "hx MS RC" and, with $1 = timed, its phases.
+hx() {
+    local s e rc
+    s=$(now_us)
+    HYPERXL_TIMINGS=1 timeout 300 hyperxl run --rm demo true >/tmp/hx.out 2>/tmp/hx.err
+    rc=$?
+    e=$(now_us)
+    echo "hx $(ms "$s" "$e") $rc"
+    [ "$rc" = 0 ] || { echo "hyperxl run failed ($rc):" >&2; cat /tmp/hx.out /tmp/hx.err >&2; }
+    if [ "${1:-}" = timed ]; then
+        echo phase-run
+        awk '$1 == "hyperxl-timing:" {print "phase", $2, $3}' /tmp/hx.err
+    fi
+}
+
+# Warm-up of hyperxl, keeping the VM: its recorded spec is what xl hands the guest.
+hyperxl run --name specsrc demo true >/dev/null 2>/tmp/hx.err || cat /tmp/hx.err >&2
+spec_file=$(find "$HYPERXL_STATE_DIR/vms" -name spec.json | head -n1)
+[ -n "$spec_file" ] || { echo "no spec.json under $HYPERXL_STATE_DIR/vms" >&2; exit 1; }
+spec=$(cat "$spec_file")
+hyperxl rm -f specsrc >/dev/null 2>&1
+disk=$(hyperxl image disk demo) || { echo "hyperxl image disk demo failed" >&2; exit 1; }
+echo "spec: $spec" >&2
+echo "disk: $disk" >&2
+
+cat > /tmp/bench-xl.cfg <<EOF
+name="bench-xl"
+type="pvh"
+kernel="$HYPERXL_GUEST_DIR/vmlinuz"
+ramdisk="$HYPERXL_GUEST_DIR/initramfs.cpio"
+cmdline="console=hvc0 quiet loglevel=1"
+memory=128
+vcpus=1
+disk=['format=raw, vdev=xvda, access=ro, target=$disk']
+on_poweroff="destroy"
+on_crash="destroy"
+EOF
+
+# One xl run: prints "xl MS EXITCODE" (EXITCODE as the guest reported it, or "none").
+xl_run() {
+    local s e domid code="" i=0
+    s=$(now_us)
+    if ! xl create -p /tmp/bench-xl.cfg >/dev/null 2>/tmp/xl.err; then
+        echo "xl create failed:" >&2; cat /tmp/xl.err >&2; echo "xl 0 create-failed"; return
+    fi
+    domid=$(xl domid bench-xl)
+    xenstore-write "/local/domain/$domid/hyperxl/spec" "$spec"
+    xenstore-chmod -r "/local/domain/$domid/hyperxl" n0 "r$domid"
+    xl unpause bench-xl
+    while xenstore-exists "/local/domain/$domid" 2>/dev/null; do
+        [ -n "$code" ] || code=$(xenstore-read "/local/domain/$domid/data/hyperxl/exit-code" 2>/dev/null)
+        i=$((i + 1)); [ $i -gt 30000 ] && break   # ~5 min at 10 ms a poll
+        sleep 0.01
+    done
+    e=$(now_us)
+    xl list bench-xl >/dev/null 2>&1 && { echo "xl: bench-xl still there, destroying" >&2; xl destroy bench-xl; }
+    echo "xl $(ms "$s" "$e") ${code:-none}"
+    [ "$code" = 0 ] || tail -n 20 /var/log/xen/console/guest-bench-xl.log >&2 2>/dev/null
+}
+
+xl_run >/dev/null   # warm-up
+r=0
+while [ $r -lt "$rounds" ]; do
+    hx timed
+    xl_run
+    r=$((r + 1))
+done
+
+# The smallest memory the demo image still runs in (descending; stop at the first failure).
+for m in 64 48 32 24 20 16; do
+    if timeout 300 hyperxl run --rm -m "${m}m" demo echo ok 2>/tmp/mem.err | grep -qx ok; then
+        echo "mem $m ok"
+    else
+        echo "mem $m fail"
+        { echo "at -m ${m}m:"; tail -n 5 /tmp/mem.err; } >&2
+        break
+    fi
+done
+exit 0

@@ -1,0 +1,84 @@
+//! `hyperxl config [RUN FLAGS] IMAGE [CMD...]`: the xl.cfg equivalent to a `hyperxl run`,
+//! and `hyperxl spec write DOMID FILE`, the step that gives a domain made by plain
+//! `xl create -p` its container spec.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use hyperxl_contract::Spec;
+
+use crate::cli::run::{self, RunArgs};
+use crate::vm::launch;
+use crate::xlcfg::{XlConfig, XlDisk};
+
+/// The comment line of a config file that carries the spec.
+pub const SPEC_LINE: &str = "# hyperxl-spec: ";
+
+/// Prints the xl.cfg, with the spec in a comment line `hyperxl spec write` reads.
+pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
+    let (opts, flags) = run::launch_inputs(&args)?;
+    let p = launch::prepare(state_dir, &opts, &flags)?;
+    let cfg = XlConfig {
+        name: p.vm.domain_name(),
+        pv: opts.pv,
+        kernel: opts.kernel.clone(),
+        ramdisk: opts.initrd.clone(),
+        cmdline: launch::GUEST_CMDLINE.into(),
+        memory_mib: opts.memory_mib,
+        vcpus: opts.vcpus,
+        disks: vec![XlDisk {
+            target: p.disk_file.clone(),
+            vdev: "xvda".into(),
+            readonly: true,
+        }],
+    };
+    let name = p.vm.domain_name();
+    print!("{}", cfg.render()?);
+    println!(
+        "\n# Boot it: xl create -p THIS.cfg && hyperxl spec write $(xl domid {name}) THIS.cfg && xl unpause {name}"
+    );
+    println!("{SPEC_LINE}{}", p.spec.to_json()?);
+    Ok(0)
+}
+
+/// Arguments of `hyperxl spec`.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    #[command(subcommand)]
+    command: SpecCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SpecCommand {
+    /// Write a spec into a (paused) domain's xenstore, readable but not writable by it.
+    Write {
+        /// The domain id (`xl domid NAME`).
+        domid: u32,
+        /// A spec as JSON, or an xl.cfg from `hyperxl config` (its `# hyperxl-spec:` line).
+        file: PathBuf,
+    },
+}
+
+/// Runs `hyperxl spec ...`.
+pub fn spec(args: SpecArgs) -> anyhow::Result<u8> {
+    match args.command {
+        SpecCommand::Write { domid, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let json = match text.lines().find_map(|l| l.strip_prefix(SPEC_LINE)) {
+                Some(line) => line.to_owned(),
+                None if text.trim_start().starts_with('{') => text,
+                None => bail!(
+                    "{}: neither a JSON spec nor a config with a `{}` line",
+                    file.display(),
+                    SPEC_LINE.trim()
+                ),
+            };
+            let spec = Spec::from_json(json.as_bytes())
+                .with_context(|| format!("{}: invalid spec", file.display()))?;
+            launch::write_spec(libxl::DomId(domid), &spec)?;
+            Ok(0)
+        }
+    }
+}

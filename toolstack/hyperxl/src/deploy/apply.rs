@@ -1,0 +1,338 @@
+//! Carrying a deployment out: `up` (start what is missing, replace what changed, in
+//! dependency order), `down` (stop and remove in reverse order), and the supervisor that
+//! applies restart policies. Each VM is an ordinary hyperxl VM with a detached monitor,
+//! named `DEPLOYMENT-VM` and labelled, so `ps`, `logs`, `stop` and `rm` work on it too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hyperxl_image::pull::{self, PullOptions};
+use hyperxl_image::{Reference, Store};
+
+use super::file::{Deployment, VmDef};
+use super::plan::{self, Action, Existing};
+use crate::vm::control;
+use crate::vm::host::{reconcile_all, Host};
+use crate::vm::launch::{self, LaunchOptions};
+use crate::vm::monitor;
+use crate::vm::reconcile::alive;
+use crate::vm::state::{Status, VmState, VmStore};
+
+/// Label naming the deployment a VM belongs to.
+pub const LABEL_DEPLOYMENT: &str = "hyperxl.deployment";
+/// Label naming the VM within its deployment.
+pub const LABEL_VM: &str = "hyperxl.vm";
+/// Label holding the definition's fingerprint (see [`VmDef::fingerprint`]).
+pub const LABEL_FINGERPRINT: &str = "hyperxl.fingerprint";
+
+/// How long `stop` waits for a VM of a deployment being replaced or taken down.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `up` waits for a VM's app to start before starting the VMs after it.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the guest kernel and initramfs come from.
+#[derive(Debug, Clone)]
+pub struct GuestFiles {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+}
+
+/// The VM name hyperxl uses for `def` in `dep`.
+pub fn vm_name(dep: &Deployment, def: &VmDef) -> String {
+    format!("{}-{}", dep.name, def.name)
+}
+
+/// The deployment's VMs as they exist now (reconciled), by name within the deployment.
+pub fn members(vms: &VmStore, host: &Host, dep: &str) -> anyhow::Result<BTreeMap<String, VmState>> {
+    Ok(reconcile_all(vms, host)?
+        .into_iter()
+        .filter(|v| v.labels.get(LABEL_DEPLOYMENT).is_some_and(|d| d == dep))
+        .filter_map(|v| Some((v.labels.get(LABEL_VM)?.clone(), v)))
+        .collect())
+}
+
+fn launch_options(dep: &Deployment, def: &VmDef, guest: &GuestFiles) -> LaunchOptions {
+    let mut labels = def.labels.clone();
+    labels.insert(LABEL_DEPLOYMENT.into(), dep.name.clone());
+    labels.insert(LABEL_VM.into(), def.name.clone());
+    labels.insert(LABEL_FINGERPRINT.into(), def.fingerprint());
+    LaunchOptions {
+        image: def.image.clone(),
+        name: Some(vm_name(dep, def)),
+        auto_remove: false,
+        memory_mib: def.memory_mib,
+        vcpus: def.vcpus,
+        pv: def.pv,
+        kernel: guest.kernel.clone(),
+        initrd: guest.initrd.clone(),
+        show_init_lines: false,
+        labels,
+    }
+}
+
+/// Starts `def` detached (or, given `old`, starts that exited VM again), and waits until
+/// its app runs, so VMs that depend on it start after it.
+fn start(
+    state_dir: &Path,
+    vms: &VmStore,
+    dep: &Deployment,
+    def: &VmDef,
+    guest: &GuestFiles,
+    old: Option<&VmState>,
+) -> anyhow::Result<String> {
+    let opts = launch_options(dep, def, guest);
+    let mut prepared = launch::prepare(state_dir, &opts, &def.run_flags())?;
+    if let Some(old) = old {
+        prepared = prepared.restart_of(old);
+    }
+    let id = launch::run_detached(state_dir, vms, prepared)?;
+    let begun = Instant::now();
+    loop {
+        match vms.load(&id) {
+            Ok(vm) if vm.started_at.is_some() || !vm.status.can_stop() => break,
+            Ok(_) if begun.elapsed() > START_TIMEOUT => {
+                bail!(
+                    "{}: the app did not start within {}s",
+                    vm_name(dep, def),
+                    START_TIMEOUT.as_secs()
+                )
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(id)
+}
+
+/// Stops (if running) and removes a VM.
+fn remove(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
+    if vm.status.can_stop() {
+        control::stop(vms, host, vm, STOP_TIMEOUT)?;
+    }
+    vms.remove(&vm.id)?;
+    Ok(())
+}
+
+/// Pulls every image the deployment names that is not here yet, and builds its disk,
+/// before anything starts: a missing image fails `up` with nothing started.
+fn fetch_images(state_dir: &Path, dep: &Deployment) -> anyhow::Result<()> {
+    let store = Store::open(state_dir).context("opening the image store")?;
+    let images: BTreeSet<&str> = dep.vms.iter().map(|v| v.image.as_str()).collect();
+    for image in images {
+        let r: Reference = image.parse().with_context(|| format!("image {image:?}"))?;
+        pull::pull_if_missing(&store, &r, &PullOptions::new(state_dir))
+            .with_context(|| format!("pulling {image}"))?;
+        store
+            .ensure_disk(&r)
+            .with_context(|| format!("building the rootfs disk of {image}"))?;
+    }
+    Ok(())
+}
+
+/// `up`: brings the running VMs in line with the file. Prints one line per VM.
+pub fn up(
+    state_dir: &Path,
+    dep: &Deployment,
+    guest: &GuestFiles,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    fetch_images(state_dir, dep)?;
+    stop_supervisor(state_dir, &dep.name)?;
+    let vms = VmStore::open(state_dir)?;
+    let host = Host::connect();
+    let current = members(&vms, &host, &dep.name)?;
+    let existing: Vec<Existing> = current
+        .iter()
+        .map(|(name, vm)| Existing {
+            name: name.clone(),
+            fingerprint: vm.labels.get(LABEL_FINGERPRINT).cloned(),
+            running: vm.status.can_stop(),
+        })
+        .collect();
+    let def_of = |name: &str| dep.vms.iter().find(|d| d.name == name);
+    for action in plan::plan_up(dep, &existing) {
+        match action {
+            Action::Remove(name) => {
+                if let Some(vm) = current.get(&name) {
+                    remove(&vms, &host, vm)?;
+                    writeln!(out, "{}: removed (no longer in the file)", vm.name)?;
+                }
+            }
+            Action::Keep(name) => {
+                if let Some(vm) = current.get(&name) {
+                    writeln!(out, "{}: unchanged, running", vm.name)?;
+                }
+            }
+            Action::Start(name) | Action::Replace(name) => {
+                let Some(def) = def_of(&name) else { continue };
+                let replaced = current
+                    .get(&name)
+                    .map(|vm| remove(&vms, &host, vm))
+                    .transpose()?;
+                start(state_dir, &vms, dep, def, guest, None)?;
+                let what = if replaced.is_some() {
+                    "replaced"
+                } else {
+                    "started"
+                };
+                writeln!(out, "{}: {what}", vm_name(dep, def))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `down`: stops the supervisor, then stops and removes the deployment's VMs in reverse
+/// start order (and any VM labelled with it that the file no longer names).
+pub fn down(state_dir: &Path, dep: &Deployment, out: &mut impl Write) -> anyhow::Result<()> {
+    stop_supervisor(state_dir, &dep.name)?;
+    let vms = VmStore::open(state_dir)?;
+    let host = Host::connect();
+    let mut current = members(&vms, &host, &dep.name)?;
+    let mut order = plan::plan_down(dep);
+    order.extend(
+        current
+            .keys()
+            .filter(|k| !order.contains(k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    for name in order {
+        if let Some(vm) = current.remove(&name) {
+            remove(&vms, &host, &vm)?;
+            writeln!(out, "{}: removed", vm.name)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(deployment_dir(state_dir, &dep.name));
+    Ok(())
+}
+
+/// `STATE_DIR/deployments/NAME`: the supervisor's pid file and log.
+pub fn deployment_dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("deployments").join(name)
+}
+
+/// Ends a running supervisor of deployment `name` (the VMs keep running).
+pub fn stop_supervisor(state_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let pid_file = deployment_dir(state_dir, name).join("supervisor.pid");
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    if let Ok(pid) = text.trim().parse::<u32>() {
+        if alive(pid) {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let begun = Instant::now();
+            while nix::sys::signal::kill(pid, None).is_ok() {
+                if begun.elapsed() > Duration::from_secs(10) {
+                    bail!("the supervisor of {name} (pid {pid}) does not exit");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+    Ok(())
+}
+
+/// Starts `hyperxl supervise -f FILE` in the background, logging to the deployment's dir.
+pub fn spawn_supervisor(state_dir: &Path, dep: &Deployment, file: &Path) -> anyhow::Result<u32> {
+    let dir = deployment_dir(state_dir, &dep.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("supervisor.log"))
+        .context("creating the supervisor log")?;
+    let exe = std::env::current_exe().context("finding the hyperxl executable")?;
+    let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    let child = Command::new(exe)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("supervise")
+        .arg("-f")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the supervisor")?;
+    Ok(child.id())
+}
+
+/// Applies the restart policies until no VM of the deployment runs or will run again
+/// (or a stop signal arrives). `attached`: Ctrl-C also stops the VMs, as `compose up`.
+pub fn supervise(
+    state_dir: &Path,
+    dep: &Deployment,
+    guest: &GuestFiles,
+    attached: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let dir = deployment_dir(state_dir, &dep.name);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
+    monitor::install_stop_handlers();
+    let vms = VmStore::open(state_dir)?;
+    let host = Host::connect();
+    let mut reported: BTreeSet<(String, u32)> = BTreeSet::new();
+    loop {
+        if monitor::stop_requested() {
+            if attached {
+                writeln!(out, "stopping {}", dep.name)?;
+                let current = members(&vms, &host, &dep.name)?;
+                for name in plan::plan_down(dep) {
+                    if let Some(vm) = current.get(&name).filter(|v| v.status.can_stop()) {
+                        control::stop(&vms, &host, vm, STOP_TIMEOUT)?;
+                        writeln!(out, "{}: stopped", vm.name)?;
+                    }
+                }
+            }
+            break;
+        }
+        let current = members(&vms, &host, &dep.name)?;
+        let mut pending = false;
+        for def in &dep.vms {
+            let Some(vm) = current.get(&def.name) else {
+                continue;
+            };
+            if vm.status != Status::Exited {
+                pending = true;
+                continue;
+            }
+            let code = vm.exit_code.unwrap_or(crate::vm::host::EXIT_CRASHED);
+            let restart = !vm.stopped_by_user && def.restart.should_restart(code, vm.restart_count);
+            if reported.insert((vm.id.clone(), vm.restart_count)) {
+                let why = if vm.stopped_by_user {
+                    ", stopped by the user"
+                } else {
+                    ""
+                };
+                let next = if restart { "; restarting" } else { "" };
+                writeln!(out, "{}: exited ({code}){why}{next}", vm.name)?;
+                out.flush()?;
+            }
+            if restart {
+                pending = true;
+                match start(state_dir, &vms, dep, def, guest, Some(vm)) {
+                    Ok(_) => writeln!(out, "{}: restarted ({})", vm.name, vm.restart_count + 1)?,
+                    Err(e) => writeln!(out, "{}: restart failed: {e:#}", vm.name)?,
+                }
+                out.flush()?;
+            }
+        }
+        if !pending {
+            writeln!(out, "{}: nothing left running", dep.name)?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+    Ok(())
+}
