@@ -87,6 +87,16 @@ impl Host {
         }
     }
 
+    /// The domid of the domain called `name`, if there is one.
+    pub fn find(&self, name: &str) -> Option<u32> {
+        self.ctx
+            .as_ref()?
+            .domid_for_name(name)
+            .ok()
+            .flatten()
+            .map(|d| d.0)
+    }
+
     /// Destroys domain `domid`; a domain already gone is fine.
     pub fn destroy(&self, domid: u32) -> Result<(), libxl::LibxlError> {
         let Some(ctx) = &self.ctx else {
@@ -113,6 +123,7 @@ pub fn reconcile_all(
     super::reconcile::reconcile(
         vms,
         |d| host.probe(d),
+        |name| host.find(name),
         |d| {
             let _ = host.destroy(d);
         },

@@ -33,10 +33,13 @@ pub fn unwatched(vm: &VmState) -> bool {
 }
 
 /// Records the end of every unwatched VM whose domain is gone or ended; `probe` asks
-/// Xen about a domid, `destroy` tears down an ended domain. Returns every VM, updated.
+/// Xen about a domid, `find` looks a domain up by name (a watcher killed while libxl
+/// was still building the domain never learnt its domid), `destroy` tears down an
+/// ended domain. Returns every VM, updated.
 pub fn reconcile(
     vms: &VmStore,
     probe: impl Fn(u32) -> DomainFact,
+    find: impl Fn(&str) -> Option<u32>,
     destroy: impl Fn(u32),
 ) -> Result<Vec<VmState>, state::StateError> {
     let mut out = Vec::new();
@@ -45,12 +48,22 @@ pub fn reconcile(
             out.push(vm);
             continue;
         }
-        let fact = vm.domid.map_or(DomainFact::Gone, &probe);
+        let domid = vm.domid.or_else(|| find(&vm.domain_name()));
+        let fact = domid.map_or(DomainFact::Gone, &probe);
         if fact == DomainFact::Alive {
-            out.push(vm);
+            if vm.domid.is_none() {
+                // Record the domain, so `stop`, `kill` and `rm -f` reach it.
+                match vms.update(&vm.id, |vm| vm.domid = domid) {
+                    Ok(vm) => out.push(vm),
+                    Err(state::StateError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                out.push(vm);
+            }
             continue;
         }
-        if let (Some(domid), DomainFact::Ended { .. }) = (vm.domid, fact) {
+        if let (Some(domid), DomainFact::Ended { .. }) = (domid, fact) {
             destroy(domid);
         }
         let updated = vms.update(&vm.id, |vm| {
@@ -118,7 +131,7 @@ mod tests {
         vms.create(&running("aa01", "dead", u32::MAX)).unwrap();
         vms.create(&running("bb02", "watched", std::process::id()))
             .unwrap();
-        let list = reconcile(&vms, |_| DomainFact::Gone, |_| {}).unwrap();
+        let list = reconcile(&vms, |_| DomainFact::Gone, |_| None, |_| {}).unwrap();
         let dead = list.iter().find(|v| v.name == "dead").unwrap();
         assert_eq!(dead.status, Status::Exited);
         assert!(dead.error.as_deref().unwrap().contains("without reporting"));
@@ -141,6 +154,7 @@ mod tests {
                     DomainFact::Gone
                 }
             },
+            |_| None,
             |_| panic!("nothing to destroy"),
         )
         .unwrap();
@@ -156,6 +170,7 @@ mod tests {
         reconcile(
             &vms,
             |_| DomainFact::Ended { exit_code: Some(3) },
+            |_| None,
             |d| destroyed.set(Some(d)),
         )
         .unwrap();
@@ -174,8 +189,33 @@ mod tests {
         let mut vm = running("aa01", "killed", u32::MAX);
         vm.killed = true;
         vms.create(&vm).unwrap();
-        reconcile(&vms, |_| DomainFact::Gone, |_| {}).unwrap();
+        reconcile(&vms, |_| DomainFact::Gone, |_| None, |_| {}).unwrap();
         let vm = vms.load("aa01").unwrap();
         assert_eq!((vm.exit_code, vm.error), (Some(137), None));
+    }
+
+    #[test]
+    fn a_domain_still_being_built_is_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "early", u32::MAX);
+        vm.status = Status::Created;
+        vm.domid = None;
+        vms.create(&vm).unwrap();
+        let list = reconcile(
+            &vms,
+            |d| {
+                if d == 9 {
+                    DomainFact::Alive
+                } else {
+                    DomainFact::Gone
+                }
+            },
+            |name| (name == "hyperxl-early").then_some(9),
+            |_| panic!("nothing to destroy"),
+        )
+        .unwrap();
+        assert_eq!((list[0].status, list[0].domid), (Status::Created, Some(9)));
+        assert_eq!(vms.load("aa01").unwrap().domid, Some(9), "saved");
     }
 }
