@@ -17,7 +17,11 @@ fn config(domain_type: DomainType) -> DomainConfig {
         .cmdline("console=hvc0 quiet")
         .memory_mib(128)
         .vcpus(1)
-        .disk(Disk::new("/dev/loop0", "xvda").readonly())
+        .disk(
+            Disk::new("/dev/loop0", "xvda")
+                .readonly()
+                .script("/usr/local/bin/hyperxl-block"),
+        )
         .disk(Disk::new("/var/lib/hyperxl/vms/golden/data.img", "xvdb"))
         .build()
         .expect("valid config")
