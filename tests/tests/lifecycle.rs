@@ -47,6 +47,13 @@ fn vms_are_managed_from_start_to_removal() {
              hyperxl run -d --name w2 demo sh -c 'exit 5' >/dev/null && hyperxl wait w1 w2",
         )
         .step("rm_two", "hyperxl rm w1 w2")
+        // Ctrl-C on an attached run stops the VM gracefully: the app gets SIGTERM.
+        .step(
+            "ctrl_c",
+            "hyperxl run --rm --name sig demo sh -c 'echo sig-up; exec sleep 1000' & pid=$!
+             for i in $(seq 600); do hyperxl inspect sig 2>/dev/null | grep -q '\"started_at\": [0-9]' && break; sleep 0.2; done
+             kill -INT $pid; wait $pid; echo rc=$?",
+        )
         // kill: destroyed at once, recorded as 137.
         .step("kill", "hyperxl run -d --name k demo sleep 1000 >/dev/null && hyperxl kill k")
         .step("inspect_k", "hyperxl inspect k")
@@ -133,6 +140,11 @@ fn vms_are_managed_from_start_to_removal() {
     assert_eq!(run["wait_two"].assert_success("wait_two").stdout, "4\n5\n");
     run["rm_two"].assert_success("rm_two");
 
+    assert_eq!(
+        run["ctrl_c"].stdout, "sig-up\nrc=143\n",
+        "{}",
+        run["ctrl_c"]
+    );
     assert_eq!(run["kill"].assert_success("kill").stdout, "k\n");
     let k = &run["inspect_k"].stdout;
     assert!(
