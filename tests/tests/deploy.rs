@@ -12,8 +12,13 @@ const LEFTOVERS: &str =
 
 /// Boots an xl.cfg example the documented way and prints its console once it ended.
 fn xl_boot(cfg: &str, domain: &str) -> String {
+    xl_boot_file(&format!("/hx/configs/{cfg}"), domain)
+}
+
+/// Boots the xl.cfg at `path` with `xl create -p` + `hyperxl spec write` + `xl unpause`.
+fn xl_boot_file(path: &str, domain: &str) -> String {
     format!(
-        "xl create -p /hx/configs/{cfg} && hyperxl spec write $(xl domid {domain}) /hx/configs/{cfg} && xl unpause {domain}
+        "xl create -p {path} && hyperxl spec write $(xl domid {domain}) {path} && xl unpause {domain}
          for i in $(seq 900); do xl list {domain} >/dev/null 2>&1 || break; sleep 0.2; done
          xl list {domain} >/dev/null 2>&1 && echo still running
          grep -v -e '^hyperstart: ' -e '^\\[' -e '^reboot: ' /var/log/xen/console/guest-{domain}.log | tr -d '\\r'"
@@ -61,6 +66,12 @@ fn deployments_and_xl_configs_run_as_documented() {
         )
         .step("xl_pvh", &xl_boot("hello-pvh.cfg", "hyperxl-hello-pvh"))
         .step("xl_pv", &xl_boot("hello-pv.cfg", "hyperxl-hello-pv"))
+        .step(
+            "config",
+            "hyperxl config --name cfgtest -e WHO=config demo sh -c 'echo booted from hyperxl config by $WHO' >/tmp/c.cfg &&
+             grep -c '^# hyperxl-spec: ' /tmp/c.cfg",
+        )
+        .step("config_boot", &xl_boot_file("/tmp/c.cfg", "hyperxl-cfgtest"))
         .step("after_xl", LEFTOVERS)
         .step(
             "malformed",
@@ -83,11 +94,15 @@ fn deployments_and_xl_configs_run_as_documented() {
         .step("logs_db", "hyperxl logs shop-db")
         .step("down", "hyperxl down -f /tmp/edit/shop.toml")
         .step("after_down", &format!("{LEFTOVERS}; ls $HYPERXL_STATE_DIR/deployments"))
-        .step("restart_up", "hyperxl up -d -f /hx/configs/restart.toml")
+        // Attached this time: `up` supervises in the foreground and says what happens.
+        .step(
+            "restart_up",
+            "hyperxl up -f /hx/configs/restart.toml >/tmp/up.out 2>&1 & echo $! >/tmp/up.pid",
+        )
         .step(
             "restart_wait",
             "for i in $(seq 1500); do
-               hyperxl inspect restart-flaky | grep -q '\"restart_count\": 2' &&
+               hyperxl inspect restart-flaky 2>/dev/null | grep -q '\"restart_count\": 2' &&
                hyperxl inspect restart-flaky | grep -q '\"status\": \"exited\"' && break; sleep 0.2; done
              sleep 3; hyperxl inspect restart-flaky | grep -e restart_count -e '\"status\"' -e exit_code",
         )
@@ -96,12 +111,27 @@ fn deployments_and_xl_configs_run_as_documented() {
             "stop_always",
             "hyperxl stop restart-steady && sleep 5 && hyperxl inspect restart-steady | grep -e restart_count -e '\"status\"' -e stopped_by_user",
         )
-        .step("supervisor_log", "cat $HYPERXL_STATE_DIR/deployments/restart/supervisor.log")
+        // Nothing runs or will run again: the attached `up` ends by itself.
+        .step(
+            "up_output",
+            "pid=$(cat /tmp/up.pid); for i in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.2; done
+             kill -0 $pid 2>/dev/null && echo still running; cat /tmp/up.out",
+        )
         .step("restart_down", "hyperxl down -f /hx/configs/restart.toml")
         .step("after", LEFTOVERS);
     let run = batch.run().expect("test host runs the batch");
 
     run["setup"].assert_success("setup");
+    assert_eq!(run["config"].assert_success("config").stdout, "1\n");
+    assert_eq!(
+        run["config_boot"]
+            .assert_success("config_boot")
+            .stdout
+            .trim(),
+        "booted from hyperxl config by config",
+        "{}",
+        run["config_boot"]
+    );
     assert_eq!(
         run["xl_pvh"].assert_success("xl_pvh").stdout.trim(),
         "hello from xl create as nobody in /srv",
@@ -193,6 +223,21 @@ fn deployments_and_xl_configs_run_as_documented() {
     assert_eq!(run["after_down"].stdout, "", "{}", run["after_down"]);
 
     run["restart_up"].assert_success("restart_up");
+    let up_out = &run["up_output"].stdout;
+    for want in [
+        "restart-flaky: started",
+        "restart-steady: started",
+        "restart-flaky: exited (1); restarting",
+        "restart-flaky: restarted (1)",
+        "restart-flaky: restarted (2)",
+        "restart-flaky: exited (1)\n",
+        "restart-steady: exited (143), stopped by the user",
+        "restart: nothing left running",
+    ] {
+        assert!(up_out.contains(want), "{want:?} in:\n{up_out}");
+    }
+    assert!(!up_out.contains("still running"), "{up_out}");
+    assert!(!up_out.contains("restarted (3)"), "{up_out}");
     let flaky = &run["restart_wait"].stdout;
     assert!(flaky.contains("\"restart_count\": 2"), "{flaky}");
     assert!(flaky.contains("\"status\": \"exited\""), "{flaky}");

@@ -51,7 +51,7 @@ fn vms_are_managed_from_start_to_removal() {
         .step(
             "ctrl_c",
             "hyperxl run --rm --name sig demo sh -c 'echo sig-up; exec sleep 1000' & pid=$!
-             for i in $(seq 600); do hyperxl inspect sig 2>/dev/null | grep -q '\"started_at\": [0-9]' && break; sleep 0.2; done
+             for i in $(seq 600); do hyperxl logs sig 2>/dev/null | grep -q sig-up && break; sleep 0.2; done
              kill -INT $pid; wait $pid; echo rc=$?",
         )
         // kill: destroyed at once, recorded as 137.

@@ -103,7 +103,7 @@ fn start(
                     START_TIMEOUT.as_secs()
                 )
             }
-            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(e.into()),
         }
     }

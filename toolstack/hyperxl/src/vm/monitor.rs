@@ -173,6 +173,12 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
     let mut gone_at: Option<Instant> = None;
     let mut started = false;
     let mut destroyed = false;
+    // Woken by the guest's status keys and by any domain's death, not by a timer: on a
+    // busy dom0 (or one emulated CPU) polling would take time from the guests.
+    xs.watch(&keys::abs(domid.0, keys::STATUS_DIR), "status")
+        .context("watching the guest's status")?;
+    xs.watch("@releaseDomain", "release")
+        .context("watching for the domain's end")?;
     loop {
         if let Some(code) = read_exit_code(xs, domid.0) {
             if !started {
@@ -228,7 +234,26 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
                 bail!("the VM's domain died without reporting an exit code (crashed?)");
             }
         }
-        thread::sleep(Duration::from_millis(20));
+        wait_for_event(xs)?;
+    }
+}
+
+/// Blocks until a watch fires (taking every event already queued) or a quarter second
+/// passed, so stop requests and timeouts are still seen without events.
+fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::Result<()> {
+    let mut timeout = Duration::from_millis(250);
+    loop {
+        match xs.next_watch_event(Some(timeout)) {
+            Ok(Some(_)) => timeout = Duration::ZERO,
+            Ok(None) => return Ok(()),
+            // A signal (Ctrl-C): handled by the caller's next round.
+            Err(xenstore_wire::XenstoreError::Io(e))
+                if e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e).context("waiting for xenstore events"),
+        }
     }
 }
 
