@@ -6,7 +6,8 @@
 #   xl  `xl create -p` of the same kernel, initramfs, cmdline, memory and rootfs disk, the
 #       spec written to xenstore, `xl unpause`, until the domain is gone (xl's own monitor
 #       destroys it on poweroff; the disk goes through Xen's bash `block` hotplug script)
-# then the smallest --memory at which the demo image still runs.
+# then the disk's hotplug step (hyperxl-block against Xen's bash block script) and the
+# smallest --memory at which the demo image still runs.
 # Prints "hx MS RC", "xl MS EXITCODE", "phase hx|NAME MS" (one set per timed hx run,
 # which begins with "phase-run"), "mem MIB ok|fail" lines; diagnostics go to stderr.
 set -u
@@ -90,6 +91,19 @@ while [ $r -lt "$rounds" ]; do
     hx timed
     xl_run
     r=$((r + 1))
+done
+
+# The disk's hotplug step: hyperxl-block against Xen's bash `block` script on the same
+# loop device (hyperxl falls back to it when hyperxl-block is not beside it), interleaved.
+# Prints "hotplug hyperxl-block|stock-block MS": the domain-build phase of each run.
+block=$(dirname "$(readlink -f "$(command -v hyperxl)")")/hyperxl-block
+for i in $(seq "$rounds"); do
+    for how in hyperxl-block stock-block; do
+        [ $how = stock-block ] && mv "$block" "$block.off"
+        HYPERXL_TIMINGS=1 hyperxl run --rm demo true 2>&1 >/dev/null |
+            awk -v h=$how '$2 == "domain-build" {print "hotplug", h, $3}'
+        [ $how = stock-block ] && mv "$block.off" "$block"
+    done
 done
 
 # The smallest memory the demo image still runs in (descending; stop at the first failure).
