@@ -128,3 +128,71 @@ pub fn detach(device: &Path) -> io::Result<()> {
     }
     LoopDevice::open(device)?.detach()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Loop devices need root and the loop driver; elsewhere these tests say so and pass.
+    fn loop_available() -> bool {
+        let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/loop-control").exists();
+        if !ok {
+            eprintln!("skipped: needs root and /dev/loop-control");
+        }
+        ok
+    }
+
+    fn image() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[0x5a; 64 * 1024]).unwrap();
+        f
+    }
+
+    #[test]
+    fn attached_read_only_and_freed_when_released() {
+        if !loop_available() {
+            return;
+        }
+        let file = image();
+        let disk = LoopDisk::attach(file.path()).unwrap();
+        let dev = disk.path().to_path_buf();
+        assert!(is_bound(&dev), "{} bound", dev.display());
+        let ro = std::fs::read_to_string(
+            Path::new("/sys/block")
+                .join(dev.file_name().unwrap())
+                .join("ro"),
+        )
+        .unwrap();
+        assert_eq!(ro.trim(), "1", "the kernel marks it read-only");
+        disk.release();
+        assert!(
+            wait_freed(&dev, Duration::from_secs(3)),
+            "autoclear freed it"
+        );
+    }
+
+    #[test]
+    fn racing_attaches_get_distinct_devices() {
+        if !loop_available() {
+            return;
+        }
+        let files: Vec<_> = (0..4).map(|_| image()).collect();
+        let disks: Vec<LoopDisk> = std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .iter()
+                .map(|f| s.spawn(|| LoopDisk::attach(f.path()).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut paths: Vec<_> = disks.iter().map(|d| d.path().to_path_buf()).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), 4, "{paths:?}");
+        for d in disks {
+            let p = d.path().to_path_buf();
+            d.release();
+            assert!(wait_freed(&p, Duration::from_secs(3)));
+        }
+    }
+}
