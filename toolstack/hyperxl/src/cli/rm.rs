@@ -38,7 +38,7 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
                 vm.stopped_by_user = true;
             })?;
             if let Some(domid) = vm.domid {
-                host.destroy(domid)?;
+                host.destroy(domid, &vm.domain_name())?;
             }
             if !unwatched(&vm) {
                 // Let the watcher finish its record, so it does not write after us.

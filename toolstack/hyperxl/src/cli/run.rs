@@ -110,7 +110,13 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     crate::vm::timing::start();
     let (opts, flags) = launch_inputs(&args)?;
     let vms = VmStore::open(state_dir)?;
+    // Ctrl-C while the image is pulled just ends hyperxl (nothing exists yet to clean).
     let prepared = launch::prepare(state_dir, &opts, &flags)?;
+    if !args.detach {
+        // From here on, Ctrl-C while the domain is built must still stop (or never
+        // start) the VM, not leave a paused domain behind.
+        crate::vm::monitor::install_stop_handlers();
+    }
     if args.detach {
         let id = launch::run_detached(state_dir, &vms, prepared)?;
         println!("{id}");

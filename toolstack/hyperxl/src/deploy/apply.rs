@@ -96,6 +96,7 @@ fn start(
     loop {
         match vms.load(&id) {
             Ok(vm) if vm.started_at.is_some() || !vm.status.can_stop() => break,
+            Ok(_) if monitor::stop_requested() => bail!("interrupted"),
             Ok(_) if begun.elapsed() > START_TIMEOUT => {
                 bail!(
                     "{}: the app did not start within {}s",
@@ -284,7 +285,9 @@ pub fn supervise(
     let mut reported: BTreeSet<(String, u32)> = BTreeSet::new();
     loop {
         if monitor::stop_requested() {
-            if attached {
+            // Ctrl-C on an attached `up` stops the deployment, as `compose up` does;
+            // SIGTERM (another `up` or `down` taking over) only ends this supervisor.
+            if attached && monitor::interrupted() {
                 writeln!(out, "stopping {}", dep.name)?;
                 let current = members(&vms, &host, &dep.name)?;
                 for name in plan::plan_down(dep) {

@@ -43,7 +43,7 @@ pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
         vm.stopped_by_user = true;
     })?;
     if let Some(domid) = vm.domid {
-        host.destroy(domid)?;
+        host.destroy(domid, &vm.domain_name())?;
     }
     wait_exited(vms, host, &vm.id, Some(RECORD_GRACE))?;
     Ok(())
@@ -57,7 +57,7 @@ pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyh
         // Still being built: nothing to ask yet, so it cannot be graceful.
         return kill(vms, host, &vm);
     };
-    if !host.request_stop(domid) {
+    if !host.request_stop(domid, &vm.domain_name()) {
         return kill(vms, host, &vm);
     }
     match wait_exited(vms, host, &vm.id, Some(timeout)) {

@@ -66,12 +66,14 @@ impl Host {
         }
     }
 
-    /// What became of domain `domid`.
-    pub fn probe(&self, domid: u32) -> DomainFact {
+    /// What became of domain `domid`, which hyperxl named `name`. A domain with that
+    /// id but another name is not ours (domids are reused, e.g. after a reboot): gone.
+    pub fn probe(&self, domid: u32, name: &str) -> DomainFact {
         let Some(ctx) = &self.ctx else {
             return DomainFact::Gone;
         };
         match ctx.domain_info(DomId(domid)) {
+            Ok(Some(info)) if info.name.as_deref() != Some(name) => DomainFact::Gone,
             Ok(Some(info)) if info.shutdown || info.dying => {
                 let exit_code = self
                     .xs
@@ -97,21 +99,31 @@ impl Host {
             .map(|d| d.0)
     }
 
-    /// Destroys domain `domid`; a domain already gone is fine.
-    pub fn destroy(&self, domid: u32) -> Result<(), libxl::LibxlError> {
-        let Some(ctx) = &self.ctx else {
-            return Ok(());
-        };
-        destroy_if_present(ctx, DomId(domid))
+    /// Whether domain `domid` exists and is called `name`.
+    fn is_ours(&self, domid: u32, name: &str) -> bool {
+        self.ctx.as_ref().is_some_and(|ctx| {
+            matches!(ctx.domain_info(DomId(domid)), Ok(Some(info)) if info.name.as_deref() == Some(name))
+        })
+    }
+
+    /// Destroys domain `domid` if it is still the one called `name`; gone is fine.
+    pub fn destroy(&self, domid: u32, name: &str) -> Result<(), libxl::LibxlError> {
+        match &self.ctx {
+            Some(ctx) if self.is_ours(domid, name) => destroy_if_present(ctx, DomId(domid)),
+            _ => Ok(()),
+        }
     }
 
     /// Asks the guest's init to stop the app (SIGTERM, then SIGKILL after the spec's
-    /// grace period). Returns false when xenstore is not reachable.
-    pub fn request_stop(&self, domid: u32) -> bool {
-        self.xs
-            .borrow_mut()
-            .as_mut()
-            .is_some_and(|xs| xs.write(&keys::abs(domid, keys::SHUTDOWN), b"stop").is_ok())
+    /// grace period). Returns false when xenstore is not reachable or the domain is
+    /// not (any more) the one called `name`.
+    pub fn request_stop(&self, domid: u32, name: &str) -> bool {
+        self.is_ours(domid, name)
+            && self
+                .xs
+                .borrow_mut()
+                .as_mut()
+                .is_some_and(|xs| xs.write(&keys::abs(domid, keys::SHUTDOWN), b"stop").is_ok())
     }
 }
 
@@ -122,10 +134,10 @@ pub fn reconcile_all(
 ) -> Result<Vec<super::state::VmState>, super::state::StateError> {
     super::reconcile::reconcile(
         vms,
-        |d| host.probe(d),
+        |d, name| host.probe(d, name),
         |name| host.find(name),
-        |d| {
-            let _ = host.destroy(d);
+        |d, name| {
+            let _ = host.destroy(d, name);
         },
     )
 }

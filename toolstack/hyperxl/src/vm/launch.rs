@@ -4,7 +4,8 @@
 //! device and (with `--rm`) no state behind.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -172,8 +173,8 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         let fresh = p.vm.clone();
         let mut applied = false;
         vms.update(&fresh.id, |vm| {
-            // Only an exited VM starts again; someone else may have been quicker.
-            if !vm.status.can_stop() {
+            // Only an exited VM starts again, and not one the user stopped meanwhile.
+            if !vm.status.can_stop() && !vm.stopped_by_user {
                 *vm = fresh.clone();
                 applied = true;
             }
@@ -188,15 +189,23 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let id = p.vm.id.clone();
     std::fs::write(vms.dir(&id).join("spec.json"), p.spec.to_json()?)
         .context("recording the spec")?;
+    let mut built: Option<DomId> = None;
     let booted = (|| {
+        if monitor::stop_requested() {
+            bail!("interrupted before the domain was created");
+        }
         super::timing::mark("record");
         let disk = LoopDisk::attach(&p.disk_file)?;
         vms.update(&id, |vm| vm.loop_device = Some(disk.path().to_path_buf()))?;
         super::timing::mark("disk-attach");
         let config = domain_config(p, disk.path())?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
-        vms.update(&id, |vm| vm.domid = Some(domid.0))?;
+        built = Some(domid);
+        let recorded = vms.update(&id, |vm| vm.domid = Some(domid.0))?;
         super::timing::mark("domain-build");
+        if recorded.killed {
+            bail!("killed while its domain was being built");
+        }
         write_spec(domid, &p.spec)?;
         super::timing::mark("xenstore");
         Ok(Booted {
@@ -206,7 +215,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         })
     })();
     if let Err(e) = &booted {
-        let _ = monitor::finish(Some(ctx), vms, &id, Err(anyhow::anyhow!("{e:#}")));
+        let _ = monitor::finish(Some(ctx), vms, &id, built, Err(anyhow::anyhow!("{e:#}")));
     }
     booted
 }
@@ -253,7 +262,7 @@ pub fn run_attached(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
         Some(booted.disk),
         || {},
     );
-    monitor::finish(Some(&ctx), vms, &booted.id, result)
+    monitor::finish(Some(&ctx), vms, &booted.id, Some(booted.domid), result)
 }
 
 /// Runs the VM detached: a `hyperxl monitor` process takes it over; returns its id once
@@ -265,7 +274,9 @@ pub fn run_detached(state_dir: &Path, vms: &VmStore, p: Prepared) -> anyhow::Res
     let handed_over = (|| {
         let exe = std::env::current_exe().context("finding the hyperxl executable")?;
         let log = monitor::open_monitor_log(vms, &id).context("creating the monitor log")?;
+        // Its own process group: Ctrl-C on this `run -d` must not reach the monitor.
         let mut child = Command::new(exe)
+            .process_group(0)
             .arg("--state-dir")
             .arg(state_dir)
             .args(["monitor", &id])
@@ -293,7 +304,13 @@ pub fn run_detached(state_dir: &Path, vms: &VmStore, p: Prepared) -> anyhow::Res
     drop(booted.disk);
     if let Err(e) = handed_over {
         // The monitor may have recorded the end already; finishing twice is harmless.
-        let _ = monitor::finish(Some(&ctx), vms, &id, Err(anyhow::anyhow!("{e:#}")));
+        let _ = monitor::finish(
+            Some(&ctx),
+            vms,
+            &id,
+            Some(booted.domid),
+            Err(anyhow::anyhow!("{e:#}")),
+        );
         return Err(e);
     }
     Ok(id)
@@ -302,8 +319,7 @@ pub fn run_detached(state_dir: &Path, vms: &VmStore, p: Prepared) -> anyhow::Res
 /// The detached monitor's body (`hyperxl monitor ID`): takes over a paused VM created by
 /// `run -d`, unpauses it, says `ready` on stdout, and watches it to the end.
 pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
-    // Our own session: the terminal `run -d` came from may close.
-    let _ = nix::unistd::setsid();
+    // `run -d` put us in our own process group; SIGHUP is ignored by the stop handlers.
     let vm = vms.update(id, |vm| vm.monitor_pid = Some(std::process::id()))?;
     let ctx = Context::new()?;
     let result = (|| {
@@ -322,7 +338,8 @@ pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
             ConsoleOut::LogOnly,
             disk,
             || {
-                println!("ready");
+                // A `run -d` that went away (Ctrl-C) must not take the monitor with it.
+                let _ = writeln!(std::io::stdout(), "ready");
                 // Close the pipe so `run -d` returns; later output has nowhere to go.
                 if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
                     use std::os::fd::AsRawFd;
@@ -331,5 +348,5 @@ pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
             },
         )
     })();
-    monitor::finish(Some(&ctx), vms, id, result)
+    monitor::finish(Some(&ctx), vms, id, vm.domid.map(DomId), result)
 }

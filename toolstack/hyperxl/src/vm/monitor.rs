@@ -39,9 +39,19 @@ pub enum ConsoleOut {
 
 /// Set by SIGINT/SIGTERM: ask the guest to stop.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT alone (Ctrl-C), which an attached supervisor treats differently.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
+extern "C" fn on_stop_signal(sig: libc::c_int) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
+    if sig == libc::SIGINT {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether the stop request came from Ctrl-C (SIGINT) rather than SIGTERM.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Whether SIGINT or SIGTERM arrived since [`install_stop_handlers`].
@@ -93,6 +103,10 @@ pub fn supervise(
     )?;
     install_stop_handlers();
     let result = (|| {
+        // `kill`/`rm -f` may have come while the domain was being built.
+        if vms.load(id)?.killed {
+            return Ok(EXIT_KILLED);
+        }
         ctx.unpause(domid).context("unpausing the domain")?;
         super::timing::mark("unpause");
         vms.update(id, |vm| vm.status = Status::Running)?;
@@ -124,8 +138,13 @@ pub fn finish(
     ctx: Option<&Context>,
     vms: &VmStore,
     id: &str,
+    domid: Option<DomId>,
     result: anyhow::Result<i32>,
 ) -> anyhow::Result<i32> {
+    // The domain this process knows of goes first: even if the record cannot be read.
+    if let (Some(ctx), Some(domid)) = (ctx, domid) {
+        let _ = destroy_if_present(ctx, domid);
+    }
     let vm = vms.load(id)?;
     if let (Some(ctx), Some(domid)) = (ctx, vm.domid) {
         let _ = destroy_if_present(ctx, DomId(domid));
@@ -144,6 +163,8 @@ pub fn finish(
         vm.finished_at = Some(state::now());
         match &result {
             Ok(code) => vm.exit_code = Some(*code),
+            // Killed on purpose while it was being built: that is no failure.
+            Err(_) if vm.killed => vm.exit_code = Some(EXIT_KILLED),
             Err(err) => vm.error = Some(format!("{err:#}")),
         }
     })?;
@@ -242,8 +263,11 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
 /// passed, so stop requests and timeouts are still seen without events.
 fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::Result<()> {
     let mut timeout = Duration::from_millis(250);
+    let begun = Instant::now();
     loop {
         match xs.next_watch_event(Some(timeout)) {
+            // A guest writing its keys in a loop must not keep us from stop requests.
+            Ok(Some(_)) if begun.elapsed() > Duration::from_millis(250) => return Ok(()),
             Ok(Some(_)) => timeout = Duration::ZERO,
             Ok(None) => return Ok(()),
             // A signal (Ctrl-C): handled by the caller's next round.
@@ -256,6 +280,13 @@ fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::
         }
     }
 }
+
+/// A console line longer than this is cut (a guest that never sends a newline must not
+/// grow dom0's memory).
+const MAX_CONSOLE_LINE: usize = 16 * 1024;
+/// The console log stops growing here (a chatty or hostile guest must not fill dom0's
+/// disk); the console itself keeps streaming when attached.
+const MAX_CONSOLE_LOG: u64 = 64 * 1024 * 1024;
 
 /// Copies the guest console to the VM's log, and when attached to stdout (hiding the
 /// init's own lines unless asked), until `done`.
@@ -285,8 +316,16 @@ fn spawn_console(
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         let stdout = std::io::stdout();
+        // The guest decides what comes out of its console: bound what dom0 keeps.
+        let mut logged: u64 = 0;
         let mut emit = |line: &[u8]| {
-            let _ = log.write_all(line);
+            if logged < MAX_CONSOLE_LOG {
+                let _ = log.write_all(line);
+                logged += line.len() as u64;
+                if logged >= MAX_CONSOLE_LOG {
+                    let _ = log.write_all(b"\n[hyperxl: console log limit reached]\n");
+                }
+            }
             let ConsoleOut::Attached { show_init_lines } = out else {
                 return;
             };
@@ -302,7 +341,7 @@ fn spawn_console(
         loop {
             // A non-blocking read may stop mid-line: keep the part until its newline.
             match reader.read_until(b'\n', &mut line) {
-                Ok(_) if line.ends_with(b"\n") => {
+                Ok(_) if line.ends_with(b"\n") || line.len() >= MAX_CONSOLE_LINE => {
                     emit(&line);
                     line.clear();
                     continue;
@@ -322,7 +361,27 @@ fn spawn_console(
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).
 pub fn is_init_line(line: &str) -> bool {
-    line.starts_with("hyperstart: ") || line.starts_with('[') || line.starts_with("reboot: ")
+    line.starts_with("hyperstart: ") || line.starts_with("reboot: ") || is_kernel_line(line)
+}
+
+/// A kernel message as printk prints it: `[  12.345678] ...`. Other lines that start
+/// with `[` are the app's (log formats often do).
+fn is_kernel_line(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = rest.split_once("] ") else {
+        return false;
+    };
+    let stamp = stamp.trim_start();
+    let mut parts = stamp.splitn(2, '.');
+    let (Some(secs), Some(frac)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    !secs.is_empty()
+        && !frac.is_empty()
+        && secs.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Opens (creating) a file the monitor's own messages go to.
@@ -331,4 +390,30 @@ pub fn open_monitor_log(vms: &VmStore, id: &str) -> std::io::Result<File> {
         .create(true)
         .append(true)
         .open(vms.dir(id).join("monitor.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_init_line;
+
+    #[test]
+    fn only_the_kernels_and_the_inits_lines_are_hidden() {
+        for hidden in [
+            "[    0.123456] Linux version 6.1",
+            "[12345.000001] xen-blkfront: ...",
+            "hyperstart: mounted /dev/xvda",
+            "reboot: Power down",
+        ] {
+            assert!(is_init_line(hidden), "{hidden}");
+        }
+        for shown in [
+            "[2024-01-01 10:00:00 +0000] [1] [INFO] Booting worker",
+            "[main] INFO ready",
+            "[1, 2, 3]",
+            "[ 12.x] not a stamp",
+            "hello",
+        ] {
+            assert!(!is_init_line(shown), "{shown}");
+        }
+    }
 }

@@ -19,12 +19,17 @@ pub enum DomainFact {
     Alive,
 }
 
-/// Whether a process with this pid exists.
+/// Whether a hyperxl process with this pid exists. The name check matters after a
+/// reboot or a long time: pids are reused, and an unrelated process must not pass for a
+/// VM's watcher.
 pub fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+    let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    raw > 0
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.starts_with("hyperxl"))
 }
 
 /// Whether nobody watches this VM any more.
@@ -38,9 +43,9 @@ pub fn unwatched(vm: &VmState) -> bool {
 /// ended domain. Returns every VM, updated.
 pub fn reconcile(
     vms: &VmStore,
-    probe: impl Fn(u32) -> DomainFact,
+    probe: impl Fn(u32, &str) -> DomainFact,
     find: impl Fn(&str) -> Option<u32>,
-    destroy: impl Fn(u32),
+    destroy: impl Fn(u32, &str),
 ) -> Result<Vec<VmState>, state::StateError> {
     let mut out = Vec::new();
     for vm in vms.list()? {
@@ -48,8 +53,9 @@ pub fn reconcile(
             out.push(vm);
             continue;
         }
-        let domid = vm.domid.or_else(|| find(&vm.domain_name()));
-        let fact = domid.map_or(DomainFact::Gone, &probe);
+        let name = vm.domain_name();
+        let domid = vm.domid.or_else(|| find(&name));
+        let fact = domid.map_or(DomainFact::Gone, |d| probe(d, &name));
         if fact == DomainFact::Alive {
             if vm.domid.is_none() {
                 // Record the domain, so `stop`, `kill` and `rm -f` reach it.
@@ -64,7 +70,7 @@ pub fn reconcile(
             continue;
         }
         if let (Some(domid), DomainFact::Ended { .. }) = (domid, fact) {
-            destroy(domid);
+            destroy(domid, &name);
         }
         let updated = vms.update(&vm.id, |vm| {
             // Someone else may have recorded the end meanwhile.
@@ -131,7 +137,7 @@ mod tests {
         vms.create(&running("aa01", "dead", u32::MAX)).unwrap();
         vms.create(&running("bb02", "watched", std::process::id()))
             .unwrap();
-        let list = reconcile(&vms, |_| DomainFact::Gone, |_| None, |_| {}).unwrap();
+        let list = reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
         let dead = list.iter().find(|v| v.name == "dead").unwrap();
         assert_eq!(dead.status, Status::Exited);
         assert!(dead.error.as_deref().unwrap().contains("without reporting"));
@@ -147,7 +153,7 @@ mod tests {
         vms.create(&running("aa01", "orphan", u32::MAX)).unwrap();
         reconcile(
             &vms,
-            |domid| {
+            |domid, _| {
                 if domid == 7 {
                     DomainFact::Alive
                 } else {
@@ -155,7 +161,7 @@ mod tests {
                 }
             },
             |_| None,
-            |_| panic!("nothing to destroy"),
+            |_, _| panic!("nothing to destroy"),
         )
         .unwrap();
         assert_eq!(vms.load("aa01").unwrap().status, Status::Running);
@@ -169,9 +175,9 @@ mod tests {
         let destroyed = std::cell::Cell::new(None);
         reconcile(
             &vms,
-            |_| DomainFact::Ended { exit_code: Some(3) },
+            |_, _| DomainFact::Ended { exit_code: Some(3) },
             |_| None,
-            |d| destroyed.set(Some(d)),
+            |d, _| destroyed.set(Some(d)),
         )
         .unwrap();
         let vm = vms.load("aa01").unwrap();
@@ -189,7 +195,7 @@ mod tests {
         let mut vm = running("aa01", "killed", u32::MAX);
         vm.killed = true;
         vms.create(&vm).unwrap();
-        reconcile(&vms, |_| DomainFact::Gone, |_| None, |_| {}).unwrap();
+        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
         let vm = vms.load("aa01").unwrap();
         assert_eq!((vm.exit_code, vm.error), (Some(137), None));
     }
@@ -204,7 +210,7 @@ mod tests {
         vms.create(&vm).unwrap();
         let list = reconcile(
             &vms,
-            |d| {
+            |d, _| {
                 if d == 9 {
                     DomainFact::Alive
                 } else {
@@ -212,7 +218,7 @@ mod tests {
                 }
             },
             |name| (name == "hyperxl-early").then_some(9),
-            |_| panic!("nothing to destroy"),
+            |_, _| panic!("nothing to destroy"),
         )
         .unwrap();
         assert_eq!((list[0].status, list[0].domid), (Status::Created, Some(9)));

@@ -229,7 +229,13 @@ impl VmStore {
 
     /// Takes VM `id`'s own lock.
     pub fn lock_vm(&self, id: &str) -> Result<StoreLock, StateError> {
-        Self::lock_file(&self.dir(id).join(".lock"))
+        Self::lock_file(&self.dir(id).join(".lock")).map_err(|e| match e {
+            // The VM's directory is gone: removed meanwhile.
+            StateError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                StateError::NotFound(id.to_owned())
+            }
+            e => e,
+        })
     }
 
     /// Records a new VM; fails if its name is taken. The caller holds [`VmStore::lock`].
