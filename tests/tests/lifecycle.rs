@@ -47,6 +47,11 @@ fn vms_are_managed_from_start_to_removal() {
              hyperxl run -d --name w2 demo sh -c 'exit 5' >/dev/null && hyperxl wait w1 w2",
         )
         .step("rm_two", "hyperxl rm w1 w2")
+        // `wait` on a --rm VM still gets its exit code; ps filters as Docker's.
+        .step(
+            "wait_rm",
+            "id=$(hyperxl run -d --rm --name gone demo sh -c 'sleep 1; exit 9') && hyperxl ps -q -f name=gone && hyperxl wait $id",
+        )
         // Ctrl-C on an attached run stops the VM gracefully: the app gets SIGTERM.
         .step(
             "ctrl_c",
@@ -139,6 +144,12 @@ fn vms_are_managed_from_start_to_removal() {
     }
     assert_eq!(run["wait_two"].assert_success("wait_two").stdout, "4\n5\n");
     run["rm_two"].assert_success("rm_two");
+    let wait_rm = &run["wait_rm"].assert_success("wait_rm").stdout;
+    let lines: Vec<&str> = wait_rm.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].len() == 16 && lines[1] == "9",
+        "{wait_rm}"
+    );
 
     assert_eq!(
         run["ctrl_c"].stdout, "sig-up\nrc=143\n",

@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
+use anyhow::bail;
 use clap::Args;
 
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::reconcile::unwatched;
-use crate::vm::state::{Status, VmStore};
+use crate::vm::state::{Status, VmState, VmStore};
 
 /// Arguments of `hyperxl ps`.
 #[derive(Debug, Args)]
@@ -17,9 +18,13 @@ pub struct PsArgs {
     /// Only the VMs of this deployment (`hyperxl up`).
     #[arg(long, value_name = "NAME")]
     pub deployment: Option<String>,
-    /// Only VMs with this label (KEY=VALUE), e.g. `hyperxl.deployment=shop`.
-    #[arg(long, value_name = "KEY=VALUE")]
+    /// Filter as Docker does: `label=KEY[=VALUE]`, `name=PART`, `id=PREFIX`,
+    /// `status=created|running|exited` (repeat to combine).
+    #[arg(short = 'f', long, value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
+    /// Only print VM ids.
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Output format: `table` or `json`.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     pub format: String,
@@ -28,23 +33,30 @@ pub struct PsArgs {
 /// Prints the VMs.
 pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
-    let mut filters: Vec<(&str, &str)> = args
+    let mut filters = args
         .filter
         .iter()
-        .map(|f| f.split_once('=').unwrap_or((f.as_str(), "")))
-        .collect();
+        .map(|f| Filter::parse(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(d) = &args.deployment {
-        filters.push((crate::deploy::apply::LABEL_DEPLOYMENT, d));
+        filters.push(Filter::Label(
+            crate::deploy::apply::LABEL_DEPLOYMENT.into(),
+            Some(d.clone()),
+        ));
     }
+    // Asking for a status shows exited VMs too, as with Docker.
+    let all = args.all || filters.iter().any(|f| matches!(f, Filter::Status(_)));
     let list: Vec<_> = reconcile_all(&vms, &Host::connect())?
         .into_iter()
-        .filter(|v| args.all || v.status != Status::Exited)
-        .filter(|v| {
-            filters
-                .iter()
-                .all(|(k, val)| v.labels.get(*k).is_some_and(|x| x == val))
-        })
+        .filter(|v| all || v.status != Status::Exited)
+        .filter(|v| filters.iter().all(|f| f.matches(v)))
         .collect();
+    if args.quiet {
+        for v in list {
+            println!("{}", v.id);
+        }
+        return Ok(0);
+    }
     if args.format == "json" {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
@@ -75,4 +87,96 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// One `--filter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Filter {
+    Label(String, Option<String>),
+    Name(String),
+    Id(String),
+    Status(Status),
+}
+
+impl Filter {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        let Some((key, value)) = s.split_once('=') else {
+            bail!("invalid filter {s:?}: use KEY=VALUE (label, name, id, status)");
+        };
+        Ok(match key {
+            "label" => match value.split_once('=') {
+                Some((k, v)) => Filter::Label(k.into(), Some(v.into())),
+                None => Filter::Label(value.into(), None),
+            },
+            "name" => Filter::Name(value.into()),
+            "id" => Filter::Id(value.into()),
+            "status" => Filter::Status(match value {
+                "created" => Status::Created,
+                "running" => Status::Running,
+                "exited" => Status::Exited,
+                _ => bail!("invalid status filter {value:?}: created, running or exited"),
+            }),
+            _ => bail!("unknown filter {key:?}: label, name, id or status"),
+        })
+    }
+
+    fn matches(&self, vm: &VmState) -> bool {
+        match self {
+            Filter::Label(k, v) => vm
+                .labels
+                .get(k)
+                .is_some_and(|x| v.as_ref().is_none_or(|v| x == v)),
+            Filter::Name(part) => vm.name.contains(part.as_str()),
+            Filter::Id(prefix) => vm.id.starts_with(prefix.as_str()),
+            Filter::Status(s) => vm.status == *s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_as_docker_spells_them() {
+        assert_eq!(
+            Filter::parse("label=tier=db").unwrap(),
+            Filter::Label("tier".into(), Some("db".into()))
+        );
+        assert_eq!(
+            Filter::parse("label=tier").unwrap(),
+            Filter::Label("tier".into(), None)
+        );
+        assert_eq!(
+            Filter::parse("status=exited").unwrap(),
+            Filter::Status(Status::Exited)
+        );
+        for bad in ["tier=db", "status=gone", "nokey"] {
+            assert!(Filter::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_match() {
+        let mut vm = VmState::new("abcd".into(), "shop-web".into(), "demo".into());
+        vm.labels.insert("tier".into(), "front".into());
+        for yes in [
+            "label=tier",
+            "label=tier=front",
+            "name=web",
+            "id=ab",
+            "status=created",
+        ] {
+            assert!(Filter::parse(yes).unwrap().matches(&vm), "{yes}");
+        }
+        for no in [
+            "label=tier=db",
+            "label=x",
+            "name=db",
+            "id=b",
+            "status=running",
+        ] {
+            assert!(!Filter::parse(no).unwrap().matches(&vm), "{no}");
+        }
+    }
 }

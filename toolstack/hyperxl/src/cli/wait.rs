@@ -29,7 +29,12 @@ pub fn run(state_dir: &Path, args: WaitArgs) -> anyhow::Result<u8> {
                 (None, Some(e)) => bail!("VM {} ended without an exit code: {e}", vm.name),
                 (None, None) => bail!("VM {} ended without an exit code", vm.name),
             },
-            None => bail!("VM {} was removed before it exited", vm.name),
+            // Removed as it exited (`--rm`): it left its exit code behind.
+            None => match vms.exit_of_removed(&vm.id) {
+                Some(Ok(code)) => println!("{code}"),
+                Some(Err(e)) => bail!("VM {} ended without an exit code: {e}", vm.name),
+                None => bail!("VM {} was removed before it exited", vm.name),
+            },
         }
     }
     Ok(0)

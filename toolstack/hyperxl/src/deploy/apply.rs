@@ -267,6 +267,15 @@ pub fn spawn_supervisor(state_dir: &Path, dep: &Deployment, file: &Path) -> anyh
     Ok(child.id())
 }
 
+/// Consecutive failed starts of one VM after which the supervisor stops trying.
+const MAX_START_FAILURES: u32 = 5;
+
+/// How long to wait before the `n`th restart: 0.5 s doubling up to 30 s, so a
+/// crash-looping app does not keep dom0 busy building domains (Docker backs off too).
+fn restart_delay(n: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << n.min(6))).min(Duration::from_secs(30))
+}
+
 /// Applies the restart policies until no VM of the deployment runs or will run again
 /// (or a stop signal arrives). `attached`: Ctrl-C also stops the VMs, as `compose up`.
 pub fn supervise(
@@ -283,6 +292,10 @@ pub fn supervise(
     let vms = VmStore::open(state_dir)?;
     let host = Host::connect();
     let mut reported: BTreeSet<(String, u32)> = BTreeSet::new();
+    // Per VM run (id, restart count): when the next start may happen, and how many
+    // starts failed (a missing kernel or image fails every time: give up, do not spin).
+    let mut due: BTreeMap<(String, u32), (Instant, u32)> = BTreeMap::new();
+    let mut given_up: BTreeSet<String> = BTreeSet::new();
     loop {
         if monitor::stop_requested() {
             // Ctrl-C on an attached `up` stops the deployment, as `compose up` does;
@@ -310,7 +323,9 @@ pub fn supervise(
                 continue;
             }
             let code = vm.exit_code.unwrap_or(crate::vm::host::EXIT_CRASHED);
-            let restart = !vm.stopped_by_user && def.restart.should_restart(code, vm.restart_count);
+            let restart = !vm.stopped_by_user
+                && !given_up.contains(&vm.id)
+                && def.restart.should_restart(code, vm.restart_count);
             if reported.insert((vm.id.clone(), vm.restart_count)) {
                 let why = if vm.stopped_by_user {
                     ", stopped by the user"
@@ -323,9 +338,24 @@ pub fn supervise(
             }
             if restart {
                 pending = true;
+                let key = (vm.id.clone(), vm.restart_count);
+                let (when, failed) = *due
+                    .entry(key.clone())
+                    .or_insert_with(|| (Instant::now() + restart_delay(vm.restart_count), 0));
+                if Instant::now() < when {
+                    continue;
+                }
                 match start(state_dir, &vms, dep, def, guest, Some(vm)) {
                     Ok(_) => writeln!(out, "{}: restarted ({})", vm.name, vm.restart_count + 1)?,
-                    Err(e) => writeln!(out, "{}: restart failed: {e:#}", vm.name)?,
+                    Err(e) if failed + 1 >= MAX_START_FAILURES => {
+                        writeln!(out, "{}: restart failed: {e:#}; giving up", vm.name)?;
+                        given_up.insert(vm.id.clone());
+                    }
+                    Err(e) => {
+                        writeln!(out, "{}: restart failed: {e:#}", vm.name)?;
+                        let retry = Instant::now() + restart_delay(vm.restart_count + failed + 1);
+                        due.insert(key, (retry, failed + 1));
+                    }
                 }
                 out.flush()?;
             }

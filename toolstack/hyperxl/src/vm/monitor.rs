@@ -169,6 +169,7 @@ pub fn finish(
         }
     })?;
     let recorded = if vm.auto_remove {
+        let _ = vms.bury(&vm);
         vms.remove(id)
     } else {
         Ok(())

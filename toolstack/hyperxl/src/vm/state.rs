@@ -342,6 +342,40 @@ impl VmStore {
         }
     }
 
+    /// Leaves a removed VM's exit code for `wait` (a `--rm` VM is removed as it exits),
+    /// and forgets those left more than ten minutes ago.
+    pub fn bury(&self, vm: &VmState) -> Result<(), StateError> {
+        let dir = self.root.join(".exited");
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 600));
+                if old {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let text = match (vm.exit_code, &vm.error) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(e)) => format!("error: {e}"),
+            (None, None) => "error: no exit code".into(),
+        };
+        let path = dir.join(&vm.id);
+        fs::write(&path, text).map_err(io_err("writing", &path))
+    }
+
+    /// The exit code (or error) a removed VM left with [`VmStore::bury`].
+    pub fn exit_of_removed(&self, id: &str) -> Option<Result<i32, String>> {
+        let text = fs::read_to_string(self.root.join(".exited").join(id)).ok()?;
+        Some(match text.strip_prefix("error: ") {
+            Some(e) => Err(e.to_owned()),
+            None => text.trim().parse().map_err(|_| text.clone()),
+        })
+    }
+
     /// Removes VM `id`'s directory (state, console log).
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.dir(id);
@@ -465,5 +499,19 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_removed_vm_leaves_its_exit_code_for_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::open(dir.path()).unwrap();
+        let mut v = vm("aa01", "gone");
+        v.exit_code = Some(7);
+        store.create(&v).unwrap();
+        store.bury(&v).unwrap();
+        store.remove("aa01").unwrap();
+        assert_eq!(store.exit_of_removed("aa01"), Some(Ok(7)));
+        assert!(store.list().unwrap().is_empty(), "tombstones are not VMs");
+        assert_eq!(store.exit_of_removed("bb02"), None);
     }
 }
