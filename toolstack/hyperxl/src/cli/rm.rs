@@ -58,7 +58,12 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
                 }
             }
         }
-        vms.remove(&vm.id)?;
+        if !vms.remove_if(&vm.id, |now| args.force || !now.status.can_stop())? {
+            bail!(
+                "VM {} is running again: stop it first or use rm -f",
+                vm.name
+            );
+        }
         println!("{which}");
     }
     Ok(0)

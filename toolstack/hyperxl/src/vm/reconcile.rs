@@ -91,6 +91,11 @@ pub fn reconcile(
             }
         });
         match updated {
+            // Nobody is left to honour `--rm`: do it here, leaving the exit code.
+            Ok(vm) if vm.auto_remove && !vm.status.can_stop() => {
+                let _ = vms.bury(&vm);
+                vms.remove(&vm.id)?;
+            }
             Ok(vm) => out.push(vm),
             // Removed meanwhile (`rm`, `--rm`): nothing to show.
             Err(state::StateError::NotFound(_)) => {}
@@ -223,5 +228,24 @@ mod tests {
         .unwrap();
         assert_eq!((list[0].status, list[0].domid), (Status::Created, Some(9)));
         assert_eq!(vms.load("aa01").unwrap().domid, Some(9), "saved");
+    }
+
+    #[test]
+    fn an_unwatched_rm_vm_is_removed_once_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "temp", u32::MAX);
+        vm.auto_remove = true;
+        vms.create(&vm).unwrap();
+        let list = reconcile(
+            &vms,
+            |_, _| DomainFact::Ended { exit_code: Some(4) },
+            |_| None,
+            |_, _| {},
+        )
+        .unwrap();
+        assert!(list.is_empty(), "{list:?}");
+        assert!(vms.list().unwrap().is_empty());
+        assert_eq!(vms.exit_of_removed("aa01"), Some(Ok(4)));
     }
 }

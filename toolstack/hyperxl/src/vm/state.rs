@@ -376,6 +376,22 @@ impl VmStore {
         })
     }
 
+    /// Removes VM `id` if `removable` says so of its record as it is now, under its lock
+    /// (a supervisor may be starting it again at this very moment). Returns whether it
+    /// was removed.
+    pub fn remove_if(
+        &self,
+        id: &str,
+        removable: impl FnOnce(&VmState) -> bool,
+    ) -> Result<bool, StateError> {
+        let _lock = self.lock_vm(id)?;
+        if !removable(&self.load(id)?) {
+            return Ok(false);
+        }
+        self.remove(id)?;
+        Ok(true)
+    }
+
     /// Removes VM `id`'s directory (state, console log).
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.dir(id);
