@@ -47,6 +47,12 @@ fn vms_are_managed_from_start_to_removal() {
              hyperxl run -d --name w2 demo sh -c 'exit 5' >/dev/null && hyperxl wait w1 w2",
         )
         .step("rm_two", "hyperxl rm w1 w2")
+        // logs -f follows the console as it comes, and returns once the VM exited.
+        .step(
+            "logs_follow",
+            "hyperxl run -d --name lf demo sh -c 'echo one; sleep 2; echo two; exit 2' >/dev/null &&
+             hyperxl logs -f lf && hyperxl ps -a -f name=lf | grep -c 'exited (2)' && hyperxl rm lf >/dev/null",
+        )
         // `wait` on a --rm VM still gets its exit code; ps filters as Docker's.
         .step(
             "wait_rm",
@@ -144,6 +150,10 @@ fn vms_are_managed_from_start_to_removal() {
     }
     assert_eq!(run["wait_two"].assert_success("wait_two").stdout, "4\n5\n");
     run["rm_two"].assert_success("rm_two");
+    assert_eq!(
+        run["logs_follow"].assert_success("logs_follow").stdout,
+        "one\ntwo\n1\n"
+    );
     let wait_rm = &run["wait_rm"].assert_success("wait_rm").stdout;
     let lines: Vec<&str> = wait_rm.lines().collect();
     assert!(
