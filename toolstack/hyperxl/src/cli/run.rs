@@ -110,6 +110,9 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     crate::vm::timing::start();
     let (opts, flags) = launch_inputs(&args)?;
     let vms = VmStore::open(state_dir)?;
+    // As every command: first make the records agree with Xen (a VM that ended unwatched
+    // is recorded and torn down before this one starts).
+    crate::vm::host::reconcile_all(&vms, &crate::vm::host::Host::connect())?;
     // Ctrl-C while the image is pulled just ends hyperxl (nothing exists yet to clean).
     let prepared = launch::prepare(state_dir, &opts, &flags)?;
     if !args.detach {
