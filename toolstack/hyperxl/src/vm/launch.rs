@@ -187,10 +187,10 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         vms.create(&p.vm)?;
     }
     let id = p.vm.id.clone();
-    std::fs::write(vms.dir(&id).join("spec.json"), p.spec.to_json()?)
-        .context("recording the spec")?;
     let mut built: Option<DomId> = None;
     let booted = (|| {
+        std::fs::write(vms.dir(&id).join("spec.json"), p.spec.to_json()?)
+            .context("recording the spec")?;
         if monitor::stop_requested() {
             bail!("interrupted before the domain was created");
         }
