@@ -38,7 +38,18 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
     };
     let mut reader = file.map(BufReader::new);
     let stdout = std::io::stdout();
+    let show = |raw: &[u8]| -> std::io::Result<()> {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if args.debug || !is_init_line(text) {
+            let mut out = stdout.lock();
+            writeln!(out, "{text}")?;
+            out.flush()?;
+        }
+        Ok(())
+    };
     let mut line = Vec::new();
+    let mut last_round = false;
     loop {
         if reader.is_none() {
             reader = File::open(&path).ok().map(BufReader::new);
@@ -49,35 +60,26 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
                 Ok(0) | Err(_) => break,
                 Ok(_) if !line.ends_with(b"\n") => break,
                 Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\r', '\n']);
-                    if args.debug || !is_init_line(text) {
-                        let mut out = stdout.lock();
-                        writeln!(out, "{text}")?;
-                        out.flush()?;
-                    }
+                    show(&line)?;
                     line.clear();
                 }
             }
+        }
+        if last_round {
+            // The VM has ended: no rest of a last unfinished line is coming.
+            if !line.is_empty() {
+                show(&line)?;
+            }
+            break;
         }
         let Some(host) = &host else { break };
         let vms_now = reconcile_all(&vms, host)?;
         let running = vms_now.iter().any(|v| v.id == vm.id && v.status.can_stop());
         if !running {
-            // One last read for what the watcher wrote before recording the end.
+            // One more round for what the watcher wrote before recording the end.
             std::thread::sleep(Duration::from_millis(200));
-            if let Some(r) = reader.as_mut() {
-                let mut rest = Vec::new();
-                let _ = std::io::Read::read_to_end(r, &mut rest);
-                line.extend(rest);
-            }
-            for l in String::from_utf8_lossy(&line).lines() {
-                let l = l.trim_end_matches('\r');
-                if args.debug || !is_init_line(l) {
-                    println!("{l}");
-                }
-            }
-            break;
+            last_round = true;
+            continue;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

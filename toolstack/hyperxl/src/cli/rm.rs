@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 
-use crate::vm::disk;
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::reconcile::unwatched;
 use crate::vm::state::VmStore;
+use crate::vm::{control, disk};
 
 /// Arguments of `hyperxl rm`.
 #[derive(Debug, Args)]
@@ -33,21 +33,10 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
             if !args.force {
                 bail!("VM {} is running: stop it first or use rm -f", vm.name);
             }
-            let vm = vms.update(&vm.id, |vm| {
-                vm.killed = true;
-                vm.stopped_by_user = true;
-            })?;
-            if let Some(domid) = vm.domid {
-                host.destroy(domid, &vm.domain_name())?;
-            }
+            let vm = control::destroy(&vms, &host, &vm)?;
             if !unwatched(&vm) {
                 // Let the watcher finish its record, so it does not write after us.
-                let _ = crate::vm::control::wait_exited(
-                    &vms,
-                    &host,
-                    &vm.id,
-                    Some(Duration::from_secs(10)),
-                );
+                let _ = control::wait_exited(&vms, &host, &vm.id, Some(Duration::from_secs(10)));
             }
         }
         // What a killed watcher could not tear down: the loop device.

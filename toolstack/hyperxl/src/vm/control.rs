@@ -36,8 +36,9 @@ pub fn wait_exited(
     }
 }
 
-/// Destroys the VM's domain now; the end is recorded as exit code 137.
-pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
+/// Marks the VM killed (an end without an exit code is then 137, and no restart policy
+/// applies) and destroys its domain, if it has one yet; returns the updated record.
+pub fn destroy(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<VmState> {
     let vm = vms.update(&vm.id, |vm| {
         vm.killed = true;
         vm.stopped_by_user = true;
@@ -45,6 +46,12 @@ pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
     if let Some(domid) = vm.domid {
         host.destroy(domid, &vm.domain_name())?;
     }
+    Ok(vm)
+}
+
+/// Destroys the VM's domain now and waits for its end to be recorded (exit code 137).
+pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
+    let vm = destroy(vms, host, vm)?;
     wait_exited(vms, host, &vm.id, Some(RECORD_GRACE))?;
     Ok(())
 }

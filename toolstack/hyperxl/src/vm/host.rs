@@ -109,7 +109,11 @@ impl Host {
     /// Destroys domain `domid` if it is still the one called `name`; gone is fine.
     pub fn destroy(&self, domid: u32, name: &str) -> Result<(), libxl::LibxlError> {
         match &self.ctx {
-            Some(ctx) if self.is_ours(domid, name) => destroy_if_present(ctx, DomId(domid)),
+            // is_ours already asked Xen whether it exists.
+            Some(ctx) if self.is_ours(domid, name) => match ctx.destroy(DomId(domid)) {
+                Err(e) if !e.is_domain_not_found() => Err(e),
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }

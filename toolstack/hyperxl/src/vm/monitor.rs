@@ -80,7 +80,8 @@ pub fn install_stop_handlers() {
 
 /// Unpauses the domain and watches it until the app's exit code is known (or the
 /// domain ended without one, which is an error). `ready` is called once the VM runs.
-/// The caller records the end with [`finish`], whatever this returns.
+/// The caller records the end (and destroys the domain) with [`finish`], whatever this
+/// returns.
 pub fn supervise(
     ctx: &Context,
     vms: &VmStore,
@@ -90,17 +91,11 @@ pub fn supervise(
     disk: Option<LoopDisk>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<i32> {
-    let vm = vms.load(id)?;
     let grace = vm_stop_grace(vms, id);
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let tty = ctx.console_tty(domid).context("finding the console")?;
     let done = Arc::new(AtomicBool::new(false));
-    let console = spawn_console(
-        &tty,
-        &vms.dir(&vm.id).join("console.log"),
-        out,
-        done.clone(),
-    )?;
+    let console = spawn_console(&tty, &vms.dir(id).join("console.log"), out, done.clone())?;
     install_stop_handlers();
     let result = (|| {
         // `kill`/`rm -f` may have come while the domain was being built.
@@ -113,8 +108,7 @@ pub fn supervise(
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disk)
     })();
-    let _ = destroy_if_present(ctx, domid);
-    let _ = vms.update(id, |vm| vm.domid = None);
+    // The domain is torn down by `finish`, which every caller runs next.
     // Let the console drain what the guest wrote before it powered off.
     thread::sleep(Duration::from_millis(100));
     done.store(true, Ordering::SeqCst);
@@ -146,8 +140,9 @@ pub fn finish(
         let _ = destroy_if_present(ctx, domid);
     }
     let vm = vms.load(id)?;
-    if let (Some(ctx), Some(domid)) = (ctx, vm.domid) {
-        let _ = destroy_if_present(ctx, DomId(domid));
+    let recorded = vm.domid.map(DomId);
+    if let (Some(ctx), Some(other)) = (ctx, recorded.filter(|d| Some(*d) != domid)) {
+        let _ = destroy_if_present(ctx, other);
     }
     if let Some(dev) = &vm.loop_device {
         // blkback closes the device shortly after the domain is gone; autoclear then

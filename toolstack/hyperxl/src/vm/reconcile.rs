@@ -111,27 +111,13 @@ mod tests {
     use crate::vm::state::VmState;
 
     fn running(id: &str, name: &str, monitor: u32) -> VmState {
-        VmState {
-            id: id.into(),
-            name: name.into(),
-            image: "busybox".into(),
-            command: vec!["sleep".into(), "9".into()],
-            kind: "pvh".into(),
-            status: Status::Running,
-            domid: Some(7),
-            exit_code: None,
-            error: None,
-            loop_device: None,
-            monitor_pid: Some(monitor),
-            auto_remove: false,
-            created_at: 1,
-            started_at: None,
-            finished_at: None,
-            killed: false,
-            stopped_by_user: false,
-            restart_count: 0,
-            labels: Default::default(),
-        }
+        let mut vm = VmState::new(id.into(), name.into(), "busybox".into());
+        vm.command = vec!["sleep".into(), "9".into()];
+        vm.status = Status::Running;
+        vm.domid = Some(7);
+        vm.monitor_pid = Some(monitor);
+        vm.created_at = 1;
+        vm
     }
 
     #[test]

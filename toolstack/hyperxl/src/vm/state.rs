@@ -426,27 +426,11 @@ mod tests {
     use super::*;
 
     fn vm(id: &str, name: &str) -> VmState {
-        VmState {
-            id: id.into(),
-            name: name.into(),
-            image: "busybox".into(),
-            command: vec!["true".into()],
-            kind: "pvh".into(),
-            status: Status::Created,
-            domid: None,
-            exit_code: None,
-            error: None,
-            loop_device: None,
-            monitor_pid: None,
-            auto_remove: false,
-            created_at: 1,
-            started_at: None,
-            finished_at: None,
-            killed: false,
-            stopped_by_user: false,
-            restart_count: 0,
-            labels: Default::default(),
-        }
+        let mut vm = VmState::new(id.into(), name.into(), "busybox".into());
+        vm.command = vec!["true".into()];
+        vm.monitor_pid = None;
+        vm.created_at = 1;
+        vm
     }
 
     #[test]
