@@ -105,6 +105,16 @@ fn vms_are_managed_from_start_to_removal() {
                xs write /local/domain/0/evil x
                xs write /local/domain/$d/data/hyperxl/probe mine'",
         )
+        // Hostile status keys: terminal escapes are neutralised, and an exit code that is
+        // not a number is a crash (125), never a success.
+        .step(
+            "hostile_status",
+            "hyperxl run --rm -u root demo sh -c '
+               d=$(xs domid)
+               xs write /local/domain/$d/data/hyperxl/error \"$(printf \"bad\\033[2Jthing\")\" >/dev/null
+               xs write /local/domain/$d/data/hyperxl/exit-code \"$(printf \"0\\033]0;owned\\007\")\" >/dev/null
+               sleep 30'; echo rc=$?",
+        )
         .step("victim_state", "hyperxl ps --format json; xenstore-read /local/domain/$(xl domid hyperxl-victim)/hyperxl/spec | head -c 13; echo")
         .step("rmf_victim", "hyperxl rm -f victim")
         .step("after", LEFTOVERS);
@@ -218,6 +228,13 @@ fn vms_are_managed_from_start_to_removal() {
         );
     }
     assert_eq!(lines[5], "ok", "its own status keys are writable: {xs}");
+    let hostile = &run["hostile_status"];
+    assert_eq!(hostile.stdout, "rc=125\n", "{hostile}");
+    assert!(hostile.stderr.contains("bad?[2Jthing"), "{hostile}");
+    assert!(
+        !hostile.stderr.contains('\u{1b}'),
+        "no escape reaches dom0's terminal: {hostile}"
+    );
     let victim = &run["victim_state"].stdout;
     assert!(victim.contains(r#""status": "running""#), "{victim}");
     assert!(
