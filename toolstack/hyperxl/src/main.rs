@@ -1,41 +1,5 @@
-//! `hyperxl`: run container images as Xen virtual machines.
-//!
-//! The binary is thin: argument parsing lives in [`cli`], one file per subcommand, and
-//! each handler calls into the libraries (`hyperxl-image`, `libxl`, `xenstore-wire`).
-//! Errors are `anyhow` here; the libraries return typed errors. Exit codes follow
-//! `docker run`: 125 when hyperxl itself failed, otherwise the app's own code.
+//! `hyperxl`: run container images as Xen virtual machines (see the library crate).
 
-mod cli;
-mod deploy;
-mod vm;
-mod xlcfg;
-
-use std::process::ExitCode;
-
-use clap::Parser;
-
-/// Exit status when hyperxl itself failed (as `docker run`).
-pub const EXIT_HYPERXL_FAILED: u8 = 125;
-
-fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    if !args.command.owns_a_vm() {
-        // `hyperxl ps | head` ends quietly, as other Unix tools do; a process that owns
-        // a VM keeps running when its stdout goes away, so it can still tear it down.
-        // SAFETY: SIG_DFL installs no handler; nothing else has touched SIGPIPE yet.
-        let _ = unsafe {
-            nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            )
-        };
-    }
-    match cli::dispatch(args) {
-        Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            // One line: the context chain, outermost first.
-            eprintln!("hyperxl: {err:#}");
-            ExitCode::from(EXIT_HYPERXL_FAILED)
-        }
-    }
+fn main() -> std::process::ExitCode {
+    hyperxl::main()
 }
