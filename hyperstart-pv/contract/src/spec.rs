@@ -12,6 +12,11 @@ pub const DEFAULT_ROOTFS_FSTYPE: &str = "squashfs";
 /// The default grace period between SIGTERM and SIGKILL (as `docker stop`).
 pub const DEFAULT_STOP_GRACE_SECS: u32 = 10;
 
+/// The largest spec, as JSON: xenstore carries at most 4096 bytes per request
+/// (`XENSTORE_PAYLOAD_MAX`), and a write's payload also holds the key's path
+/// (`/local/domain/<domid>/hyperxl/spec`, at most 37 bytes) and a NUL.
+pub const MAX_SPEC_BYTES: usize = 4096 - 64;
+
 /// Errors of spec parsing and validation.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -39,6 +44,12 @@ pub enum SpecError {
         soft: u64,
         /// Hard value.
         hard: u64,
+    },
+    /// The spec does not fit in one xenstore value.
+    #[error("the container spec is {size} bytes as JSON, over the {MAX_SPEC_BYTES} bytes one xenstore value can carry: shorten the environment or the command")]
+    TooLarge {
+        /// Its size as JSON.
+        size: usize,
     },
     /// A relative working directory or device path.
     #[error("{field} must be an absolute path, got {value:?}")]
@@ -179,8 +190,13 @@ impl Spec {
         Ok(serde_json::to_string(self)?)
     }
 
-    /// Checks what serde cannot: version, command, env form, limits, absolute paths.
+    /// Checks what serde cannot: version, command, env form, limits, absolute paths, and
+    /// that the JSON fits in one xenstore value.
     pub fn validate(&self) -> Result<(), SpecError> {
+        let size = serde_json::to_vec(self)?.len();
+        if size > MAX_SPEC_BYTES {
+            return Err(SpecError::TooLarge { size });
+        }
         if self.version != CONTRACT_VERSION {
             return Err(SpecError::Version {
                 found: self.version,
@@ -251,6 +267,21 @@ mod tests {
         assert_eq!(s.scratch.as_ref().unwrap().device, "/dev/xvdb");
         let again = Spec::from_json(s.to_json().unwrap().as_bytes()).unwrap();
         assert_eq!(again, s);
+    }
+
+    /// Defect 8 (issue 10): a spec over xenstore's value limit failed only after the
+    /// domain was built; now validation refuses it up front.
+    #[test]
+    fn defect8_a_spec_over_the_xenstore_value_limit_is_refused() {
+        let mut spec = Spec::new(vec!["sh".into()]);
+        spec.env.push(format!("X={}", "a".repeat(MAX_SPEC_BYTES)));
+        assert!(
+            matches!(spec.validate(), Err(SpecError::TooLarge { size }) if size > MAX_SPEC_BYTES)
+        );
+        assert!(matches!(spec.to_json(), Err(SpecError::TooLarge { .. })));
+        spec.env[0] = format!("X={}", "a".repeat(3000));
+        let json = spec.to_json().unwrap();
+        assert!(json.len() <= MAX_SPEC_BYTES);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `hyperxl logs [-f] VM`: the VM's console as recorded by its watcher.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::vm::console::{self, LineSplitter};
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::monitor::is_init_line;
 use crate::vm::state::VmStore;
@@ -31,14 +32,8 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
     let vm = vms.find(&args.vm)?;
     let path = vms.dir(&vm.id).join("console.log");
     let host = args.follow.then(Host::connect);
-    let file = match File::open(&path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut reader = file.map(BufReader::new);
     let stdout = std::io::stdout();
-    let show = |raw: &[u8]| -> std::io::Result<()> {
+    let mut show = |raw: &[u8]| -> std::io::Result<()> {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end_matches(['\r', '\n']);
         if args.debug || !is_init_line(text) {
@@ -48,28 +43,31 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
         }
         Ok(())
     };
-    let mut line = Vec::new();
+    let mut lines = LineSplitter::default();
+    // The rotated files first (oldest first), each whole: they no longer change.
+    let files = console::log_files(&path);
+    let (current, rotated) = files.split_last().expect("log_files ends with the log");
+    for old in rotated {
+        if let Ok(mut f) = File::open(old) {
+            copy_lines(&mut f, &mut lines, &mut show)?;
+        }
+    }
+    let mut reader = open_if_present(current)?;
     let mut last_round = false;
     loop {
         if reader.is_none() {
-            reader = File::open(&path).ok().map(BufReader::new);
+            reader = open_if_present(&path)?;
         }
-        // A line without its newline yet stays in `line` until the rest arrives.
-        while let Some(r) = reader.as_mut() {
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if !line.ends_with(b"\n") => break,
-                Ok(_) => {
-                    show(&line)?;
-                    line.clear();
-                }
+        if let Some(f) = reader.as_mut() {
+            copy_lines(f, &mut lines, &mut show)?;
+            if rotated_away(f, &path) {
+                // The watcher rotated the log: finish the old file, go on with the new.
+                copy_lines(f, &mut lines, &mut show)?;
+                reader = open_if_present(&path)?;
+                continue;
             }
         }
         if last_round {
-            // The VM has ended: no rest of a last unfinished line is coming.
-            if !line.is_empty() {
-                show(&line)?;
-            }
             break;
         }
         let Some(host) = &host else { break };
@@ -83,5 +81,54 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The VM has ended (or no -f): no rest of a last unfinished line is coming.
+    let mut err = Ok(());
+    lines.finish(|l| err = show(l));
+    err?;
     Ok(0)
+}
+
+/// Opens the log if it exists yet.
+fn open_if_present(path: &Path) -> anyhow::Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Shows every complete line `f` holds from its position on (an unfinished last line
+/// stays in `lines` until its rest arrives).
+fn copy_lines(
+    f: &mut File,
+    lines: &mut LineSplitter,
+    show: &mut impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut err = Ok(());
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        lines.push(&buf[..n], |l| {
+            if err.is_ok() {
+                err = show(l);
+            }
+        });
+        std::mem::replace(&mut err, Ok(()))?;
+    }
+    Ok(())
+}
+
+/// Whether `path` now names another file than the open `f` (the log was rotated).
+fn rotated_away(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(now)) => open.ino() != now.ino() || open.dev() != now.dev(),
+        // Gone for a moment between rename and re-create: not a new file yet.
+        _ => false,
+    }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::vm::console::LogLimits;
 use crate::vm::launch::{self, LaunchOptions};
 use crate::vm::spec::{self, RunFlags};
 use crate::vm::state::VmStore;
@@ -53,6 +54,10 @@ pub struct RunArgs {
     /// Guest initramfs (default: $HYPERXL_GUEST_DIR/initramfs.cpio).
     #[arg(long)]
     pub initrd: Option<PathBuf>,
+    /// Console log option, as Docker's: max-size=SIZE (per file, default 32m),
+    /// max-file=N (files kept, default 2).
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     /// Show the guest kernel's and the init's own console lines too.
     #[arg(long)]
     pub debug: bool,
@@ -100,6 +105,7 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
             .clone()
             .unwrap_or_else(|| dir.join("initramfs.cpio")),
         show_init_lines: args.debug,
+        log: LogLimits::from_opts(&args.log_opt)?,
         labels: Default::default(),
     };
     Ok((opts, flags))

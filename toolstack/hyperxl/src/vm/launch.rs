@@ -42,6 +42,8 @@ pub struct LaunchOptions {
     pub initrd: PathBuf,
     /// Pass the init's `hyperstart: ` lines and kernel messages to stdout too.
     pub show_init_lines: bool,
+    /// How much console log to keep.
+    pub log: super::console::LogLimits,
     /// Labels recorded with the VM.
     pub labels: BTreeMap<String, String>,
 }
@@ -128,6 +130,7 @@ pub fn prepare(
     vm.kind = if opts.pv { "pv" } else { "pvh" }.into();
     vm.auto_remove = opts.auto_remove;
     vm.labels = opts.labels.clone();
+    vm.log = opts.log;
     Ok(Prepared {
         vm,
         spec,

@@ -1,5 +1,6 @@
 //! VMs: their recorded state, the spec built for them, and their lifecycle.
 
+pub mod console;
 pub mod control;
 pub mod disk;
 pub mod host;

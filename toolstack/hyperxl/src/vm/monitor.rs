@@ -5,7 +5,7 @@
 //! detached `hyperxl monitor` process), so both end a VM the same way.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use hyperxl_contract::{keys, State};
 use libxl::{Context, DomId, DomainOps};
 use xenstore_wire::Xenstore;
 
+use super::console;
 use super::disk::{self, LoopDisk};
 use super::host::{destroy_if_present, read_exit_code, read_guest_key};
 use super::state::{self, Status, VmStore};
@@ -95,8 +96,9 @@ pub fn supervise(
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let tty = ctx.console_tty(domid).context("finding the console")?;
     let done = Arc::new(AtomicBool::new(false));
-    let console = spawn_console(&tty, &vms.dir(id).join("console.log"), out, done.clone())?;
+    let console = spawn_console(&tty, vms, id, out, done.clone())?;
     install_stop_handlers();
+    reserve_space(vms, id);
     let result = (|| {
         // `kill`/`rm -f` may have come while the domain was being built.
         if vms.load(id)?.killed {
@@ -104,7 +106,7 @@ pub fn supervise(
         }
         ctx.unpause(domid).context("unpausing the domain")?;
         super::timing::mark("unpause");
-        vms.update(id, |vm| vm.status = Status::Running)?;
+        best_effort(vms.update(id, |vm| vm.status = Status::Running));
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disk)
     })();
@@ -114,6 +116,50 @@ pub fn supervise(
     done.store(true, Ordering::SeqCst);
     let _ = console.join();
     result
+}
+
+/// What a watcher keeps back in the VM's dir while it runs, so that the final record
+/// can still be written when the state disk fills up meanwhile (a state file and its
+/// temp copy need a few KiB).
+const RESERVE_BYTES: usize = 64 * 1024;
+const RESERVE_FILE: &str = "reserve";
+
+/// Keeps [`RESERVE_BYTES`] of disk for the final record (best effort).
+fn reserve_space(vms: &VmStore, id: &str) {
+    let path = vms.dir(id).join(RESERVE_FILE);
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(&[0u8; RESERVE_BYTES])?;
+            f.sync_all()
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Frees the reserve; whether there was one.
+fn release_reserve(vms: &VmStore, id: &str) -> bool {
+    std::fs::remove_file(vms.dir(id).join(RESERVE_FILE)).is_ok()
+}
+
+/// A record update the VM does not depend on: on failure (a full state disk) the VM
+/// keeps running and the watcher says why on stderr.
+fn best_effort<T, E: std::fmt::Display>(r: Result<T, E>) {
+    if let Err(e) = r {
+        warn(&format!("recording the VM's state: {e}"));
+    }
+}
+
+/// One line on stderr that cannot fail the watcher (a detached monitor's stderr is a
+/// file on the state disk, which may be full; `eprintln!` would panic there).
+fn warn(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "hyperxl: {msg}");
 }
 
 /// The stop grace period the VM's spec asked for.
@@ -151,7 +197,7 @@ pub fn finish(
             let _ = disk::detach(dev);
         }
     }
-    let vm = vms.update(id, |vm| {
+    let record = |vm: &mut state::VmState| {
         vm.status = Status::Exited;
         vm.domid = None;
         vm.loop_device = None;
@@ -162,7 +208,14 @@ pub fn finish(
             Err(_) if vm.killed => vm.exit_code = Some(EXIT_KILLED),
             Err(err) => vm.error = Some(format!("{err:#}")),
         }
-    })?;
+    };
+    // On a full state disk the space kept back at the start makes room for this record.
+    let vm = match vms.update(id, record) {
+        Ok(vm) => vm,
+        Err(_) if release_reserve(vms, id) => vms.update(id, record)?,
+        Err(e) => return Err(e.into()),
+    };
+    release_reserve(vms, id);
     let recorded = if vm.auto_remove {
         let _ = vms.bury(&vm);
         vms.remove(id)
@@ -204,8 +257,8 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             }
             super::timing::mark("app");
             if let Some(e) = read_guest_key(xs, domid.0, keys::status::ERROR) {
-                eprintln!("hyperxl: {e}");
-                vms.update(id, |vm| vm.error = Some(e))?;
+                warn(&e);
+                best_effort(vms.update(id, |vm| vm.error = Some(e)));
             }
             return Ok(code);
         }
@@ -222,7 +275,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             if let Some(d) = disk.take() {
                 d.release();
             }
-            vms.update(id, |vm| vm.started_at = Some(state::now()))?;
+            best_effort(vms.update(id, |vm| vm.started_at = Some(state::now())));
         }
         if STOP_REQUESTED.load(Ordering::SeqCst) && stop_sent.is_none() {
             let _ = xs.write(&keys::abs(domid.0, keys::SHUTDOWN), b"stop");
@@ -231,7 +284,8 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         let overdue = Duration::from_secs(u64::from(grace) + 5);
         if !destroyed && stop_sent.is_some_and(|t| t.elapsed() > overdue) {
             destroyed = true;
-            vms.update(id, |vm| vm.killed = true)?;
+            // Recorded for `finish` (and reconcile); this watcher also knows it itself.
+            best_effort(vms.update(id, |vm| vm.killed = true));
             let _ = destroy_if_present(ctx, domid);
         }
         let info = ctx.domain_info(domid).context("querying the domain")?;
@@ -239,7 +293,8 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             // The guest writes its exit code before powering off; allow a last read.
             let t = *gone_at.get_or_insert_with(Instant::now);
             if t.elapsed() > Duration::from_millis(500) || info.is_none() {
-                if read_exit_code(xs, domid.0).is_none() && vms.load(id)?.killed {
+                let killed = destroyed || vms.load(id).is_ok_and(|vm| vm.killed);
+                if read_exit_code(xs, domid.0).is_none() && killed {
                     return Ok(EXIT_KILLED);
                 }
                 if info.is_none() {
@@ -277,82 +332,33 @@ fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::
     }
 }
 
-/// A console line longer than this is cut (a guest that never sends a newline must not
-/// grow dom0's memory).
-const MAX_CONSOLE_LINE: usize = 16 * 1024;
-/// The console log stops growing here (a chatty or hostile guest must not fill dom0's
-/// disk); the console itself keeps streaming when attached.
-const MAX_CONSOLE_LOG: u64 = 64 * 1024 * 1024;
-
-/// Copies the guest console to the VM's log, and when attached to stdout (hiding the
-/// init's own lines unless asked), until `done`.
+/// Starts copying the guest console to the VM's log (rotated at the VM's limits) and,
+/// when attached, to stdout (hiding the init's own lines unless asked), until `done`.
 fn spawn_console(
     tty: &Path,
-    log_path: &Path,
+    vms: &VmStore,
+    id: &str,
     out: ConsoleOut,
     done: Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        // Non-blocking, so the console thread can notice the end; never our ctty.
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(tty)
-        .with_context(|| format!("opening the console {}", tty.display()))?;
-    if let Ok(mut t) = nix::sys::termios::tcgetattr(&file) {
-        nix::sys::termios::cfmakeraw(&mut t);
-        let _ = nix::sys::termios::tcsetattr(&file, nix::sys::termios::SetArg::TCSANOW, &t);
-    }
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
+    let limits = vms.load(id).map(|vm| vm.log).unwrap_or_default();
+    let log_path = vms.dir(id).join("console.log");
+    let log = console::ConsoleLog::open(&log_path, limits)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    Ok(thread::spawn(move || {
-        let mut reader = BufReader::new(file);
-        let mut line = Vec::new();
-        let stdout = std::io::stdout();
-        // The guest decides what comes out of its console: bound what dom0 keeps.
-        let mut logged: u64 = 0;
-        let mut emit = |line: &[u8]| {
-            if logged < MAX_CONSOLE_LOG {
-                let _ = log.write_all(line);
-                logged += line.len() as u64;
-                if logged >= MAX_CONSOLE_LOG {
-                    let _ = log.write_all(b"\n[hyperxl: console log limit reached]\n");
-                }
-            }
-            let ConsoleOut::Attached { show_init_lines } = out else {
-                return;
-            };
+    let sink: Option<console::LineSink> = match out {
+        ConsoleOut::LogOnly => None,
+        ConsoleOut::Attached { show_init_lines } => Some(Box::new(move |line: &[u8]| {
             let text = String::from_utf8_lossy(line);
             let trimmed = text.trim_end_matches(['\r', '\n']);
             if show_init_lines || !is_init_line(trimmed) {
-                let mut out = stdout.lock();
+                let mut out = std::io::stdout().lock();
                 let _ = out.write_all(trimmed.as_bytes());
                 let _ = out.write_all(b"\n");
                 let _ = out.flush();
             }
-        };
-        loop {
-            // A non-blocking read may stop mid-line: keep the part until its newline.
-            match reader.read_until(b'\n', &mut line) {
-                Ok(_) if line.ends_with(b"\n") || line.len() >= MAX_CONSOLE_LINE => {
-                    emit(&line);
-                    line.clear();
-                    continue;
-                }
-                _ => {}
-            }
-            if done.load(Ordering::SeqCst) {
-                if !line.is_empty() {
-                    emit(&line);
-                }
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }))
+        })),
+    };
+    console::spawn_copier(tty, log, sink, done)
 }
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).

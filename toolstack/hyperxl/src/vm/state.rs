@@ -125,6 +125,9 @@ pub struct VmState {
     /// How often a restart policy started it again (the same id, name and log).
     #[serde(default)]
     pub restart_count: u32,
+    /// How much of the console is kept on disk (`--log-opt`).
+    #[serde(default)]
+    pub log: super::console::LogLimits,
     /// Free-form labels (deployments put their name and a definition fingerprint here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -152,6 +155,7 @@ impl VmState {
             killed: false,
             stopped_by_user: false,
             restart_count: 0,
+            log: Default::default(),
             labels: BTreeMap::new(),
         }
     }
