@@ -2,6 +2,7 @@
 //! asked for under the VM's lock, acts through Xen, and then waits for the watcher (or,
 //! when the watcher is gone, reconciliation) to record the end.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -39,10 +40,20 @@ pub fn wait_exited(
 /// Marks the VM killed (an end without an exit code is then 137, and no restart policy
 /// applies) and destroys its domain, if it has one yet; returns the updated record.
 pub fn destroy(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<VmState> {
-    let vm = vms.update(&vm.id, |vm| {
+    let vm = match vms.update(&vm.id, |vm| {
         vm.killed = true;
         vm.stopped_by_user = true;
-    })?;
+    }) {
+        Ok(vm) => vm,
+        // A full state disk must not keep a domain alive: destroy it, record later.
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "hyperxl: warning: could not record the kill ({e}); destroying anyway"
+            );
+            vm.clone()
+        }
+    };
     if let Some(domid) = vm.domid {
         host.destroy(domid, &vm.domain_name())?;
     }
@@ -59,7 +70,17 @@ pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
 /// Asks the app to stop (SIGTERM in the guest), and destroys the domain if it has not
 /// ended after `timeout`.
 pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyhow::Result<()> {
-    let vm = vms.update(&vm.id, |vm| vm.stopped_by_user = true)?;
+    // A stop must work on a full state disk too: the record is then only a wish.
+    let vm = match vms.update(&vm.id, |vm| vm.stopped_by_user = true) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "hyperxl: warning: could not record the stop ({e}); stopping anyway"
+            );
+            vm.clone()
+        }
+    };
     let Some(domid) = vm.domid else {
         // Still being built: nothing to ask yet, so it cannot be graceful.
         return kill(vms, host, &vm);
