@@ -189,7 +189,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let id = p.vm.id.clone();
     let mut built: Option<DomId> = None;
     let booted = (|| {
-        std::fs::write(vms.dir(&id).join("spec.json"), p.spec.to_json()?)
+        vms.write_file(&id, "spec.json", p.spec.to_json()?.as_bytes())
             .context("recording the spec")?;
         if monitor::stop_requested() {
             bail!("interrupted before the domain was created");

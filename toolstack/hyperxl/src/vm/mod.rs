@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod disk;
+pub mod files;
 pub mod host;
 pub mod launch;
 pub mod monitor;

@@ -382,10 +382,7 @@ fn is_kernel_line(line: &str) -> bool {
 
 /// Opens (creating) a file the monitor's own messages go to.
 pub fn open_monitor_log(vms: &VmStore, id: &str) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(vms.dir(id).join("monitor.log"))
+    super::files::open_private_append(&vms.dir(id).join("monitor.log"))
 }
 
 #[cfg(test)]
