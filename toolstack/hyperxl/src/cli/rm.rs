@@ -53,7 +53,7 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
         if let Ok(vm) = vms.load(&vm.id) {
             if let Some(dev) = &vm.loop_device {
                 if !disk::wait_freed(dev, Duration::from_secs(3)) {
-                    disk::detach(dev)?;
+                    disk::detach(dev, &vm.id, vm.disk_file.as_deref())?;
                 }
             }
         }

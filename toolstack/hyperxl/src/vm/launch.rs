@@ -195,8 +195,11 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
             bail!("interrupted before the domain was created");
         }
         super::timing::mark("record");
-        let disk = LoopDisk::attach(&p.disk_file)?;
-        vms.update(&id, |vm| vm.loop_device = Some(disk.path().to_path_buf()))?;
+        let disk = LoopDisk::attach(&p.disk_file, &id)?;
+        vms.update(&id, |vm| {
+            vm.loop_device = Some(disk.path().to_path_buf());
+            vm.disk_file = Some(p.disk_file.clone());
+        })?;
         super::timing::mark("disk-attach");
         let config = domain_config(p, disk.path())?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
@@ -325,9 +328,10 @@ pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
     let result = (|| {
         let domid = vm.domid.context("the VM has no domain")?;
         let disk = match &vm.loop_device {
-            Some(dev) => {
-                Some(LoopDisk::hold(dev).with_context(|| format!("holding {}", dev.display()))?)
-            }
+            Some(dev) => Some(
+                LoopDisk::hold(dev, id, vm.disk_file.as_deref())
+                    .with_context(|| format!("holding {}", dev.display()))?,
+            ),
             None => None,
         };
         monitor::supervise(

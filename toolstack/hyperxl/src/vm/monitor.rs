@@ -148,7 +148,7 @@ pub fn finish(
         // blkback closes the device shortly after the domain is gone; autoclear then
         // frees it. Wait for that so `--rm` really leaves nothing behind.
         if !disk::wait_freed(dev, Duration::from_secs(3)) {
-            let _ = disk::detach(dev);
+            let _ = disk::detach(dev, id, vm.disk_file.as_deref());
         }
     }
     let vm = vms.update(id, |vm| {

@@ -3,6 +3,7 @@
 //! ended means exited — with the exit code the guest reported, if it did — and an ended
 //! domain nobody is left to tear down is destroyed here.
 
+use super::disk;
 use super::state::{self, Status, VmState, VmStore};
 
 /// What Xen says about a VM's domain.
@@ -76,6 +77,12 @@ pub fn reconcile(
             // Someone else may have recorded the end meanwhile.
             if !vm.status.can_stop() {
                 return;
+            }
+            // The domain is gone: autoclear frees the loop device once blkback lets go.
+            // Only one left bound by an attach cut short (old kernels) is ours to free,
+            // and the record must not point at a device that may be reused.
+            if let Some(dev) = vm.loop_device.take() {
+                let _ = disk::detach(&dev, &vm.id, vm.disk_file.as_deref());
             }
             vm.status = Status::Exited;
             vm.domid = None;
@@ -233,5 +240,19 @@ mod tests {
         assert!(list.is_empty(), "{list:?}");
         assert!(vms.list().unwrap().is_empty());
         assert_eq!(vms.exit_of_removed("aa01"), Some(Ok(4)));
+    }
+
+    #[test]
+    fn defect6_reconcile_clears_the_recorded_loop_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "dead", u32::MAX);
+        // A device that may be another VM's by now: no later command may act on it.
+        vm.loop_device = Some("/dev/no-such-loop7".into());
+        vm.disk_file = Some(dir.path().join("disk.img"));
+        vms.create(&vm).unwrap();
+        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
+        let vm = vms.load("aa01").unwrap();
+        assert_eq!((vm.status, vm.loop_device), (Status::Exited, None));
     }
 }

@@ -111,6 +111,10 @@ pub struct VmState {
     pub error: Option<String>,
     /// The loop device backing the rootfs disk while the domain runs.
     pub loop_device: Option<PathBuf>,
+    /// The rootfs image file bound to `loop_device`: before touching a recorded device,
+    /// hyperxl checks it is still bound to this file (and tagged with this VM's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_file: Option<PathBuf>,
     /// The process that watches the VM (the attached `run` or a detached monitor).
     pub monitor_pid: Option<u32>,
     /// Remove everything once the VM exits (`--rm`).
@@ -150,6 +154,7 @@ impl VmState {
             exit_code: None,
             error: None,
             loop_device: None,
+            disk_file: None,
             monitor_pid: Some(std::process::id()),
             auto_remove: false,
             created_at: now(),
