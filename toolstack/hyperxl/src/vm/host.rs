@@ -122,11 +122,26 @@ impl Host {
                     .and_then(|xs| read_exit_code(xs, domid));
                 DomainFact::Ended { exit_code }
             }
+            Ok(Some(info)) if info.paused && self.never_started(domid) => DomainFact::NeverStarted,
             Ok(Some(_)) => DomainFact::Alive,
             Ok(None) => DomainFact::Gone,
             // Not knowing is not the same as gone: leave the VM as it is.
             Err(_) => DomainFact::Alive,
         }
+    }
+
+    /// Whether xenstore says the guest of `domid` never wrote `started` (not knowing is
+    /// not never: false without xenstore).
+    fn never_started(&self, domid: u32) -> bool {
+        self.xs.borrow_mut().as_mut().is_some_and(|xs| {
+            matches!(
+                xs.read(&keys::abs(domid, keys::status::STARTED)),
+                Err(xenstore_wire::XenstoreError::Server {
+                    errno: xenstore_wire::XsErrno::NoEntry,
+                    ..
+                })
+            )
+        })
     }
 
     /// The domid of the domain called `name`, if there is one.

@@ -1,7 +1,9 @@
 //! Makes recorded state agree with what Xen really runs. A VM whose watching process
 //! (the attached `run` or its monitor) is gone is judged by its domain alone: gone or
 //! ended means exited — with the exit code the guest reported, if it did — and an ended
-//! domain nobody is left to tear down is destroyed here.
+//! domain nobody is left to tear down is destroyed here. So is a domain whose watcher
+//! died before unpausing it: it would otherwise sit paused, holding its memory, until
+//! someone ran `rm -f`.
 
 use super::disk;
 use super::state::{self, Status, VmState, VmStore};
@@ -18,6 +20,9 @@ pub enum DomainFact {
     },
     /// Running or paused.
     Alive,
+    /// Paused, and the guest never wrote `started`: a domain only its watcher would
+    /// have unpaused.
+    NeverStarted,
 }
 
 /// Whether a hyperxl process with this pid exists. The name check matters after a
@@ -56,7 +61,17 @@ pub fn reconcile(
         }
         let name = vm.domain_name();
         let domid = vm.domid.or_else(|| find(&name));
-        let fact = domid.map_or(DomainFact::Gone, |d| probe(d, &name));
+        let mut fact = domid.map_or(DomainFact::Gone, |d| probe(d, &name));
+        if fact == DomainFact::NeverStarted {
+            if vm.status == Status::Created {
+                if let Some(domid) = domid {
+                    destroy(domid, &name);
+                }
+            } else {
+                // Unpaused once and paused since (`xl pause`): the operator's business.
+                fact = DomainFact::Alive;
+            }
+        }
         if fact == DomainFact::Alive {
             if vm.domid.is_none() {
                 // Record the domain, so `stop`, `kill` and `rm -f` reach it.
@@ -91,6 +106,12 @@ pub fn reconcile(
                 vm.exit_code = Some(c);
             } else if vm.killed {
                 vm.exit_code = Some(137);
+            }
+            if fact == DomainFact::NeverStarted && !vm.killed {
+                vm.error = Some(
+                    "its watcher died before the VM started; the paused domain was destroyed"
+                        .into(),
+                );
             }
             if vm.exit_code.is_none() {
                 vm.error
@@ -254,5 +275,41 @@ mod tests {
         reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
         let vm = vms.load("aa01").unwrap();
         assert_eq!((vm.status, vm.loop_device), (Status::Exited, None));
+    }
+
+    #[test]
+    fn defect7_a_paused_domain_whose_watcher_died_before_start_is_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "stuck", u32::MAX);
+        vm.status = Status::Created;
+        vms.create(&vm).unwrap();
+        // Started once, paused since by the operator: left alone.
+        let mut paused = running("bb02", "paused", u32::MAX);
+        paused.domid = Some(8);
+        vms.create(&paused).unwrap();
+        let destroyed = std::cell::RefCell::new(Vec::new());
+        reconcile(
+            &vms,
+            |_, _| DomainFact::NeverStarted,
+            |_| None,
+            |d, name| destroyed.borrow_mut().push((d, name.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(*destroyed.borrow(), [(7, "hyperxl-stuck".to_owned())]);
+        let vm = vms.load("aa01").unwrap();
+        assert_eq!(
+            (vm.status, vm.domid, vm.exit_code),
+            (Status::Exited, None, None)
+        );
+        assert!(
+            vm.error
+                .as_deref()
+                .unwrap()
+                .contains("watcher died before the VM started"),
+            "{:?}",
+            vm.error
+        );
+        assert_eq!(vms.load("bb02").unwrap().status, Status::Running);
     }
 }
