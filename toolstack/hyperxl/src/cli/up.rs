@@ -39,35 +39,45 @@ fn guest_files() -> GuestFiles {
 
 /// Validates the whole file, starts what is missing or changed in dependency order, then
 /// supervises (attached: until Ctrl-C, which stops the VMs, or until nothing runs).
+/// `up`, `down` and a starting supervisor of one deployment take turns.
 pub fn up(state_dir: &Path, args: UpArgs) -> anyhow::Result<u8> {
     let dep = Deployment::load(&args.file)?;
     let mut out = std::io::stdout();
-    apply::up(state_dir, &dep, &guest_files(), &mut out)?;
+    let lock = apply::lock_deployment(state_dir, &dep.name)?;
+    apply::up(state_dir, &dep, &guest_files(), &mut out, &lock)?;
     if args.detach {
+        // It claims the supervisor lock once this process lets go of the deployment.
         let pid = apply::spawn_supervisor(state_dir, &dep, &args.file)?;
         println!("{}: supervised in the background (pid {pid})", dep.name);
         return Ok(0);
     }
-    apply::supervise(state_dir, &dep, &guest_files(), true, &mut out)?;
+    let claimed = apply::claim_supervisor(state_dir, &lock)?;
+    drop(lock);
+    apply::supervise(state_dir, &dep, &guest_files(), true, &mut out, claimed)?;
     Ok(0)
 }
 
 /// Stops and removes the deployment's VMs in reverse dependency order.
 pub fn down(state_dir: &Path, args: FileArgs) -> anyhow::Result<u8> {
     let dep = Deployment::load(&args.file)?;
-    apply::down(state_dir, &dep, &mut std::io::stdout())?;
+    let lock = apply::lock_deployment(state_dir, &dep.name)?;
+    apply::down(state_dir, &dep, &mut std::io::stdout(), &lock)?;
     Ok(0)
 }
 
 /// The background supervisor `up -d` starts.
 pub fn supervise(state_dir: &Path, args: FileArgs) -> anyhow::Result<u8> {
     let dep = Deployment::load(&args.file)?;
+    let lock = apply::lock_deployment(state_dir, &dep.name)?;
+    let claimed = apply::claim_supervisor(state_dir, &lock)?;
+    drop(lock);
     apply::supervise(
         state_dir,
         &dep,
         &guest_files(),
         false,
         &mut std::io::stdout(),
+        claimed,
     )?;
     Ok(0)
 }

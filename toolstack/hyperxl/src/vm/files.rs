@@ -109,6 +109,29 @@ fn tighten(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens (creating 0600, never through a symlink) the lock file `path` and takes an
+/// exclusive flock on it; `wait`: block until it is free, else `None` when it is held.
+pub fn lock(path: &Path, wait: bool) -> io::Result<Option<nix::fcntl::Flock<File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    match Flock::lock(file, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+        Err((_, errno)) => Err(errno.into()),
+    }
+}
+
 /// Tells apart the temp files of several writers in one process.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
