@@ -148,6 +148,7 @@ pub fn up(
     held: &DeploymentLock,
 ) -> anyhow::Result<()> {
     let vms = VmStore::open(state_dir)?;
+    check_names(dep, &vms.list()?)?;
     fetch_images(state_dir, dep)?;
     stop_supervisor(state_dir, held)?;
     let host = Host::connect();
@@ -174,21 +175,57 @@ pub fn up(
                     writeln!(out, "{}: unchanged, running", vm.name)?;
                 }
             }
-            Action::Start(name) | Action::Replace(name) => {
-                let Some(def) = def_of(&name) else { continue };
-                let replaced = current
-                    .get(&name)
+            Action::Start(ref name) | Action::Replace(ref name) => {
+                let Some(def) = def_of(name) else { continue };
+                let existed = current
+                    .get(name)
                     .map(|vm| remove(&vms, &host, vm))
-                    .transpose()?;
+                    .transpose()?
+                    .is_some();
                 start(state_dir, &vms, dep, def, guest, None)?;
-                let what = if replaced.is_some() {
-                    "replaced"
-                } else {
-                    "started"
-                };
-                writeln!(out, "{}: {what}", vm_name(dep, def))?;
+                writeln!(out, "{}: {}", vm_name(dep, def), outcome(&action, existed))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// What `up` reports for a VM it started: `started` (new), `restarted` (unchanged but
+/// not running, as compose says), `replaced` (its definition changed).
+fn outcome(action: &Action, existed: bool) -> &'static str {
+    match action {
+        Action::Replace(_) => "replaced",
+        _ if existed => "restarted",
+        _ => "started",
+    }
+}
+
+/// Refuses, before anything starts, a deployment whose VM names are taken by VMs that
+/// are not these: `DEPLOYMENT-VM` can be spelled by two deployments (`a-b` + `c` and
+/// `a` + `b-c`), or be a plain `run --name`. The recorded labels tell them apart.
+pub fn check_names(dep: &Deployment, existing: &[VmState]) -> anyhow::Result<()> {
+    for def in &dep.vms {
+        let name = vm_name(dep, def);
+        let Some(vm) = existing.iter().find(|v| v.name == name) else {
+            continue;
+        };
+        let label = |k: &str| vm.labels.get(k).map(String::as_str);
+        if label(LABEL_DEPLOYMENT) == Some(dep.name.as_str())
+            && label(LABEL_VM) == Some(def.name.as_str())
+        {
+            continue;
+        }
+        let owner = match (label(LABEL_DEPLOYMENT), label(LABEL_VM)) {
+            (Some(d), Some(v)) => format!("VM {v:?} of deployment {d:?}"),
+            _ => "a VM of no deployment".to_owned(),
+        };
+        bail!(
+            "{}: VM {:?} of deployment {:?} would be called {name:?}, which is taken by {owner} (id {}); rename one of them",
+            dep.name,
+            def.name,
+            dep.name,
+            vm.id
+        );
     }
     Ok(())
 }
@@ -581,5 +618,39 @@ mod tests {
         assert_eq!(recorded_supervisor(&pid_file), Some(std::process::id()));
         drop(claimed);
         assert!(!pid_file.exists());
+    }
+
+    fn labelled(id: &str, name: &str, dep: &str, vm: &str) -> VmState {
+        let mut v = VmState::new(id.into(), name.into(), "demo".into());
+        v.labels.insert(LABEL_DEPLOYMENT.into(), dep.into());
+        v.labels.insert(LABEL_VM.into(), vm.into());
+        v
+    }
+
+    #[test]
+    fn defect12_names_colliding_across_deployments_are_refused_at_up() {
+        let a = Deployment::parse("name='a'\n[vm.b-c]\nimage='x'\n", Path::new("a.toml")).unwrap();
+        // Deployment a-b's VM c is called a-b-c too.
+        let theirs = labelled("aa01", "a-b-c", "a-b", "c");
+        let err = check_names(&a, std::slice::from_ref(&theirs)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("taken by VM \"c\" of deployment \"a-b\" (id aa01)"),
+            "{text}"
+        );
+        // A plain `run --name a-b-c`.
+        let mut plain = theirs.clone();
+        plain.labels.clear();
+        assert!(check_names(&a, &[plain]).is_err());
+        // Its own VM from an earlier `up` is no collision.
+        check_names(&a, &[labelled("bb02", "a-b-c", "a", "b-c")]).unwrap();
+        check_names(&a, &[]).unwrap();
+    }
+
+    #[test]
+    fn defect12_an_unchanged_vm_that_had_exited_is_restarted_not_replaced() {
+        assert_eq!(outcome(&Action::Start("db".into()), true), "restarted");
+        assert_eq!(outcome(&Action::Start("db".into()), false), "started");
+        assert_eq!(outcome(&Action::Replace("db".into()), true), "replaced");
     }
 }
