@@ -70,6 +70,8 @@ pub fn down(state_dir: &Path, args: FileArgs) -> anyhow::Result<u8> {
 pub fn supervise(state_dir: &Path, args: FileArgs) -> anyhow::Result<u8> {
     let dep = Deployment::load(&args.file)?;
     let lock = apply::lock_deployment(state_dir, &dep.name)?;
+    // The file as it is now: an `up` may have changed it while this one waited.
+    let dep = Deployment::load(&args.file)?;
     let claimed = apply::claim_supervisor(state_dir, &lock)?;
     drop(lock);
     apply::supervise(
