@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::reconcile::unwatched;
-use crate::vm::state::VmStore;
+use crate::vm::state::{StateError, VmStore};
 use crate::vm::{control, disk};
 
 /// Arguments of `hyperxl rm`.
@@ -28,7 +28,17 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
     let host = Host::connect();
     reconcile_all(&vms, &host)?;
     for which in &args.vms {
-        let vm = vms.find(which)?;
+        let vm = match vms.find(which) {
+            Ok(vm) => vm,
+            Err(StateError::NotFound(_)) if args.force && remove_corrupt(&vms, which)? => {
+                println!("{which}");
+                continue;
+            }
+            Err(StateError::NotFound(_)) if !vms.corrupt_ids(which)?.is_empty() => {
+                bail!("the record of VM {which} is corrupt: remove it with hyperxl rm -f {which}")
+            }
+            Err(e) => return Err(e.into()),
+        };
         if vm.status.can_stop() {
             if !args.force {
                 bail!("VM {} is running: stop it first or use rm -f", vm.name);
@@ -43,7 +53,7 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
         if let Ok(vm) = vms.load(&vm.id) {
             if let Some(dev) = &vm.loop_device {
                 if !disk::wait_freed(dev, Duration::from_secs(3)) {
-                    disk::detach(dev)?;
+                    disk::detach(dev, &vm.id, vm.disk_file.as_deref())?;
                 }
             }
         }
@@ -56,4 +66,57 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
         println!("{which}");
     }
     Ok(0)
+}
+
+/// `rm -f` of a VM whose record does not parse, named by its id or an id prefix: its
+/// directory goes (what it held cannot be known; its domain, if any, is left to
+/// `xl destroy`). Returns whether `which` named one.
+fn remove_corrupt(vms: &VmStore, which: &str) -> anyhow::Result<bool> {
+    match vms.corrupt_ids(which)?.as_slice() {
+        [] => Ok(false),
+        [id] => {
+            let _lock = vms.lock_vm(id)?;
+            vms.remove(id)?;
+            Ok(true)
+        }
+        _ => Err(StateError::Ambiguous(which.to_owned()).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::state::{Status, VmState};
+
+    #[test]
+    fn defect11_corrupt_state_json_is_skipped_and_rm_f_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut good = VmState::new("aa01".into(), "good".into(), "busybox".into());
+        good.status = Status::Exited;
+        good.monitor_pid = None;
+        vms.create(&good).unwrap();
+        let mut bad = good.clone();
+        bad.id = "bb02ffffffffffff".into();
+        bad.name = "bad".into();
+        vms.create(&bad).unwrap();
+        std::fs::write(vms.dir(&bad.id).join("state.json"), b"\0\0garbage").unwrap();
+        let rm = |which: &str, force| {
+            run(
+                dir.path(),
+                RmArgs {
+                    force,
+                    vms: vec![which.into()],
+                },
+            )
+        };
+        // Other VMs still work around it.
+        assert_eq!(rm("good", false).unwrap(), 0);
+        assert!(!vms.dir("aa01").exists());
+        // Without -f it is not found; with -f its id prefix removes it.
+        assert!(rm("bb02", false).is_err());
+        assert!(vms.dir(&bad.id).exists());
+        assert_eq!(rm("bb02", true).unwrap(), 0);
+        assert!(!vms.dir(&bad.id).exists());
+    }
 }

@@ -4,6 +4,7 @@
 //! named `DEPLOYMENT-VM` and labelled, so `ps`, `logs`, `stop` and `rm` work on it too.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,14 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use hyperxl_image::pull::{self, PullOptions};
 use hyperxl_image::{Reference, Store};
+use nix::fcntl::Flock;
 
 use super::file::{Deployment, VmDef};
 use super::plan::{self, Action, Existing};
 use crate::vm::control;
+use crate::vm::files;
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::launch::{self, LaunchOptions};
 use crate::vm::monitor;
-use crate::vm::reconcile::alive;
 use crate::vm::state::{Status, VmState, VmStore};
 
 /// Label naming the deployment a VM belongs to.
@@ -137,16 +139,19 @@ fn fetch_images(state_dir: &Path, dep: &Deployment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `up`: brings the running VMs in line with the file. Prints one line per VM.
+/// `up`: brings the running VMs in line with the file. Prints one line per VM. The
+/// caller holds the deployment's lock (see [`lock_deployment`]).
 pub fn up(
     state_dir: &Path,
     dep: &Deployment,
     guest: &GuestFiles,
     out: &mut impl Write,
+    held: &DeploymentLock,
 ) -> anyhow::Result<()> {
-    fetch_images(state_dir, dep)?;
-    stop_supervisor(state_dir, &dep.name)?;
     let vms = VmStore::open(state_dir)?;
+    check_names(dep, &vms.list()?)?;
+    fetch_images(state_dir, dep)?;
+    stop_supervisor(state_dir, held)?;
     let host = Host::connect();
     let current = members(&vms, &host, &dep.name)?;
     let existing: Vec<Existing> = current
@@ -171,29 +176,71 @@ pub fn up(
                     writeln!(out, "{}: unchanged, running", vm.name)?;
                 }
             }
-            Action::Start(name) | Action::Replace(name) => {
-                let Some(def) = def_of(&name) else { continue };
-                let replaced = current
-                    .get(&name)
+            Action::Start(ref name) | Action::Replace(ref name) => {
+                let Some(def) = def_of(name) else { continue };
+                let existed = current
+                    .get(name)
                     .map(|vm| remove(&vms, &host, vm))
-                    .transpose()?;
+                    .transpose()?
+                    .is_some();
                 start(state_dir, &vms, dep, def, guest, None)?;
-                let what = if replaced.is_some() {
-                    "replaced"
-                } else {
-                    "started"
-                };
-                writeln!(out, "{}: {what}", vm_name(dep, def))?;
+                writeln!(out, "{}: {}", vm_name(dep, def), outcome(&action, existed))?;
             }
         }
     }
     Ok(())
 }
 
+/// What `up` reports for a VM it started: `started` (new), `restarted` (unchanged but
+/// not running, as compose says), `replaced` (its definition changed).
+fn outcome(action: &Action, existed: bool) -> &'static str {
+    match action {
+        Action::Replace(_) => "replaced",
+        _ if existed => "restarted",
+        _ => "started",
+    }
+}
+
+/// Refuses, before anything starts, a deployment whose VM names are taken by VMs that
+/// are not these: `DEPLOYMENT-VM` can be spelled by two deployments (`a-b` + `c` and
+/// `a` + `b-c`), or be a plain `run --name`. The recorded labels tell them apart.
+pub fn check_names(dep: &Deployment, existing: &[VmState]) -> anyhow::Result<()> {
+    for def in &dep.vms {
+        let name = vm_name(dep, def);
+        let Some(vm) = existing.iter().find(|v| v.name == name) else {
+            continue;
+        };
+        let label = |k: &str| vm.labels.get(k).map(String::as_str);
+        if label(LABEL_DEPLOYMENT) == Some(dep.name.as_str())
+            && label(LABEL_VM) == Some(def.name.as_str())
+        {
+            continue;
+        }
+        let owner = match (label(LABEL_DEPLOYMENT), label(LABEL_VM)) {
+            (Some(d), Some(v)) => format!("VM {v:?} of deployment {d:?}"),
+            _ => "a VM of no deployment".to_owned(),
+        };
+        bail!(
+            "{}: VM {:?} of deployment {:?} would be called {name:?}, which is taken by {owner} (id {}); rename one of them",
+            dep.name,
+            def.name,
+            dep.name,
+            vm.id
+        );
+    }
+    Ok(())
+}
+
 /// `down`: stops the supervisor, then stops and removes the deployment's VMs in reverse
-/// start order (and any VM labelled with it that the file no longer names).
-pub fn down(state_dir: &Path, dep: &Deployment, out: &mut impl Write) -> anyhow::Result<()> {
-    stop_supervisor(state_dir, &dep.name)?;
+/// start order (and any VM labelled with it that the file no longer names). The caller
+/// holds the deployment's lock.
+pub fn down(
+    state_dir: &Path,
+    dep: &Deployment,
+    out: &mut impl Write,
+    held: &DeploymentLock,
+) -> anyhow::Result<()> {
+    stop_supervisor(state_dir, held)?;
     let vms = VmStore::open(state_dir)?;
     let host = Host::connect();
     let mut current = members(&vms, &host, &dep.name)?;
@@ -211,46 +258,148 @@ pub fn down(state_dir: &Path, dep: &Deployment, out: &mut impl Write) -> anyhow:
             writeln!(out, "{}: removed", vm.name)?;
         }
     }
-    let _ = std::fs::remove_dir_all(deployment_dir(state_dir, &dep.name));
+    // The locks stay: a process waiting on one must not end up holding a removed file.
+    let _ = std::fs::remove_file(deployment_dir(state_dir, &dep.name).join("supervisor.log"));
     Ok(())
 }
 
-/// `STATE_DIR/deployments/NAME`: the supervisor's pid file and log.
+/// `STATE_DIR/deployments/NAME`: the locks, the supervisor's pid file and log.
 pub fn deployment_dir(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("deployments").join(name)
 }
 
-/// Ends a running supervisor of deployment `name` (the VMs keep running).
-pub fn stop_supervisor(state_dir: &Path, name: &str) -> anyhow::Result<()> {
-    let pid_file = deployment_dir(state_dir, name).join("supervisor.pid");
-    let Ok(text) = std::fs::read_to_string(&pid_file) else {
-        return Ok(());
-    };
-    if let Ok(pid) = text.trim().parse::<u32>() {
-        if alive(pid) {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let begun = Instant::now();
-            while nix::sys::signal::kill(pid, None).is_ok() {
-                if begun.elapsed() > Duration::from_secs(10) {
-                    bail!("the supervisor of {name} (pid {pid}) does not exit");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+/// Creates (0700) and returns the deployment's directory.
+fn private_deployment_dir(state_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    files::secure_dir(state_dir)?;
+    files::private_subdir(&state_dir.join("deployments"))?;
+    let dir = deployment_dir(state_dir, name);
+    files::private_subdir(&dir)?;
+    Ok(dir)
+}
+
+/// `deployments/NAME/.lock`, held by `up` and `down` for their whole run and by a
+/// supervisor while it starts: one of them acts on a deployment at a time.
+pub struct DeploymentLock {
+    _lock: Flock<File>,
+    name: String,
+}
+
+/// Waits for and takes deployment `name`'s lock.
+pub fn lock_deployment(state_dir: &Path, name: &str) -> anyhow::Result<DeploymentLock> {
+    let path = private_deployment_dir(state_dir, name)?.join(".lock");
+    let lock = files::lock(&path, true)
+        .with_context(|| format!("locking {}", path.display()))?
+        .context("a blocking lock is always taken")?;
+    Ok(DeploymentLock {
+        _lock: lock,
+        name: name.to_owned(),
+    })
+}
+
+/// `deployments/NAME/supervisor.lock`, held by the running supervisor for its whole
+/// life: taking it proves that no supervisor runs. Dropping it removes the pid file.
+pub struct SupervisorLock {
+    _lock: Flock<File>,
+    pid_file: PathBuf,
+}
+
+impl Drop for SupervisorLock {
+    fn drop(&mut self) {
+        // Before the lock goes (the field drops after this body).
+        let _ = std::fs::remove_file(&self.pid_file);
     }
-    let _ = std::fs::remove_file(pid_file);
-    Ok(())
+}
+
+/// What `supervisor.pid` holds: the pid, and its start time (clock ticks after boot,
+/// field 22 of `/proc/PID/stat`), so a reused pid is not taken for the supervisor.
+fn pid_record(pid: u32) -> Option<String> {
+    Some(format!("{pid} {}\n", process_start(pid)?))
+}
+
+/// When process `pid` started, in clock ticks after boot.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The supervisor process `supervisor.pid` names, if that very process still runs.
+fn recorded_supervisor(pid_file: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let start: u64 = words.next()?.parse().ok()?;
+    (pid > 0 && process_start(pid) == Some(start)).then_some(pid)
+}
+
+/// Makes this process the deployment's supervisor: takes `supervisor.lock` (failing if
+/// another supervisor holds it) and records this process in `supervisor.pid`.
+pub fn claim_supervisor(state_dir: &Path, held: &DeploymentLock) -> anyhow::Result<SupervisorLock> {
+    let dir = private_deployment_dir(state_dir, &held.name)?;
+    let path = dir.join("supervisor.lock");
+    let pid_file = dir.join("supervisor.pid");
+    let Some(lock) =
+        files::lock(&path, false).with_context(|| format!("locking {}", path.display()))?
+    else {
+        let who =
+            recorded_supervisor(&pid_file).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+        bail!("{} is already supervised{who}", held.name);
+    };
+    let me = std::process::id();
+    let record = pid_record(me).context("reading this process's start time")?;
+    files::write_atomic(&pid_file, record.as_bytes())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    Ok(SupervisorLock {
+        _lock: lock,
+        pid_file,
+    })
+}
+
+/// Ends a running supervisor of the deployment (the VMs keep running). Only a process
+/// that is provably the supervisor is signalled: `supervisor.lock` is held (else none
+/// runs, whatever `supervisor.pid` says) and the pid file names a process with the
+/// recorded start time. Waits until the lock is free.
+pub fn stop_supervisor(state_dir: &Path, held: &DeploymentLock) -> anyhow::Result<()> {
+    let name = &held.name;
+    let dir = deployment_dir(state_dir, name);
+    let (path, pid_file) = (dir.join("supervisor.lock"), dir.join("supervisor.pid"));
+    let begun = Instant::now();
+    let mut signalled = None;
+    loop {
+        let free = files::lock(&path, false)
+            .with_context(|| format!("locking {}", path.display()))?
+            .is_some();
+        if free {
+            // None runs: a pid file left by a crash names nobody of ours.
+            let _ = std::fs::remove_file(&pid_file);
+            return Ok(());
+        }
+        match (signalled, recorded_supervisor(&pid_file)) {
+            (None, Some(pid)) => {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                signalled = Some(pid);
+            }
+            (None, None) if begun.elapsed() > Duration::from_secs(2) => bail!(
+                "the supervisor of {name} holds {} but {} does not name it; not signalling",
+                path.display(),
+                pid_file.display()
+            ),
+            (Some(pid), _) if begun.elapsed() > Duration::from_secs(10) => {
+                bail!("the supervisor of {name} (pid {pid}) does not exit")
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Starts `hyperxl supervise -f FILE` in the background, logging to the deployment's dir.
+/// It claims the supervisor lock once the caller lets go of the deployment lock.
 pub fn spawn_supervisor(state_dir: &Path, dep: &Deployment, file: &Path) -> anyhow::Result<u32> {
-    let dir = deployment_dir(state_dir, &dep.name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("supervisor.log"))
+    let dir = private_deployment_dir(state_dir, &dep.name)?;
+    let log = files::open_private_append(&dir.join("supervisor.log"))
         .context("creating the supervisor log")?;
     let exe = std::env::current_exe().context("finding the hyperxl executable")?;
     let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
@@ -279,16 +428,15 @@ fn restart_delay(n: u32) -> Duration {
 
 /// Applies the restart policies until no VM of the deployment runs or will run again
 /// (or a stop signal arrives). `attached`: Ctrl-C also stops the VMs, as `compose up`.
+/// `_claimed` (see [`claim_supervisor`]) is held to the end.
 pub fn supervise(
     state_dir: &Path,
     dep: &Deployment,
     guest: &GuestFiles,
     attached: bool,
     out: &mut impl Write,
+    _claimed: SupervisorLock,
 ) -> anyhow::Result<()> {
-    let dir = deployment_dir(state_dir, &dep.name);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
     monitor::install_stop_handlers();
     let vms = VmStore::open(state_dir)?;
     let host = Host::connect();
@@ -367,6 +515,143 @@ pub fn supervise(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let _ = std::fs::remove_file(dir.join("supervisor.pid"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Child;
+
+    use super::*;
+
+    /// A process whose name starts with "hyperxl", as the old pid check wanted.
+    fn hyperxl_named_sleeper(dir: &Path, wrapper: &[&str]) -> Child {
+        let exe = dir.join("hyperxl-sleep");
+        if !exe.exists() {
+            std::fs::copy("/bin/sleep", &exe).unwrap();
+        }
+        let mut cmd = match wrapper {
+            [] => Command::new(&exe),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&exe);
+                c
+            }
+        };
+        cmd.arg("30").spawn().unwrap()
+    }
+
+    fn still_running(child: &mut Child) -> bool {
+        child.try_wait().unwrap().is_none()
+    }
+
+    #[test]
+    fn defect5_stale_supervisor_pid_of_another_process_is_not_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = hyperxl_named_sleeper(dir.path(), &[]);
+        let state_dir = dir.path().join("state");
+        let lock = lock_deployment(&state_dir, "shop").unwrap();
+        // A supervisor crashed; its pid now belongs to another VM's monitor.
+        let pid_file = deployment_dir(&state_dir, "shop").join("supervisor.pid");
+        std::fs::write(&pid_file, other.id().to_string()).unwrap();
+        stop_supervisor(&state_dir, &lock).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let survived = still_running(&mut other);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(survived, "an unrelated process was signalled");
+        assert!(!pid_file.exists(), "the stale pid file is gone");
+    }
+
+    #[test]
+    fn defect5_a_held_lock_with_a_pid_file_naming_another_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = hyperxl_named_sleeper(dir.path(), &[]);
+        let state_dir = dir.path().join("state");
+        let lock = lock_deployment(&state_dir, "shop").unwrap();
+        let ddir = deployment_dir(&state_dir, "shop");
+        // Someone holds the supervisor lock, but the pid file's start time is not the
+        // one of the process it names.
+        let _held = files::lock(&ddir.join("supervisor.lock"), false)
+            .unwrap()
+            .unwrap();
+        std::fs::write(ddir.join("supervisor.pid"), format!("{} 1\n", other.id())).unwrap();
+        let err = stop_supervisor(&state_dir, &lock).unwrap_err();
+        let survived = still_running(&mut other);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(err.to_string().contains("not signalling"), "{err}");
+        assert!(survived);
+    }
+
+    #[test]
+    fn defect5_the_supervisor_holding_the_lock_is_stopped_and_a_second_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let lock = lock_deployment(&state_dir, "shop").unwrap();
+        let ddir = deployment_dir(&state_dir, "shop");
+        // The supervisor: a process holding supervisor.lock for its life.
+        let lock_path = ddir.join("supervisor.lock");
+        let mut sup = hyperxl_named_sleeper(
+            dir.path(),
+            &["flock", "--no-fork", lock_path.to_str().unwrap()],
+        );
+        let begun = Instant::now();
+        while files::lock(&lock_path, false).unwrap().is_some() {
+            assert!(
+                begun.elapsed() < Duration::from_secs(5),
+                "flock took the lock"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let err = claim_supervisor(&state_dir, &lock).err().unwrap();
+        assert!(err.to_string().contains("already supervised"), "{err}");
+        std::fs::write(ddir.join("supervisor.pid"), pid_record(sup.id()).unwrap()).unwrap();
+        stop_supervisor(&state_dir, &lock).unwrap();
+        let status = sup.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+        // Now this process may supervise; the pid file names it until it lets go.
+        let claimed = claim_supervisor(&state_dir, &lock).unwrap();
+        let pid_file = ddir.join("supervisor.pid");
+        assert_eq!(recorded_supervisor(&pid_file), Some(std::process::id()));
+        drop(claimed);
+        assert!(!pid_file.exists());
+    }
+
+    fn labelled(id: &str, name: &str, dep: &str, vm: &str) -> VmState {
+        let mut v = VmState::new(id.into(), name.into(), "demo".into());
+        v.labels.insert(LABEL_DEPLOYMENT.into(), dep.into());
+        v.labels.insert(LABEL_VM.into(), vm.into());
+        v
+    }
+
+    #[test]
+    fn defect12_names_colliding_across_deployments_are_refused_at_up() {
+        let a = Deployment::parse("name='a'\n[vm.b-c]\nimage='x'\n", Path::new("a.toml")).unwrap();
+        // Deployment a-b's VM c is called a-b-c too.
+        let theirs = labelled("aa01", "a-b-c", "a-b", "c");
+        let err = check_names(&a, std::slice::from_ref(&theirs)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("taken by VM \"c\" of deployment \"a-b\" (id aa01)"),
+            "{text}"
+        );
+        // A plain `run --name a-b-c`.
+        let mut plain = theirs.clone();
+        plain.labels.clear();
+        assert!(check_names(&a, &[plain]).is_err());
+        // Its own VM from an earlier `up` is no collision.
+        check_names(&a, &[labelled("bb02", "a-b-c", "a", "b-c")]).unwrap();
+        check_names(&a, &[]).unwrap();
+    }
+
+    #[test]
+    fn defect12_an_unchanged_vm_that_had_exited_is_restarted_not_replaced() {
+        assert_eq!(outcome(&Action::Start("db".into()), true), "restarted");
+        assert_eq!(outcome(&Action::Start("db".into()), false), "started");
+        assert_eq!(outcome(&Action::Replace("db".into()), true), "replaced");
+    }
 }

@@ -54,6 +54,14 @@ pub enum Problem {
     /// A `[vm.NAME]` key that is not a valid VM name.
     #[error("invalid VM name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 63 characters)")]
     BadVmName(String),
+    /// `DEPLOYMENT-VM`, the name the VM gets, is no valid name (too long).
+    #[error("VM {vm:?}: its full name {full:?} is longer than 63 characters; shorten the deployment or the VM name")]
+    FullNameTooLong {
+        /// The VM.
+        vm: String,
+        /// `DEPLOYMENT-VM`.
+        full: String,
+    },
     /// No `image`.
     #[error("VM {0:?} has no image: add image = \"NAME:TAG\"")]
     MissingImage(String),
@@ -115,6 +123,15 @@ pub enum Problem {
         path: PathBuf,
         /// The OS error.
         source: io::Error,
+    },
+    /// An env file that is absolute, climbs out with `..`, or resolves (through
+    /// symlinks) to a file outside the deployment file's directory.
+    #[error("VM {vm:?}: env file {value:?} is outside the deployment file's directory")]
+    EnvFileOutside {
+        /// The VM.
+        vm: String,
+        /// The path as written.
+        value: String,
     },
     /// A relative `workdir`.
     #[error("VM {vm:?}: workdir must be an absolute path, not {value:?}")]

@@ -8,7 +8,7 @@
 //! image = "demo:latest"
 //! command = ["sh", "-c", "echo db up; sleep 1000"]
 //! env = { MODE = "prod" }
-//! env_file = ["db.env"]          # relative to this file's directory
+//! env_file = ["db.env"]          # inside this file's directory
 //! memory = "64m"
 //! restart = "on-failure:2"
 //! depends_on = ["cache"]
@@ -95,11 +95,32 @@ impl Deployment {
         Deployment::parse(&text, path)
     }
 
+    /// Reads the deployment file for `down`, which works from what is recorded: the
+    /// name and the VMs in start order, the env files left unread (a deleted one must
+    /// not block teardown), so the VMs' `env` lacks their entries.
+    pub fn load_for_teardown(path: &Path) -> Result<Deployment, DeployError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DeployError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Parser {
+            text: &text,
+            path,
+            read_env_files: false,
+        }
+        .parse()
+    }
+
     /// Parses and checks a deployment file's text. `path` names the file in errors, gives
-    /// the default name (its stem), and the directory env files are relative to; the env
+    /// the default name (its stem), and the directory env files must be in; the env
     /// files are read now.
     pub fn parse(text: &str, path: &Path) -> Result<Deployment, DeployError> {
-        Parser { text, path }.parse()
+        Parser {
+            text,
+            path,
+            read_env_files: true,
+        }
+        .parse()
     }
 }
 
@@ -182,6 +203,8 @@ type Located = (usize, Problem);
 struct Parser<'a> {
     text: &'a str,
     path: &'a Path,
+    /// Read the env files (everything but `down`).
+    read_env_files: bool,
 }
 
 impl Parser<'_> {
@@ -209,6 +232,11 @@ impl Parser<'_> {
             let vm_name = key.into_inner();
             if state::validate_name(&vm_name).is_err() {
                 return Err((start, Problem::BadVmName(vm_name)));
+            }
+            // The VM is called DEPLOYMENT-VM, which must be a valid name too.
+            let full = format!("{name}-{vm_name}");
+            if state::validate_name(&full).is_err() {
+                return Err((start, Problem::FullNameTooLong { vm: vm_name, full }));
             }
             dep_spans.push(raw.depends_on.iter().map(|d| d.span()).collect::<Vec<_>>());
             vms.push(self.vm(vm_name, start, raw)?);
@@ -336,15 +364,35 @@ impl Parser<'_> {
         files: &[Spanned<String>],
         table: BTreeMap<Spanned<String>, String>,
     ) -> Result<Vec<String>, Located> {
-        let dir = self.path.parent().unwrap_or(Path::new(""));
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let mut env = Vec::new();
         for file in files {
             let at = file.span().start;
+            let outside = || {
+                let (vm, value) = (vm.to_owned(), file.get_ref().clone());
+                (at, Problem::EnvFileOutside { vm, value })
+            };
+            if !stays_inside(Path::new(file.get_ref())) {
+                return Err(outside());
+            }
+            if !self.read_env_files {
+                continue;
+            }
             let path = dir.join(file.get_ref());
-            let text = std::fs::read_to_string(&path).map_err(|source| {
-                let vm = vm.to_owned();
+            let read_err = |source| {
+                let (vm, path) = (vm.to_owned(), path.clone());
                 (at, Problem::EnvFile { vm, path, source })
-            })?;
+            };
+            // Symlinks resolved: the file itself must be inside the directory too.
+            let real = std::fs::canonicalize(&path).map_err(read_err)?;
+            let real_dir = std::fs::canonicalize(dir).map_err(read_err)?;
+            if !real.starts_with(&real_dir) {
+                return Err(outside());
+            }
+            let text = std::fs::read_to_string(&real).map_err(read_err)?;
             for entry in spec::resolve_env(&spec::parse_env_file(&text)) {
                 check_env_entry(vm, &entry, at)?;
                 env.push(entry);
@@ -362,6 +410,25 @@ impl Parser<'_> {
         }
         Ok(env)
     }
+}
+
+/// Whether the relative path `p` names something inside the directory it is relative to:
+/// not absolute, and no `..` climbing above its start.
+fn stays_inside(p: &Path) -> bool {
+    use std::path::Component;
+    let mut depth: usize = 0;
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    depth > 0
 }
 
 /// An entry the guest's spec check will take: `NAME=VALUE` with a non-empty NAME.

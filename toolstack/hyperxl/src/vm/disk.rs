@@ -1,18 +1,31 @@
 //! The rootfs disk as blkback sees it: a read-only loop device that hyperxl sets up
 //! itself, so no bash hotplug script runs on the way to boot.
 //!
-//! The loop device is created with `LO_FLAGS_AUTOCLEAR`: the kernel frees it when its
-//! last opener closes it. hyperxl holds it open (a [`LoopDisk`]) until blkback has it
+//! The loop device is created with `LO_FLAGS_AUTOCLEAR` and `LO_FLAGS_READ_ONLY` in one
+//! step (`LOOP_CONFIGURE`, Linux 5.8; older kernels get `LOOP_SET_FD` then
+//! `LOOP_SET_STATUS64`, where a kill between the two leaks a device): the kernel frees
+//! it when its last opener closes it. hyperxl holds it open (a [`LoopDisk`]) until blkback has it
 //! (the guest reported `started`) or the VM has ended; from then on blkback is the only
 //! opener, so destroying the domain — by hyperxl, `xl destroy` or anything else — frees
 //! the loop device too. A hyperxl process killed at any point leaks nothing.
+//!
+//! Loop devices are reused as soon as they are free, so the recorded `/dev/loopN` of a
+//! VM may be another VM's by the time someone cleans up. Each device hyperxl binds
+//! carries its VM's id in `lo_file_name` (`hyperxl:ID`); [`detach`] and
+//! [`LoopDisk::hold`] act on a device only if it carries the VM's tag and is backed by
+//! the VM's disk file (`lo_device`/`lo_inode`), checked and acted on through one open
+//! descriptor, which keeps the binding from changing in between.
 //!
 //! The hotplug step libxl always runs for a `phy` disk is `hyperxl-block`, a small
 //! binary next to `hyperxl` that writes `physical-device` for blkback and exits; see
 //! `src/bin/hyperxl-block.rs`.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use loopdev::{LoopControl, LoopDevice};
@@ -34,6 +47,149 @@ pub enum DiskError {
     },
 }
 
+// The kernel's loop ABI (linux/loop.h); loopdev 0.5 has no LOOP_CONFIGURE.
+const LOOP_SET_FD: u32 = 0x4C00;
+const LOOP_SET_STATUS64: u32 = 0x4C04;
+const LOOP_GET_STATUS64: u32 = 0x4C05;
+const LOOP_CONFIGURE: u32 = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_NAME_SIZE: usize = 64;
+
+/// `struct loop_info64`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config`.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+
+impl LoopInfo64 {
+    fn zeroed() -> Self {
+        Self {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; LO_NAME_SIZE],
+            lo_crypt_name: [0; LO_NAME_SIZE],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        }
+    }
+
+    /// Read-only, auto-clearing, tagged with its VM.
+    fn ours(owner: &str) -> Self {
+        let mut info = Self::zeroed();
+        info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        let tag = owner_tag(owner);
+        let n = tag.len().min(LO_NAME_SIZE - 1);
+        info.lo_file_name[..n].copy_from_slice(&tag.as_bytes()[..n]);
+        info
+    }
+
+    /// The text in `lo_file_name`, up to its NUL.
+    fn file_name(&self) -> &[u8] {
+        let end = self
+            .lo_file_name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(LO_NAME_SIZE);
+        &self.lo_file_name[..end]
+    }
+}
+
+/// What hyperxl writes into `lo_file_name` of VM `owner`'s loop device.
+pub fn owner_tag(owner: &str) -> String {
+    format!("hyperxl:{owner}")
+}
+
+fn ioctl_ptr<T>(fd: RawFd, request: u32, arg: *const T) -> io::Result<()> {
+    // SAFETY: `request` is one of the loop ioctls above, each of which reads (or, for
+    // LOOP_GET_STATUS64, writes) exactly one `T` of the kernel's layout at `arg`, which
+    // the callers point at a live, properly sized value; `fd` is open.
+    let r = unsafe { libc::ioctl(fd, request as _, arg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn ioctl_int(fd: RawFd, request: u32, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: LOOP_SET_FD takes a plain integer (a file descriptor), no pointer.
+    let r = unsafe { libc::ioctl(fd, request as _, arg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn get_status(fd: RawFd) -> io::Result<LoopInfo64> {
+    let mut info = LoopInfo64::zeroed();
+    ioctl_ptr(fd, LOOP_GET_STATUS64, &mut info as *mut LoopInfo64)?;
+    Ok(info)
+}
+
+/// Set once LOOP_CONFIGURE turned out not to exist (kernel before 5.8).
+static NO_CONFIGURE: AtomicBool = AtomicBool::new(false);
+
+/// Binds `backing` to the free device `dev` for VM `owner`: one LOOP_CONFIGURE, or on
+/// an older kernel LOOP_SET_FD then LOOP_SET_STATUS64 (undone if the second fails).
+fn bind(dev: RawFd, backing: &File, owner: &str) -> io::Result<()> {
+    let info = LoopInfo64::ours(owner);
+    if !NO_CONFIGURE.load(Ordering::Relaxed) {
+        let config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info,
+            reserved: [0; 8],
+        };
+        match ioctl_ptr(dev, LOOP_CONFIGURE, &config as *const LoopConfig) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
+                NO_CONFIGURE.store(true, Ordering::Relaxed);
+            }
+            done => return done,
+        }
+    }
+    ioctl_int(dev, LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong)?;
+    if let Err(e) = ioctl_ptr(dev, LOOP_SET_STATUS64, &info as *const LoopInfo64) {
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        let _ = unsafe { libc::ioctl(dev, 0x4C01 as _, 0) };
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// A read-only, auto-clearing loop device held open by this process.
 pub struct LoopDisk {
     device: LoopDevice,
@@ -49,20 +205,22 @@ impl std::fmt::Debug for LoopDisk {
 }
 
 impl LoopDisk {
-    /// Attaches `file` read-only to a free loop device.
+    /// Attaches `file` read-only and auto-clearing to a free loop device, tagged as VM
+    /// `owner`'s.
     ///
     /// Several hyperxl processes may race for the same free device: the loser's attach
     /// fails with `EBUSY` and it asks for the next free one.
-    pub fn attach(file: &Path) -> Result<Self, DiskError> {
+    pub fn attach(file: &Path, owner: &str) -> Result<Self, DiskError> {
         let control = LoopControl::open().map_err(DiskError::Control)?;
         let attach_err = |source| DiskError::Attach {
             path: file.to_path_buf(),
             source,
         };
+        let backing = File::open(file).map_err(attach_err)?;
         let mut attempts = 0;
         loop {
             let device = control.next_free().map_err(attach_err)?;
-            match device.with().read_only(true).autoclear(true).attach(file) {
+            match bind(device.as_raw_fd(), &backing, owner) {
                 Ok(()) => {
                     let path = device
                         .path()
@@ -77,10 +235,18 @@ impl LoopDisk {
         }
     }
 
-    /// Opens an existing loop device to hold it (a monitor taking over from `run -d`).
-    pub fn hold(path: &Path) -> io::Result<Self> {
+    /// Opens VM `owner`'s loop device at `path` to hold it (a monitor taking over from
+    /// `run -d`); fails if the device is not (any more) the VM's (see [`detach`]).
+    pub fn hold(path: &Path, owner: &str, backing: Option<&Path>) -> io::Result<Self> {
+        let device = LoopDevice::open(path)?;
+        if !is_ours(device.as_raw_fd(), owner, backing)? {
+            return Err(io::Error::other(format!(
+                "{} is no longer bound to this VM's disk",
+                path.display()
+            )));
+        }
         Ok(Self {
-            device: LoopDevice::open(path)?,
+            device,
             path: path.to_path_buf(),
         })
     }
@@ -93,6 +259,27 @@ impl LoopDisk {
     /// Lets go of the device; the kernel frees it once blkback lets go too.
     pub fn release(self) {
         drop(self.device);
+    }
+}
+
+/// Whether the device open at `fd` is bound, tagged as VM `owner`'s, and (if `backing`
+/// is given and exists) backed by that very file.
+fn is_ours(fd: RawFd, owner: &str, backing: Option<&Path>) -> io::Result<bool> {
+    let info = match get_status(fd) {
+        Ok(info) => info,
+        // Not bound.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if info.file_name() != owner_tag(owner).as_bytes() {
+        return Ok(false);
+    }
+    match backing.map(std::fs::metadata) {
+        Some(Ok(meta)) => Ok(meta.dev() == info.lo_device && meta.ino() == info.lo_inode),
+        // The disk file is gone (pruned): the tag alone says whose it is.
+        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Some(Err(e)) => Err(e),
+        None => Ok(true),
     }
 }
 
@@ -120,13 +307,24 @@ pub fn wait_freed(device: &Path, limit: Duration) -> bool {
     true
 }
 
-/// Frees a loop device that was left bound (the autoclear flag was not set, or a crash
-/// came between attach and its status call). Used by `rm -f` as a last resort.
-pub fn detach(device: &Path) -> io::Result<()> {
-    if !is_bound(device) {
-        return Ok(());
+/// Frees VM `owner`'s loop device at `device` if it was left bound (a device attached
+/// on an old kernel whose attacher was killed between its two steps), and only if it is
+/// still the VM's: tagged with its id and backed by its disk file `backing`. A device
+/// that is free, or bound to anything else, is left alone. Returns whether it was the
+/// VM's. Used by `rm -f`, `finish` and reconciliation as a last resort.
+pub fn detach(device: &Path, owner: &str, backing: Option<&Path>) -> io::Result<bool> {
+    let dev = match LoopDevice::open(device) {
+        Ok(dev) => dev,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // Checked and detached through the same descriptor: while it is open the binding
+    // cannot be cleared and replaced by another.
+    if !is_ours(dev.as_raw_fd(), owner, backing)? {
+        return Ok(false);
     }
-    LoopDevice::open(device)?.detach()
+    dev.detach()?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -155,7 +353,7 @@ mod tests {
             return;
         }
         let file = image();
-        let disk = LoopDisk::attach(file.path()).unwrap();
+        let disk = LoopDisk::attach(file.path(), "aa01").unwrap();
         let dev = disk.path().to_path_buf();
         assert!(is_bound(&dev), "{} bound", dev.display());
         let ro = std::fs::read_to_string(
@@ -181,7 +379,7 @@ mod tests {
         let disks: Vec<LoopDisk> = std::thread::scope(|s| {
             let handles: Vec<_> = files
                 .iter()
-                .map(|f| s.spawn(|| LoopDisk::attach(f.path()).unwrap()))
+                .map(|f| s.spawn(|| LoopDisk::attach(f.path(), "aa01").unwrap()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -194,5 +392,95 @@ mod tests {
             d.release();
             assert!(wait_freed(&p, Duration::from_secs(3)));
         }
+    }
+
+    fn sys(dev: &Path, attr: &str) -> String {
+        std::fs::read_to_string(
+            Path::new("/sys/block")
+                .join(dev.file_name().unwrap())
+                .join(attr),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
+
+    /// `losetup` binds a device the way anything else on the host might: not ours.
+    fn losetup(file: &Path) -> PathBuf {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    }
+
+    #[test]
+    fn defect6_attach_is_read_only_auto_clearing_and_tagged_in_one_step() {
+        if !loop_available() {
+            return;
+        }
+        let file = image();
+        let disk = LoopDisk::attach(file.path(), "aa01").unwrap();
+        let dev = disk.path().to_path_buf();
+        assert_eq!(sys(&dev, "ro"), "1");
+        assert_eq!(sys(&dev, "loop/autoclear"), "1");
+        let info = get_status(disk.device.as_raw_fd()).unwrap();
+        assert_eq!(info.file_name(), b"hyperxl:aa01");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 8) {
+            assert!(
+                !NO_CONFIGURE.load(Ordering::Relaxed),
+                "LOOP_CONFIGURE was used"
+            );
+        }
+        assert!(is_ours(disk.device.as_raw_fd(), "aa01", Some(file.path())).unwrap());
+        assert!(!is_ours(disk.device.as_raw_fd(), "bb02", Some(file.path())).unwrap());
+        let other = image();
+        assert!(!is_ours(disk.device.as_raw_fd(), "aa01", Some(other.path())).unwrap());
+        disk.release();
+        assert!(wait_freed(&dev, Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn defect6_a_reused_loop_device_is_not_detached() {
+        if !loop_available() {
+            return;
+        }
+        // VM aa01 had /dev/loopN; it was freed and now someone else's file is bound
+        // there (another VM, or the operator's losetup).
+        let file = image();
+        let dev = losetup(file.path());
+        let kept = !detach(&dev, "aa01", Some(file.path())).unwrap() && is_bound(&dev);
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&dev)
+            .status();
+        assert!(kept, "{} must stay bound", dev.display());
+        // Nothing bound there at all: nothing to do.
+        assert!(wait_freed(&dev, Duration::from_secs(3)));
+        assert!(!detach(&dev, "aa01", None).unwrap());
+        assert!(!detach(Path::new("/dev/no-such-loop"), "aa01", None).unwrap());
+    }
+
+    #[test]
+    fn defect6_the_vms_own_leftover_device_is_detached() {
+        if !loop_available() {
+            return;
+        }
+        let file = image();
+        let disk = LoopDisk::attach(file.path(), "aa01").unwrap();
+        let dev = disk.path().to_path_buf();
+        // A monitor taking over checks the same way.
+        assert!(LoopDisk::hold(&dev, "bb02", Some(file.path())).is_err());
+        let held = LoopDisk::hold(&dev, "aa01", Some(file.path())).unwrap();
+        assert!(detach(&dev, "aa01", Some(file.path())).unwrap());
+        disk.release();
+        held.release();
+        assert!(wait_freed(&dev, Duration::from_secs(3)));
     }
 }

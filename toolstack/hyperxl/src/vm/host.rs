@@ -11,8 +11,9 @@ use super::reconcile::DomainFact;
 pub const EXIT_CRASHED: i32 = 125;
 
 /// Reads one of the guest's keys as text fit for a terminal. Everything under `data/`
-/// is written by the guest, so it is untrusted: control characters become `?`, so a
-/// guest cannot drive the operator's terminal through hyperxl's output.
+/// is written by the guest, so it is untrusted: control and format characters become
+/// `?` (see [`terminal_safe`]), so a guest cannot drive the operator's terminal, nor
+/// reorder what it shows, through hyperxl's output.
 pub fn read_guest_key<T: xenstore_wire::Transport>(
     xs: &mut Xenstore<T>,
     domid: u32,
@@ -20,13 +21,52 @@ pub fn read_guest_key<T: xenstore_wire::Transport>(
 ) -> Option<String> {
     xs.read_string(&keys::abs(domid, key))
         .ok()
-        .map(|s| {
-            s.trim()
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect::<String>()
-        })
+        .map(|s| terminal_safe(s.trim()))
         .filter(|s| !s.is_empty())
+}
+
+/// `text` with every control character (C0, DEL, C1) and every invisible format
+/// character (Unicode's Cf, and the line and paragraph separators) replaced by `?`:
+/// bidi embeddings, overrides and isolates (U+202A-202E, U+2066-2069) would let a guest
+/// make hyperxl's output read other than it is; zero-width characters hide text.
+pub fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || is_format(c) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Unicode's format characters (general category Cf) and the separators Zl and Zp.
+fn is_format(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// The guest's reported exit code; a value that does not parse counts as a crash.
@@ -82,11 +122,26 @@ impl Host {
                     .and_then(|xs| read_exit_code(xs, domid));
                 DomainFact::Ended { exit_code }
             }
+            Ok(Some(info)) if info.paused && self.never_started(domid) => DomainFact::NeverStarted,
             Ok(Some(_)) => DomainFact::Alive,
             Ok(None) => DomainFact::Gone,
             // Not knowing is not the same as gone: leave the VM as it is.
             Err(_) => DomainFact::Alive,
         }
+    }
+
+    /// Whether xenstore says the guest of `domid` never wrote `started` (not knowing is
+    /// not never: false without xenstore).
+    fn never_started(&self, domid: u32) -> bool {
+        self.xs.borrow_mut().as_mut().is_some_and(|xs| {
+            matches!(
+                xs.read(&keys::abs(domid, keys::status::STARTED)),
+                Err(xenstore_wire::XenstoreError::Server {
+                    errno: xenstore_wire::XsErrno::NoEntry,
+                    ..
+                })
+            )
+        })
     }
 
     /// The domid of the domain called `name`, if there is one.
@@ -144,4 +199,69 @@ pub fn reconcile_all(
             let _ = host.destroy(d, name);
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use xenstore_wire::wire::{encode_message, Header, MsgType, HEADER_LEN};
+
+    use super::*;
+
+    /// A xenstored that answers every request with `value`.
+    struct OneValue {
+        value: Vec<u8>,
+        out: VecDeque<u8>,
+    }
+
+    impl xenstore_wire::Transport for OneValue {
+        fn send(&mut self, msg: &[u8]) -> std::io::Result<()> {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&msg[..HEADER_LEN]);
+            let h = Header::decode(&h).expect("a header");
+            let reply =
+                encode_message(MsgType::Read, h.req_id, h.tx_id, &self.value).expect("a reply");
+            self.out.extend(reply);
+            Ok(())
+        }
+        fn recv_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+            for b in buf {
+                *b = self.out.pop_front().expect("a reply was sent");
+            }
+            Ok(())
+        }
+        fn wait_readable(&mut self, _: Option<Duration>) -> std::io::Result<bool> {
+            Ok(!self.out.is_empty())
+        }
+    }
+
+    fn guest_wrote(value: &str) -> Option<String> {
+        let mut xs = Xenstore::new(OneValue {
+            value: value.as_bytes().to_vec(),
+            out: VecDeque::new(),
+        });
+        read_guest_key(&mut xs, 5, keys::status::ERROR)
+    }
+
+    #[test]
+    fn defect13_bidi_overrides_and_format_chars_from_the_guest_are_neutralised() {
+        // "exit 0" shown, "1 tixe" meant: a right-to-left override reorders the text.
+        for (written, shown) in [
+            ("ok \u{202E}1 tixe", "ok ?1 tixe"),
+            ("a\u{202A}b\u{202B}c\u{202C}d\u{202D}e", "a?b?c?d?e"),
+            ("\u{2066}x\u{2067}y\u{2068}z\u{2069}", "?x?y?z?"),
+            ("zero\u{200B}width\u{200F}\u{FEFF}", "zero?width??"),
+            ("line\u{2028}para\u{2029}end", "line?para?end"),
+            ("\u{1b}[31mred\u{7}\u{9b}2J", "?[31mred??2J"),
+        ] {
+            assert_eq!(guest_wrote(written).as_deref(), Some(shown), "{written:?}");
+        }
+        assert_eq!(
+            guest_wrote("command not found: café").as_deref(),
+            Some("command not found: café"),
+            "ordinary text is kept"
+        );
+    }
 }

@@ -192,14 +192,17 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let id = p.vm.id.clone();
     let mut built: Option<DomId> = None;
     let booted = (|| {
-        std::fs::write(vms.dir(&id).join("spec.json"), p.spec.to_json()?)
+        vms.write_file(&id, "spec.json", p.spec.to_json()?.as_bytes())
             .context("recording the spec")?;
         if monitor::stop_requested() {
             bail!("interrupted before the domain was created");
         }
         super::timing::mark("record");
-        let disk = LoopDisk::attach(&p.disk_file)?;
-        vms.update(&id, |vm| vm.loop_device = Some(disk.path().to_path_buf()))?;
+        let disk = LoopDisk::attach(&p.disk_file, &id)?;
+        vms.update(&id, |vm| {
+            vm.loop_device = Some(disk.path().to_path_buf());
+            vm.disk_file = Some(p.disk_file.clone());
+        })?;
         super::timing::mark("disk-attach");
         let config = domain_config(p, disk.path())?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
@@ -328,9 +331,10 @@ pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
     let result = (|| {
         let domid = vm.domid.context("the VM has no domain")?;
         let disk = match &vm.loop_device {
-            Some(dev) => {
-                Some(LoopDisk::hold(dev).with_context(|| format!("holding {}", dev.display()))?)
-            }
+            Some(dev) => Some(
+                LoopDisk::hold(dev, id, vm.disk_file.as_deref())
+                    .with_context(|| format!("holding {}", dev.display()))?,
+            ),
             None => None,
         };
         monitor::supervise(

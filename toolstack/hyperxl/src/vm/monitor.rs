@@ -194,7 +194,7 @@ pub fn finish(
         // blkback closes the device shortly after the domain is gone; autoclear then
         // frees it. Wait for that so `--rm` really leaves nothing behind.
         if !disk::wait_freed(dev, Duration::from_secs(3)) {
-            let _ = disk::detach(dev);
+            let _ = disk::detach(dev, id, vm.disk_file.as_deref());
         }
     }
     let record = |vm: &mut state::VmState| {
@@ -388,10 +388,7 @@ fn is_kernel_line(line: &str) -> bool {
 
 /// Opens (creating) a file the monitor's own messages go to.
 pub fn open_monitor_log(vms: &VmStore, id: &str) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(vms.dir(id).join("monitor.log"))
+    super::files::open_private_append(&vms.dir(id).join("monitor.log"))
 }
 
 #[cfg(test)]

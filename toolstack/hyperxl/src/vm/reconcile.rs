@@ -1,8 +1,11 @@
 //! Makes recorded state agree with what Xen really runs. A VM whose watching process
 //! (the attached `run` or its monitor) is gone is judged by its domain alone: gone or
 //! ended means exited — with the exit code the guest reported, if it did — and an ended
-//! domain nobody is left to tear down is destroyed here.
+//! domain nobody is left to tear down is destroyed here. So is a domain whose watcher
+//! died before unpausing it: it would otherwise sit paused, holding its memory, until
+//! someone ran `rm -f`.
 
+use super::disk;
 use super::state::{self, Status, VmState, VmStore};
 
 /// What Xen says about a VM's domain.
@@ -17,6 +20,9 @@ pub enum DomainFact {
     },
     /// Running or paused.
     Alive,
+    /// Paused, and the guest never wrote `started`: a domain only its watcher would
+    /// have unpaused.
+    NeverStarted,
 }
 
 /// Whether a hyperxl process with this pid exists. The name check matters after a
@@ -55,7 +61,17 @@ pub fn reconcile(
         }
         let name = vm.domain_name();
         let domid = vm.domid.or_else(|| find(&name));
-        let fact = domid.map_or(DomainFact::Gone, |d| probe(d, &name));
+        let mut fact = domid.map_or(DomainFact::Gone, |d| probe(d, &name));
+        if fact == DomainFact::NeverStarted {
+            if vm.status == Status::Created {
+                if let Some(domid) = domid {
+                    destroy(domid, &name);
+                }
+            } else {
+                // Unpaused once and paused since (`xl pause`): the operator's business.
+                fact = DomainFact::Alive;
+            }
+        }
         if fact == DomainFact::Alive {
             if vm.domid.is_none() {
                 // Record the domain, so `stop`, `kill` and `rm -f` reach it.
@@ -77,6 +93,12 @@ pub fn reconcile(
             if !vm.status.can_stop() {
                 return;
             }
+            // The domain is gone: autoclear frees the loop device once blkback lets go.
+            // Only one left bound by an attach cut short (old kernels) is ours to free,
+            // and the record must not point at a device that may be reused.
+            if let Some(dev) = vm.loop_device.take() {
+                let _ = disk::detach(&dev, &vm.id, vm.disk_file.as_deref());
+            }
             vm.status = Status::Exited;
             vm.domid = None;
             vm.finished_at = Some(state::now());
@@ -84,6 +106,12 @@ pub fn reconcile(
                 vm.exit_code = Some(c);
             } else if vm.killed {
                 vm.exit_code = Some(137);
+            }
+            if fact == DomainFact::NeverStarted && !vm.killed {
+                vm.error = Some(
+                    "its watcher died before the VM started; the paused domain was destroyed"
+                        .into(),
+                );
             }
             if vm.exit_code.is_none() {
                 vm.error
@@ -233,5 +261,55 @@ mod tests {
         assert!(list.is_empty(), "{list:?}");
         assert!(vms.list().unwrap().is_empty());
         assert_eq!(vms.exit_of_removed("aa01"), Some(Ok(4)));
+    }
+
+    #[test]
+    fn defect6_reconcile_clears_the_recorded_loop_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "dead", u32::MAX);
+        // A device that may be another VM's by now: no later command may act on it.
+        vm.loop_device = Some("/dev/no-such-loop7".into());
+        vm.disk_file = Some(dir.path().join("disk.img"));
+        vms.create(&vm).unwrap();
+        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
+        let vm = vms.load("aa01").unwrap();
+        assert_eq!((vm.status, vm.loop_device), (Status::Exited, None));
+    }
+
+    #[test]
+    fn defect7_a_paused_domain_whose_watcher_died_before_start_is_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "stuck", u32::MAX);
+        vm.status = Status::Created;
+        vms.create(&vm).unwrap();
+        // Started once, paused since by the operator: left alone.
+        let mut paused = running("bb02", "paused", u32::MAX);
+        paused.domid = Some(8);
+        vms.create(&paused).unwrap();
+        let destroyed = std::cell::RefCell::new(Vec::new());
+        reconcile(
+            &vms,
+            |_, _| DomainFact::NeverStarted,
+            |_| None,
+            |d, name| destroyed.borrow_mut().push((d, name.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(*destroyed.borrow(), [(7, "hyperxl-stuck".to_owned())]);
+        let vm = vms.load("aa01").unwrap();
+        assert_eq!(
+            (vm.status, vm.domid, vm.exit_code),
+            (Status::Exited, None, None)
+        );
+        assert!(
+            vm.error
+                .as_deref()
+                .unwrap()
+                .contains("watcher died before the VM started"),
+            "{:?}",
+            vm.error
+        );
+        assert_eq!(vms.load("bb02").unwrap().status, Status::Running);
     }
 }

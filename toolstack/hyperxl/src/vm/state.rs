@@ -6,14 +6,17 @@
 //! cannot take the same name), and a change to one VM takes that VM's own lock.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+
+use super::files::{self, DirError};
 
 /// Errors of the VM state store.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,9 @@ pub enum StateError {
     /// A name Docker would refuse too.
     #[error("invalid VM name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 63 characters)")]
     BadName(String),
+    /// The state dir (or a directory in it) is not one hyperxl may use.
+    #[error(transparent)]
+    Dir(#[from] DirError),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
@@ -105,6 +111,10 @@ pub struct VmState {
     pub error: Option<String>,
     /// The loop device backing the rootfs disk while the domain runs.
     pub loop_device: Option<PathBuf>,
+    /// The rootfs image file bound to `loop_device`: before touching a recorded device,
+    /// hyperxl checks it is still bound to this file (and tagged with this VM's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_file: Option<PathBuf>,
     /// The process that watches the VM (the attached `run` or a detached monitor).
     pub monitor_pid: Option<u32>,
     /// Remove everything once the VM exits (`--rm`).
@@ -147,6 +157,7 @@ impl VmState {
             exit_code: None,
             error: None,
             loop_device: None,
+            disk_file: None,
             monitor_pid: Some(std::process::id()),
             auto_remove: false,
             created_at: now(),
@@ -197,10 +208,12 @@ pub struct VmStore {
 pub struct StoreLock(#[allow(dead_code)] Flock<File>);
 
 impl VmStore {
-    /// Opens (creating) the store under `state_dir`.
+    /// Opens (creating) the store under `state_dir`. The state dir and `vms/` are made
+    /// 0700; a state dir owned by another user than root or this one is refused.
     pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+        files::secure_dir(state_dir)?;
         let root = state_dir.join("vms");
-        fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
+        files::private_subdir(&root)?;
         Ok(Self { root })
     }
 
@@ -215,6 +228,7 @@ impl VmStore {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(io_err("opening lock", path))?;
         Flock::lock(file, FlockArg::LockExclusive)
@@ -252,29 +266,27 @@ impl VmStore {
             });
         }
         let dir = self.dir(&state.id);
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        files::private_subdir(&dir)?;
+        // The logs exist, private, before anything writes to them.
+        for log in ["console.log", "monitor.log"] {
+            let path = dir.join(log);
+            files::open_private_append(&path).map_err(io_err("creating", &path))?;
+        }
         self.save(state)
     }
 
     /// Atomically replaces VM `state.id`'s record.
     pub fn save(&self, state: &VmState) -> Result<(), StateError> {
         let path = self.dir(&state.id).join("state.json");
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let json = serde_json::to_vec_pretty(state).expect("VmState serialises");
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            StateError::Io {
-                action: "writing",
-                path: path.clone(),
-                source: e,
-            }
-        })
+        files::write_atomic(&path, &json).map_err(io_err("writing", &path))
+    }
+
+    /// Atomically writes `name` (e.g. `spec.json`) in VM `id`'s directory, readable by
+    /// its owner alone.
+    pub fn write_file(&self, id: &str, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.dir(id).join(name);
+        files::write_atomic(&path, bytes).map_err(io_err("writing", &path))
     }
 
     /// Read-modify-write of VM `id`'s record under its lock, so changes made at the
@@ -305,7 +317,9 @@ impl VmStore {
     }
 
     /// Every VM, oldest first. Directories without a state file (a creation that died
-    /// before its first write) are skipped.
+    /// before its first write) are skipped, and so are those whose state file does not
+    /// parse, with a warning on stderr (once per process): one bad record must not
+    /// stop every command; `rm -f ID` removes it (see [`VmStore::corrupt_ids`]).
     pub fn list(&self) -> Result<Vec<VmState>, StateError> {
         let mut out = Vec::new();
         let entries = fs::read_dir(&self.root).map_err(io_err("listing", &self.root))?;
@@ -319,6 +333,7 @@ impl VmStore {
             match self.load(id) {
                 Ok(s) => out.push(s),
                 Err(StateError::NotFound(_)) => {}
+                Err(StateError::Corrupt { path, source }) => warn_corrupt(&path, &source),
                 Err(e) => return Err(e),
             }
         }
@@ -346,11 +361,35 @@ impl VmStore {
         }
     }
 
+    /// The ids of VM directories whose state file does not parse, that `which` names:
+    /// the whole id or a prefix of it (the name is in the unreadable record).
+    pub fn corrupt_ids(&self, which: &str) -> Result<Vec<String>, StateError> {
+        let mut out = Vec::new();
+        if which.is_empty() {
+            return Ok(out);
+        }
+        let entries = fs::read_dir(&self.root).map_err(io_err("listing", &self.root))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("listing", &self.root))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !id.starts_with('.')
+                && id.starts_with(which)
+                && matches!(self.load(&id), Err(StateError::Corrupt { .. }))
+            {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Leaves a removed VM's exit code for `wait` (a `--rm` VM is removed as it exits),
     /// and forgets those left more than ten minutes ago.
     pub fn bury(&self, vm: &VmState) -> Result<(), StateError> {
         let dir = self.root.join(".exited");
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        files::private_subdir(&dir)?;
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let old = e
@@ -368,7 +407,7 @@ impl VmStore {
             (None, None) => "error: no exit code".into(),
         };
         let path = dir.join(&vm.id);
-        fs::write(&path, text).map_err(io_err("writing", &path))
+        files::write_atomic(&path, text.as_bytes()).map_err(io_err("writing", &path))
     }
 
     /// The exit code (or error) a removed VM left with [`VmStore::bury`].
@@ -404,6 +443,23 @@ impl VmStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("removing", &dir)(e)),
         }
+    }
+}
+
+/// Says once per process per file that a VM's record is skipped.
+fn warn_corrupt(path: &Path, err: &serde_json::Error) {
+    static WARNED: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .map(|mut w| w.insert(path.to_path_buf()))
+        .unwrap_or(true);
+    if first {
+        let dir = path.parent().unwrap_or(path);
+        eprintln!(
+            "hyperxl: warning: skipping VM {}: corrupt state.json ({err}); remove it with hyperxl rm -f {}",
+            dir.display(),
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
 }
 
@@ -448,11 +504,74 @@ mod tests {
         store.save(&v).unwrap();
         assert_eq!(store.load("aaaa0001").unwrap(), v);
         // No temp files left behind.
-        let files: Vec<_> = fs::read_dir(store.dir("aaaa0001"))
+        let mut files: Vec<_> = fs::read_dir(store.dir("aaaa0001"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(files, vec!["state.json".to_string()]);
+        files.sort();
+        assert_eq!(files, ["console.log", "monitor.log", "state.json"]);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn defect10_state_dir_vm_dirs_and_records_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        fs::create_dir(&state_dir).unwrap();
+        fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let store = VmStore::open(&state_dir).unwrap();
+        assert_eq!(mode(&state_dir), 0o700, "the state dir");
+        assert_eq!(mode(&state_dir.join("vms")), 0o700, "vms/");
+        let v = vm("aa01", "secret");
+        store.create(&v).unwrap();
+        store
+            .write_file("aa01", "spec.json", b"{\"env\":[\"TOKEN=x\"]}")
+            .unwrap();
+        store.bury(&v).unwrap();
+        let vm_dir = store.dir("aa01");
+        assert_eq!(mode(&vm_dir), 0o700, "the VM dir");
+        for f in ["state.json", "spec.json", "console.log", "monitor.log"] {
+            assert_eq!(mode(&vm_dir.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(mode(&state_dir.join("vms/.exited")), 0o700);
+        assert_eq!(mode(&state_dir.join("vms/.exited/aa01")), 0o600);
+    }
+
+    #[test]
+    fn defect10_state_dir_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let err = VmStore::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("owned by uid 65534, not by root"),
+            "{err}"
+        );
+        assert!(!dir.path().join("vms").exists(), "nothing made in it");
+    }
+
+    #[test]
+    fn defect11_corrupt_state_json_is_skipped_and_found_by_id_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::open(dir.path()).unwrap();
+        store.create(&vm("aa01", "good")).unwrap();
+        store.create(&vm("bb02", "bad")).unwrap();
+        fs::write(store.dir("bb02").join("state.json"), b"{ not json").unwrap();
+        let names: Vec<_> = store.list().unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["good"]);
+        assert_eq!(store.find("good").unwrap().id, "aa01");
+        assert_eq!(store.corrupt_ids("bb").unwrap(), ["bb02"]);
+        assert_eq!(store.corrupt_ids("bb02").unwrap(), ["bb02"]);
+        assert!(store.corrupt_ids("aa").unwrap().is_empty(), "aa01 parses");
+        assert!(store.corrupt_ids("").unwrap().is_empty());
     }
 
     #[test]

@@ -288,3 +288,70 @@ fn fingerprint_format_is_pinned() {
         "e26591a0116f0d06e755bc55d748222a7db69eea380e99adc31d0dbf066c13af"
     );
 }
+
+#[test]
+fn defect12_full_vm_names_longer_than_63_are_refused() {
+    let vm = "v".repeat(60);
+    let e = error(&format!("name='shop'\n[vm.{vm}]\nimage='x'\n"));
+    assert!(
+        e.contains(":2: VM ") && e.contains("is longer than 63 characters"),
+        "{e}"
+    );
+    // 58 + "shop-" is 63: fine.
+    parse(&format!(
+        "name='shop'\n[vm.{}]\nimage='x'\n",
+        "v".repeat(58)
+    ))
+    .unwrap();
+}
+
+#[test]
+fn defect12_env_files_outside_the_deployment_dir_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("dep");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(root.path().join("secret.env"), "TOKEN=x\n").unwrap();
+    std::fs::write(dir.join("sub/ok.env"), "A=1\n").unwrap();
+    std::os::unix::fs::symlink(root.path().join("secret.env"), dir.join("link.env")).unwrap();
+    let file = dir.join("shop.toml");
+    let load = |env_file: &str| {
+        Deployment::parse(
+            &format!("[vm.a]\nimage='x'\nenv_file=['{env_file}']\n"),
+            &file,
+        )
+    };
+    for bad in [
+        "/etc/passwd",
+        "../secret.env",
+        "sub/../../secret.env",
+        "link.env",
+        "..",
+        ".",
+    ] {
+        let e = load(bad).unwrap_err().to_string();
+        let want = format!(
+            "{}:3: VM \"a\": env file {bad:?} is outside the deployment file's directory",
+            file.display()
+        );
+        assert_eq!(e, want, "{bad}");
+    }
+    for ok in ["sub/ok.env", "./sub/ok.env", "sub/../sub/ok.env"] {
+        assert_eq!(load(ok).unwrap().vms[0].env, ["A=1"], "{ok}");
+    }
+}
+
+#[test]
+fn defect12_teardown_reads_no_env_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shop.toml");
+    std::fs::write(
+        &file,
+        "[vm.db]\nimage='x'\nenv_file=['gone.env']\n[vm.web]\nimage='x'\ndepends_on=['db']\n",
+    )
+    .unwrap();
+    assert!(Deployment::load(&file).is_err(), "up still needs it");
+    let d = Deployment::load_for_teardown(&file).unwrap();
+    assert_eq!(d.name, "shop");
+    let names: Vec<&str> = d.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["db", "web"]);
+}
