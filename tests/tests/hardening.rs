@@ -150,7 +150,10 @@ fn hostile_guests_cannot_hurt_dom0() {
     assert!(big.stdout.ends_with("rc=125\n"), "{big}");
     let err: Vec<&str> = big.stderr.lines().collect();
     assert_eq!(err.len(), 1, "one line: {big}");
-    assert!(err[0].contains("xenstore") && err[0].contains("environment"), "{big}");
+    assert!(
+        err[0].contains("xenstore") && err[0].contains("environment"),
+        "{big}"
+    );
     assert_eq!(run["after_big_env"].stdout, "", "{}", run["after_big_env"]);
 
     let flood = &run["flood"].assert_success("flood").stdout;
@@ -158,25 +161,39 @@ fn hostile_guests_cannot_hurt_dom0() {
     assert!(r2 < 32 * 1024, "watcher RSS {r2} KiB: {flood}");
     assert!(r2 < r1 + 2048, "watcher RSS grew {r1} -> {r2} KiB: {flood}");
     let log = kib(flood, "log=");
-    assert!(log <= 2 * 1024 * 1024 + 64 * 1024, "log {log} bytes: {flood}");
+    assert!(
+        log <= 2 * 1024 * 1024 + 64 * 1024,
+        "log {log} bytes: {flood}"
+    );
     assert!(log > 1024 * 1024, "the flood reached the log: {flood}");
     assert_eq!(kib(flood, "files="), 2, "rotated once at least: {flood}");
 
     let chatty = &run["chatty"].assert_success("chatty").stdout;
     assert!(kib(chatty, "\"restart_count\":") >= 3, "{}", run["chatty"]);
     let log = kib(chatty, "log=");
-    assert!(log <= 512 * 1024 + 16 * 1024, "log {log} bytes after 4 runs of 1.5 MB: {chatty}");
+    assert!(
+        log <= 512 * 1024 + 16 * 1024,
+        "log {log} bytes after 4 runs of 1.5 MB: {chatty}"
+    );
     assert!(log > 256 * 1024, "{chatty}");
 
     run["full_setup"].assert_success("full_setup");
     let full = &run["full_run"].assert_success("full_run").stdout;
     assert!(kib(full, "avail=") < 64, "the disk is full: {full}");
-    assert!(full.contains("alive\n"), "the VM survived: {}", run["full_run"]);
+    assert!(
+        full.contains("alive\n"),
+        "the VM survived: {}",
+        run["full_run"]
+    );
     assert!(full.ends_with("1\n"), "ps shows it running: {full}");
     let stop = &run["full_stop"];
     assert_eq!(stop.stdout, "full\nrc=0\n", "{stop}");
     let after = &run["full_after"].assert_success("full_after").stdout;
-    assert_eq!(after, "\"status\":\"exited\"\n\"exit_code\":143\n", "{}", run["full_after"]);
+    assert_eq!(
+        after, "\"status\":\"exited\"\n\"exit_code\":143\n",
+        "{}",
+        run["full_after"]
+    );
 
     let sup = &run["sup"].assert_success("sup").stdout;
     assert!(sup.contains("down_rc=0\n"), "{}", run["sup"]);

@@ -74,7 +74,7 @@ fn launch_options(dep: &Deployment, def: &VmDef, guest: &GuestFiles) -> LaunchOp
         kernel: guest.kernel.clone(),
         initrd: guest.initrd.clone(),
         show_init_lines: false,
-        log: Default::default(),
+        log: def.log,
         labels,
     }
 }

@@ -106,6 +106,14 @@ pub enum Problem {
         /// Why the policy is refused.
         source: RestartError,
     },
+    /// A `log_opt` entry hyperxl does not understand.
+    #[error("VM {vm:?}: {source}")]
+    LogOpt {
+        /// The VM.
+        vm: String,
+        /// Why the option is refused.
+        source: crate::vm::console::LogOptError,
+    },
     /// An environment entry without a name, or an `env` key with `=`.
     #[error("VM {vm:?}: invalid environment entry {entry:?}: use NAME=VALUE with a non-empty NAME without '='")]
     BadEnv {

@@ -11,6 +11,7 @@
 //! env_file = ["db.env"]          # inside this file's directory
 //! memory = "64m"
 //! restart = "on-failure:2"
+//! log_opt = ["max-size=10m", "max-file=3"]   # as `run --log-opt`
 //! depends_on = ["cache"]
 //!
 //! [vm.cache]
@@ -32,6 +33,7 @@ pub use super::error::{DeployError, Problem};
 use super::order;
 use super::raw::{RawDeployment, RawVm};
 pub use super::restart::{parse_restart, RestartPolicy};
+use crate::vm::console::LogLimits;
 use crate::vm::spec::{self, RunFlags};
 use crate::vm::state;
 
@@ -79,6 +81,8 @@ pub struct VmDef {
     pub pv: bool,
     /// What to do when the app exits.
     pub restart: RestartPolicy,
+    /// How much console log to keep (`log_opt`, as `run --log-opt`).
+    pub log: LogLimits,
     /// The user's labels.
     pub labels: BTreeMap<String, String>,
     /// VMs of the same deployment that must start first.
@@ -141,6 +145,7 @@ impl VmDef {
             vcpus,
             pv,
             restart,
+            log,
             labels,
             depends_on: _,
         } = self;
@@ -157,6 +162,7 @@ impl VmDef {
             vcpus: *vcpus,
             pv: *pv,
             restart,
+            log: (*log != LogLimits::default()).then_some(log),
             labels,
         };
         // Plain strings, numbers and a map with string keys: serialising cannot fail.
@@ -193,6 +199,9 @@ struct Canonical<'a> {
     vcpus: u32,
     pv: bool,
     restart: &'a RestartPolicy,
+    /// Left out at the defaults, so that fingerprints from before `log_opt` still match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<&'a LogLimits>,
     labels: &'a BTreeMap<String, String>,
 }
 
@@ -325,6 +334,13 @@ impl Parser<'_> {
                 (r.span().start, Problem::Restart { vm, source })
             })?,
         };
+        let mut log = LogLimits::default();
+        for opt in raw.log_opt {
+            log.apply(opt.get_ref()).map_err(|source| {
+                let vm = name.clone();
+                (opt.span().start, Problem::LogOpt { vm, source })
+            })?;
+        }
         let workdir = match raw.workdir {
             Some(w) if !w.get_ref().starts_with('/') => {
                 let (vm, value) = (name.clone(), w.get_ref().clone());
@@ -351,6 +367,7 @@ impl Parser<'_> {
             vcpus,
             pv,
             restart,
+            log,
             labels,
             depends_on,
         })

@@ -37,6 +37,8 @@ pub(super) struct RawVm {
     pub kind: Option<Spanned<String>>,
     pub restart: Option<Spanned<String>>,
     #[serde(default)]
+    pub log_opt: Vec<Spanned<String>>,
+    #[serde(default)]
     pub depends_on: Vec<Spanned<String>>,
     #[serde(default)]
     pub labels: BTreeMap<Spanned<String>, String>,

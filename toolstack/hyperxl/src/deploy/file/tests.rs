@@ -355,3 +355,15 @@ fn defect12_teardown_reads_no_env_files() {
     let names: Vec<&str> = d.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["db", "web"]);
 }
+
+#[test]
+fn log_opt_sets_the_console_log_limits_and_keeps_default_fingerprints() {
+    let plain = parse("[vm.a]\nimage = \"demo\"\n").unwrap();
+    let same = parse("[vm.a]\nimage = \"demo\"\nlog_opt = [\"max-size=32m\"]\n").unwrap();
+    let small =
+        parse("[vm.a]\nimage = \"demo\"\nlog_opt = [\"max-size=1m\", \"max-file=3\"]\n").unwrap();
+    assert_eq!(small.vms[0].log.max_size, 1 << 20);
+    assert_eq!(small.vms[0].log.max_files, 3);
+    assert_eq!(plain.vms[0].fingerprint(), same.vms[0].fingerprint());
+    assert_ne!(plain.vms[0].fingerprint(), small.vms[0].fingerprint());
+}
