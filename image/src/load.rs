@@ -20,6 +20,7 @@ use tempfile::NamedTempFile;
 use crate::digest::{Digest, DigestError};
 use crate::reference::{Reference, ReferenceError};
 use crate::store::{ImageRecord, LayerRecord, Staging, Store, StoreError};
+use crate::text::sanitise;
 
 /// Why a load failed.
 #[derive(Debug, thiserror::Error)]
@@ -175,19 +176,19 @@ impl Members {
         match self {
             Members::Dir(d) => {
                 if key.split('/').any(|c| c == "..") || name.starts_with('/') {
-                    return Err(LoadError::BadMember(name.to_string()));
+                    return Err(LoadError::BadMember(sanitise(name)));
                 }
                 let path = d.join(&key);
                 // A symlink inside the layout must not pull in a file from elsewhere.
                 let real = path
                     .canonicalize()
-                    .map_err(|_| LoadError::MissingMember(name.to_string()))?;
+                    .map_err(|_| LoadError::MissingMember(sanitise(name)))?;
                 let root = d.canonicalize().map_err(|source| LoadError::Io {
                     path: d.clone(),
                     source,
                 })?;
                 if !real.starts_with(&root) {
-                    return Err(LoadError::BadMember(name.to_string()));
+                    return Err(LoadError::BadMember(sanitise(name)));
                 }
                 let f = File::open(&real).map_err(|source| LoadError::Io { path, source })?;
                 Ok(Box::new(f))
@@ -195,7 +196,7 @@ impl Members {
             Members::Archive { files, .. } => {
                 let f = files
                     .get(&key)
-                    .ok_or_else(|| LoadError::MissingMember(name.to_string()))?;
+                    .ok_or_else(|| LoadError::MissingMember(sanitise(name)))?;
                 let f = f.reopen().map_err(|source| LoadError::Io {
                     path: f.path().to_path_buf(),
                     source,
@@ -220,13 +221,13 @@ impl Members {
             })?;
         if buf.len() as u64 > limit {
             return Err(StoreError::TooLarge {
-                what: name.to_string(),
+                what: sanitise(name),
                 limit,
             }
             .into());
         }
         let v = serde_json::from_slice(&buf).map_err(|source| LoadError::Malformed {
-            what: name.to_string(),
+            what: sanitise(name),
             source,
         })?;
         Ok((v, buf))

@@ -177,7 +177,11 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
                         .filter_map(|m| m.platform().as_ref())
                         .map(|p| format!("{}/{}", p.os(), p.architecture()))
                         .collect::<Vec<_>>()
-                        .join(", "),
+                        .join(", ")
+                        .chars()
+                        .take(200)
+                        .map(|c| if crate::text::is_unsafe(c) { '?' } else { c })
+                        .collect(),
                 }
             })?;
         let want: Digest = chosen.digest().to_string().parse()?;

@@ -105,7 +105,7 @@ impl Registry {
         PullError::Status {
             url: url.to_string(),
             status,
-            body: body.trim().chars().take(200).collect(),
+            body: crate::text::sanitise(&body.trim().chars().take(200).collect::<String>()),
         }
     }
 

@@ -653,3 +653,59 @@ fn blob_longer_than_its_descriptor() {
         "{e:?}"
     );
 }
+
+/// The error and all its causes, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Terminal escapes, a newline and a bidi override, as an attacker would name a file.
+const HOSTILE_TEXT: &str = "\x1b]0;owned\x07\x1b[2J\nx\u{202e}gpj.exe";
+
+fn assert_printable(e: &dyn std::error::Error) {
+    let msg = chain(e);
+    assert!(
+        !msg.chars().any(hyperxl_image::text::is_unsafe),
+        "unsanitised error: {msg:?}"
+    );
+}
+
+#[test]
+fn defect13_hostile_member_name_in_error_is_sanitised() {
+    let img = simple();
+    let mut files = img.docker_save_files("evil:1");
+    let name = format!("{HOSTILE_TEXT}.json");
+    files.insert(name.clone(), b"not json".to_vec());
+    let layers: Vec<String> = files
+        .keys()
+        .filter(|k| k.ends_with("layer.tar"))
+        .cloned()
+        .collect();
+    files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec(
+            &serde_json::json!([{"Config": name, "RepoTags": ["evil:1"], "Layers": layers}]),
+        )
+        .unwrap(),
+    );
+    let e = refused_as(&files, Limits::default(), true);
+    assert!(matches!(e, LoadError::Malformed { .. }), "{e:?}");
+    assert_printable(&e);
+    assert!(e.to_string().contains("?]0;owned??[2J?x?gpj.exe"), "{e}");
+}
+
+#[test]
+fn defect13_hostile_names_in_merge_errors_are_sanitised() {
+    let e = assert_merge!(
+        one(Layer::new().hardlink(HOSTILE_TEXT, HOSTILE_TEXT).tar()),
+        MergeError::HardlinkTargetMissing { .. }
+    );
+    assert_printable(&e);
+}

@@ -156,8 +156,9 @@ fn read_layer(
     Ok(())
 }
 
+/// A name from the layer, made safe for an error message.
 fn lossy(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
+    crate::text::sanitise_bytes(p)
 }
 
 fn apply_entries<R: Read>(
