@@ -8,18 +8,23 @@
 //! config's `diff_ids`), the disk is built from the staged blobs, and only then is
 //! anything committed.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
 use crate::digest::{Digest, DigestError};
+use crate::layer::Limited;
+use crate::limits::Limits;
 use crate::reference::{Reference, ReferenceError};
 use crate::store::{ImageRecord, LayerRecord, Staging, Store, StoreError};
+use crate::targuard::{Guard, HeaderError, RecordLimits};
 use crate::text::sanitise;
 
 /// Why a load failed.
@@ -68,6 +73,22 @@ pub enum LoadError {
     /// Verifying or committing to the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A tar metadata record of the archive refused before it was read.
+    #[error("{path}")]
+    Header {
+        /// The input.
+        path: PathBuf,
+        /// What was refused.
+        source: HeaderError,
+    },
+    /// The (decompressed) archive is larger than any image it may hold.
+    #[error("{path}: archive exceeds the limit of {limit} bytes (raise with --max-image-size)")]
+    ArchiveTooLarge {
+        /// The input.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// What was loaded: one line per record.
@@ -76,9 +97,15 @@ pub type Loaded = Vec<ImageRecord>;
 /// Loads every image in `input` (file or directory) into `store`; `tag` names images
 /// that carry no name (or renames the only image).
 pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Loaded, LoadError> {
-    let ioe = |source| LoadError::Io {
-        path: input.to_path_buf(),
-        source,
+    let ioe = |source: io::Error| match HeaderError::from_io(&source) {
+        Some(h) => LoadError::Header {
+            path: input.to_path_buf(),
+            source: h.clone(),
+        },
+        None => LoadError::Io {
+            path: input.to_path_buf(),
+            source,
+        },
     };
     let mut staging = store.stage()?;
     let members = if input.is_dir() {
@@ -87,6 +114,10 @@ pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Load
         spool_archive(&staging, input).map_err(|e| match e {
             SpoolError::Io(source) => ioe(source),
             SpoolError::Store(s) => LoadError::Store(s),
+            SpoolError::TooLarge(limit) => LoadError::ArchiveTooLarge {
+                path: input.to_path_buf(),
+                limit,
+            },
         })?
     };
     let images = if members.exists("oci-layout") && members.exists("index.json") {
@@ -125,6 +156,13 @@ enum Members {
 enum SpoolError {
     Io(io::Error),
     Store(StoreError),
+    TooLarge(u64),
+}
+
+/// Most bytes a (decompressed) archive may hold: every layer of an image at the image
+/// limit, plus room for JSON documents and tar framing.
+fn archive_limit(limits: &Limits) -> u64 {
+    limits.max_total_bytes.saturating_add(64 << 20)
 }
 
 /// Member names as keys: no leading `./` or `/`, `.` components dropped.
@@ -146,10 +184,21 @@ fn spool_archive(staging: &Staging<'_>, input: &Path) -> Result<Members, SpoolEr
     } else {
         Box::new(r)
     };
-    let mut ar = tar::Archive::new(stream);
+    let limits = staging.store().limits();
+    let hit = Rc::new(Cell::new(false));
+    let limit = archive_limit(limits);
+    let stream = Limited::new(stream, limit, hit.clone());
+    let mut ar = tar::Archive::new(Guard::new(stream, RecordLimits::of(limits)));
     let mut files = HashMap::new();
-    for e in ar.entries().map_err(SpoolError::Io)? {
-        let mut e = e.map_err(SpoolError::Io)?;
+    let err = |e| {
+        if hit.get() {
+            SpoolError::TooLarge(limit)
+        } else {
+            SpoolError::Io(e)
+        }
+    };
+    for e in ar.entries().map_err(err)? {
+        let mut e = e.map_err(err)?;
         if !e.header().entry_type().is_file() {
             continue;
         }
@@ -157,7 +206,7 @@ fn spool_archive(staging: &Staging<'_>, input: &Path) -> Result<Members, SpoolEr
         // Each member becomes an opaque staged file; it is verified against its digest
         // when (and only if) a manifest uses it.
         let mut tmp = staging.store().temp_file().map_err(SpoolError::Store)?;
-        io::copy(&mut e, &mut io::BufWriter::new(tmp.as_file_mut())).map_err(SpoolError::Io)?;
+        io::copy(&mut e, &mut io::BufWriter::new(tmp.as_file_mut())).map_err(err)?;
         files.insert(key, tmp);
     }
     Ok(Members::Archive { files })
