@@ -455,6 +455,46 @@ fn bearer_token_auth() {
 }
 
 #[test]
+fn defect9_credentials_are_not_sent_to_a_realm_on_another_host_over_http() {
+    // The registry answers over plain http (allowed: it is local) and names a token
+    // realm on another host. That answer is not authenticated, so the registry's
+    // credentials must not follow it: the token is asked for anonymously.
+    let img = TestImage::new(standard_layers());
+    let basic = Credentials {
+        username: "u".into(),
+        password: "p".into(),
+    };
+    let elsewhere = common::fake::serve_at(
+        "127.0.0.2:0",
+        Vec::new(),
+        Vec::new(),
+        common::fake::Behaviour {
+            bearer: Some(basic.basic()),
+            ..Default::default()
+        },
+    );
+    let fake = fake_for(
+        &img,
+        common::fake::Behaviour {
+            bearer: Some(basic.basic()),
+            realm: Some(format!("http://{}/token", elsewhere.host)),
+            ..Default::default()
+        },
+    );
+    let (_d, store, opts) = setup();
+    opts.auth.store(&fake.host, &basic).unwrap();
+    let reference = r(&format!("{}/t/app:1", fake.host));
+    let e = pull(&store, &reference, &opts).unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized { .. }), "{e}");
+    let seen = elsewhere.token_auth.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "no token request reached the realm");
+    assert!(
+        seen.iter().all(|a| a.is_empty()),
+        "credentials leaked to the realm: {seen:?}"
+    );
+}
+
+#[test]
 fn transient_errors_are_retried() {
     let img = TestImage::new(standard_layers());
     let fake = fake_for(
