@@ -130,12 +130,19 @@ pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Load
     if images.is_empty() {
         return Err(LoadError::Empty);
     }
-    // Every image is validated (its disk built into staging) before anything is committed.
+    // Every image is validated before anything is committed; then the disks are built one
+    // at a time, each moved out of `tmp/` as soon as it is done.
     let mut groups: Vec<Vec<ImageRecord>> = Vec::new();
     for rec in images {
         match groups.iter_mut().find(|g| g[0].id == rec.id) {
             Some(g) => g.push(rec),
             None => groups.push(vec![rec]),
+        }
+    }
+    if groups.len() > 1 {
+        // Refuse any image before the first disk is built.
+        for g in &groups {
+            staging.validate(g)?;
         }
     }
     for g in &groups {

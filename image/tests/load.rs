@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use hyperxl_image::load;
 use hyperxl_image::{Reference, Store};
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -263,4 +264,35 @@ fn long_names_and_link_targets() {
         "{listing:?}"
     );
     assert_eq!(cat(&disk, &deep), b"deep");
+}
+
+#[test]
+fn defect3_stale_temp_files_are_swept_by_the_next_import() {
+    let (d, store) = store();
+    let tmp = store.root().join("tmp");
+    std::fs::write(tmp.join(".tmpDEAD01"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::create_dir(tmp.join(".tmpDEAD02")).unwrap();
+    let input = d.path().join("in");
+    write_dir(
+        &input,
+        &TestImage::new(standard_layers()).oci_files("x/y:1"),
+    );
+    load::load(&store, &input, None).unwrap();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn defect3_temp_files_of_a_live_import_are_kept() {
+    let (d, store) = store();
+    let tmp = store.root().join("tmp");
+    std::fs::write(tmp.join(".tmpLIVE01"), b"in use").unwrap();
+    let held = store.lock_shared().unwrap(); // another import in progress
+    let input = d.path().join("in");
+    write_dir(
+        &input,
+        &TestImage::new(standard_layers()).oci_files("x/y:1"),
+    );
+    load::load(&store, &input, None).unwrap();
+    assert!(tmp.join(".tmpLIVE01").exists());
+    drop(held);
 }
