@@ -20,7 +20,9 @@
 //! Modules: [`reference`](mod@reference) (names), [`digest`], [`store`] (blobs, records, disks, locking,
 //! prune), [`load`] (`docker save` / OCI layouts), [`pull`] + [`auth`] (registries),
 //! [`merge`] (layers to one sanitised tar stream), [`disk`] (`mksquashfs -tar`),
-//! [`limits`] (hostile-input limits), [`run`] (the one external-command runner).
+//! [`limits`] (hostile-input limits), [`targuard`] (tar metadata records
+//! bounded before they are read), [`run`] (the one external-command runner), [`text`]
+//! (untrusted text made safe for error messages).
 
 pub mod auth;
 pub mod config;
@@ -37,6 +39,8 @@ pub mod registry;
 pub mod run;
 pub mod save;
 pub mod store;
+pub mod targuard;
+pub mod text;
 
 pub use digest::{Digest, DigestError};
 pub use disk::DiskError;

@@ -18,6 +18,7 @@ pub enum DevicePolicy {
 
 /// Size and count limits applied while importing, pulling and merging.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     /// Largest blob (compressed layer) accepted from a file or a registry.
     pub max_blob_bytes: u64,
@@ -33,6 +34,15 @@ pub struct Limits {
     pub max_layers: usize,
     /// Longest path (bytes) of an entry or a link target.
     pub max_path_len: usize,
+    /// Largest body of a GNU long-name or long-link record. Checked on the raw tar
+    /// header, before the record is read (see [`crate::targuard`]).
+    pub max_name_record_bytes: u64,
+    /// Largest body of a PAX extended header, checked the same way.
+    pub max_pax_bytes: u64,
+    /// Most memory the merged tree may hold while layers are read: paths, link targets,
+    /// extended attributes and a fixed per-entry overhead, plus the per-layer duplicate
+    /// check. The tree is the one structure that grows with the image's entry count.
+    pub max_tree_bytes: u64,
     /// Device nodes.
     pub devices: DevicePolicy,
 }
@@ -49,6 +59,9 @@ impl Default for Limits {
             max_entries: 2_000_000,
             max_layers: 256,
             max_path_len: 4096,
+            max_name_record_bytes: 64 << 10,
+            max_pax_bytes: 1 << 20,
+            max_tree_bytes: 512 << 20,
             devices: DevicePolicy::Allow,
         }
     }

@@ -1,25 +1,33 @@
 //! `hyperxl load`: `docker save` archives and OCI image layouts (directory or tar, plain
 //! or gzip-compressed).
 //!
-//! An archive is read once, front to back: small JSON members are kept in memory, every
-//! other member is streamed into a staged file in the store's `tmp/` while being hashed
-//! (never unpacked as a tree). Then the manifests are resolved, each blob is verified
+//! An archive file is read in passes: the first keeps small JSON members in memory, the
+//! next ones stream only the members the manifests reference into staged files in the
+//! store's `tmp/` (never unpacked as a tree; an unreferenced member is never written, and
+//! free space is checked before each one). A pipe, which cannot be read twice, is spooled
+//! in one pass. Then the manifests are resolved, each blob is verified
 //! against its digest (OCI: the descriptor; `docker save`: the config file name and the
 //! config's `diff_ids`), the disk is built from the staged blobs, and only then is
 //! anything committed.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
 use crate::digest::{Digest, DigestError};
+use crate::layer::Limited;
+use crate::limits::Limits;
 use crate::reference::{Reference, ReferenceError};
 use crate::store::{ImageRecord, LayerRecord, Staging, Store, StoreError};
+use crate::targuard::{Guard, HeaderError, RecordLimits};
+use crate::text::sanitise;
 
 /// Why a load failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,22 @@ pub enum LoadError {
     /// Verifying or committing to the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A tar metadata record of the archive refused before it was read.
+    #[error("{path}")]
+    Header {
+        /// The input.
+        path: PathBuf,
+        /// What was refused.
+        source: HeaderError,
+    },
+    /// The (decompressed) archive is larger than any image it may hold.
+    #[error("{path}: archive exceeds the limit of {limit} bytes (raise with --max-image-size)")]
+    ArchiveTooLarge {
+        /// The input.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// What was loaded: one line per record.
@@ -75,9 +99,15 @@ pub type Loaded = Vec<ImageRecord>;
 /// Loads every image in `input` (file or directory) into `store`; `tag` names images
 /// that carry no name (or renames the only image).
 pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Loaded, LoadError> {
-    let ioe = |source| LoadError::Io {
-        path: input.to_path_buf(),
-        source,
+    let ioe = |source: io::Error| match HeaderError::from_io(&source) {
+        Some(h) => LoadError::Header {
+            path: input.to_path_buf(),
+            source: h.clone(),
+        },
+        None => LoadError::Io {
+            path: input.to_path_buf(),
+            source,
+        },
     };
     let mut staging = store.stage()?;
     let members = if input.is_dir() {
@@ -86,6 +116,10 @@ pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Load
         spool_archive(&staging, input).map_err(|e| match e {
             SpoolError::Io(source) => ioe(source),
             SpoolError::Store(s) => LoadError::Store(s),
+            SpoolError::TooLarge(limit) => LoadError::ArchiveTooLarge {
+                path: input.to_path_buf(),
+                limit,
+            },
         })?
     };
     let images = if members.exists("oci-layout") && members.exists("index.json") {
@@ -98,12 +132,19 @@ pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Load
     if images.is_empty() {
         return Err(LoadError::Empty);
     }
-    // Every image is validated (its disk built into staging) before anything is committed.
+    // Every image is validated before anything is committed; then the disks are built one
+    // at a time, each moved out of `tmp/` as soon as it is done.
     let mut groups: Vec<Vec<ImageRecord>> = Vec::new();
     for rec in images {
         match groups.iter_mut().find(|g| g[0].id == rec.id) {
             Some(g) => g.push(rec),
             None => groups.push(vec![rec]),
+        }
+    }
+    if groups.len() > 1 {
+        // Refuse any image before the first disk is built.
+        for g in &groups {
+            staging.validate(g)?;
         }
     }
     for g in &groups {
@@ -116,14 +157,19 @@ pub fn load(store: &Store, input: &Path, tag: Option<&Reference>) -> Result<Load
 
 enum Members {
     Dir(PathBuf),
-    Archive {
-        files: HashMap<String, NamedTempFile>,
-    },
+    Archive { files: HashMap<String, Member> },
 }
 
 enum SpoolError {
     Io(io::Error),
     Store(StoreError),
+    TooLarge(u64),
+}
+
+/// Most bytes a (decompressed) archive may hold: every layer of an image at the image
+/// limit, plus room for JSON documents and tar framing.
+fn archive_limit(limits: &Limits) -> u64 {
+    limits.max_total_bytes.saturating_add(64 << 20)
 }
 
 /// Member names as keys: no leading `./` or `/`, `.` components dropped.
@@ -134,7 +180,147 @@ fn member_key(name: &str) -> String {
         .join("/")
 }
 
+/// An archive member kept for the import: small JSON documents in memory, referenced
+/// blobs spooled to `tmp/`.
+enum Member {
+    Bytes(Vec<u8>),
+    File(NamedTempFile),
+}
+
+/// What one pass over the archive does with a member (its key and size).
+enum Keep {
+    Skip,
+    Memory,
+    Spool,
+}
+
+/// Most bytes of small members kept in memory by the first pass over an archive.
+const MEMORY_CAP: u64 = 64 << 20;
+/// Most passes over an archive (references nested through spooled JSON documents).
+const MAX_PASSES: usize = MAX_INDEX_DEPTH + 3;
+
+/// Reads a `docker save` or OCI archive. A regular file is read in passes: the first
+/// keeps only small (JSON-sized) members in memory, then the manifests are followed to
+/// the members they reference, and only those are spooled to `tmp/` (a member nobody
+/// references is never written, wherever it sits in the archive). Input that cannot be
+/// read twice (a pipe) is spooled whole in one pass. Free space is checked before each
+/// spool.
 fn spool_archive(staging: &Staging<'_>, input: &Path) -> Result<Members, SpoolError> {
+    let mut files = HashMap::new();
+    let regular = std::fs::metadata(input).map_err(SpoolError::Io)?.is_file();
+    let limits = staging.store().limits().clone();
+    if !regular {
+        archive_pass(staging, input, &mut files, |_, _, _| Keep::Spool)?;
+        return Ok(Members::Archive { files });
+    }
+    let mut in_memory = 0u64;
+    archive_pass(staging, input, &mut files, |key, size, _| {
+        let small = size <= limits.max_json_bytes && in_memory + size <= MEMORY_CAP;
+        let metadata = key.ends_with(".json")
+            || key.starts_with("blobs/")
+            || matches!(key, "oci-layout" | "repositories");
+        if small && metadata {
+            in_memory += size;
+            Keep::Memory
+        } else {
+            Keep::Skip
+        }
+    })?;
+    for _ in 0..MAX_PASSES {
+        let wanted = referenced(&files, limits.max_json_bytes);
+        let missing: std::collections::HashSet<String> = wanted
+            .into_iter()
+            .filter(|k| !files.contains_key(k))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let before = files.len();
+        archive_pass(staging, input, &mut files, |key, _, have| {
+            if missing.contains(key) && !have {
+                Keep::Spool
+            } else {
+                Keep::Skip
+            }
+        })?;
+        if files.len() == before {
+            // Referenced but absent: reported as a missing member later.
+            break;
+        }
+    }
+    Ok(Members::Archive { files })
+}
+
+/// Member keys that the archive's manifests reference, as far as the members at hand
+/// tell: `manifest.json`'s configs and layers, and every blob reachable from
+/// `index.json` through descriptors (`manifests`, `config`, `layers`).
+fn referenced(files: &HashMap<String, Member>, max_json: u64) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let doc = |key: &str| -> Option<serde_json::Value> {
+        let bytes = match files.get(key)? {
+            Member::Bytes(b) => b.clone(),
+            Member::File(f) => {
+                let mut b = Vec::new();
+                f.reopen()
+                    .ok()?
+                    .take(max_json + 1)
+                    .read_to_end(&mut b)
+                    .ok()?;
+                if b.len() as u64 > max_json {
+                    return None;
+                }
+                b
+            }
+        };
+        serde_json::from_slice(&bytes).ok()
+    };
+    if let Some(serde_json::Value::Array(entries)) = doc("manifest.json") {
+        for e in entries {
+            let names = e.get("Config").into_iter().chain(
+                e.get("Layers")
+                    .and_then(|l| l.as_array())
+                    .into_iter()
+                    .flatten(),
+            );
+            out.extend(names.filter_map(|n| n.as_str()).map(member_key));
+        }
+    }
+    let mut todo: Vec<serde_json::Value> = doc("index.json").into_iter().collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = todo.pop() {
+        let descriptors = ["manifests", "layers"]
+            .iter()
+            .filter_map(|k| v.get(*k).and_then(|m| m.as_array()))
+            .flatten()
+            .chain(v.get("config"));
+        for d in descriptors {
+            let Some(digest) = d
+                .get("digest")
+                .and_then(|x| x.as_str())
+                .and_then(|x| x.parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let key = format!("blobs/sha256/{}", digest.hex());
+            if seen.insert(key.clone()) {
+                if let Some(next) = doc(&key) {
+                    todo.push(next);
+                }
+                out.insert(key);
+            }
+        }
+    }
+    out
+}
+
+/// One pass over the archive; `keep(key, size, already_have)` decides per regular
+/// member.
+fn archive_pass(
+    staging: &Staging<'_>,
+    input: &Path,
+    files: &mut HashMap<String, Member>,
+    mut keep: impl FnMut(&str, u64, bool) -> Keep,
+) -> Result<(), SpoolError> {
     let mut r = BufReader::new(File::open(input).map_err(SpoolError::Io)?);
     let gz = r
         .fill_buf()
@@ -145,21 +331,46 @@ fn spool_archive(staging: &Staging<'_>, input: &Path) -> Result<Members, SpoolEr
     } else {
         Box::new(r)
     };
-    let mut ar = tar::Archive::new(stream);
-    let mut files = HashMap::new();
-    for e in ar.entries().map_err(SpoolError::Io)? {
-        let mut e = e.map_err(SpoolError::Io)?;
+    let limits = staging.store().limits();
+    let hit = Rc::new(Cell::new(false));
+    let limit = archive_limit(limits);
+    let stream = Limited::new(stream, limit, hit.clone());
+    let mut ar = tar::Archive::new(Guard::new(stream, RecordLimits::of(limits)));
+    let err = |e| {
+        if hit.get() {
+            SpoolError::TooLarge(limit)
+        } else {
+            SpoolError::Io(e)
+        }
+    };
+    for e in ar.entries().map_err(err)? {
+        let mut e = e.map_err(err)?;
         if !e.header().entry_type().is_file() {
             continue;
         }
         let key = member_key(&String::from_utf8_lossy(&e.path_bytes()));
-        // Each member becomes an opaque staged file; it is verified against its digest
-        // when (and only if) a manifest uses it.
-        let mut tmp = staging.store().temp_file().map_err(SpoolError::Store)?;
-        io::copy(&mut e, &mut io::BufWriter::new(tmp.as_file_mut())).map_err(SpoolError::Io)?;
-        files.insert(key, tmp);
+        let size = e.size();
+        match keep(&key, size, files.contains_key(&key)) {
+            Keep::Skip => {}
+            Keep::Memory => {
+                let mut buf = Vec::with_capacity(size as usize);
+                e.read_to_end(&mut buf).map_err(err)?;
+                files.insert(key, Member::Bytes(buf));
+            }
+            Keep::Spool => {
+                // An opaque staged file, verified against its digest when a manifest
+                // uses it.
+                staging
+                    .store()
+                    .check_space(size)
+                    .map_err(SpoolError::Store)?;
+                let mut tmp = staging.store().temp_file().map_err(SpoolError::Store)?;
+                io::copy(&mut e, &mut io::BufWriter::new(tmp.as_file_mut())).map_err(err)?;
+                files.insert(key, Member::File(tmp));
+            }
+        }
     }
-    Ok(Members::Archive { files })
+    Ok(())
 }
 
 impl Members {
@@ -175,33 +386,34 @@ impl Members {
         match self {
             Members::Dir(d) => {
                 if key.split('/').any(|c| c == "..") || name.starts_with('/') {
-                    return Err(LoadError::BadMember(name.to_string()));
+                    return Err(LoadError::BadMember(sanitise(name)));
                 }
                 let path = d.join(&key);
                 // A symlink inside the layout must not pull in a file from elsewhere.
                 let real = path
                     .canonicalize()
-                    .map_err(|_| LoadError::MissingMember(name.to_string()))?;
+                    .map_err(|_| LoadError::MissingMember(sanitise(name)))?;
                 let root = d.canonicalize().map_err(|source| LoadError::Io {
                     path: d.clone(),
                     source,
                 })?;
                 if !real.starts_with(&root) {
-                    return Err(LoadError::BadMember(name.to_string()));
+                    return Err(LoadError::BadMember(sanitise(name)));
                 }
                 let f = File::open(&real).map_err(|source| LoadError::Io { path, source })?;
                 Ok(Box::new(f))
             }
-            Members::Archive { files, .. } => {
-                let f = files
-                    .get(&key)
-                    .ok_or_else(|| LoadError::MissingMember(name.to_string()))?;
-                let f = f.reopen().map_err(|source| LoadError::Io {
-                    path: f.path().to_path_buf(),
-                    source,
-                })?;
-                Ok(Box::new(f))
-            }
+            Members::Archive { files, .. } => match files.get(&key) {
+                None => Err(LoadError::MissingMember(sanitise(name))),
+                Some(Member::Bytes(b)) => Ok(Box::new(io::Cursor::new(b.clone()))),
+                Some(Member::File(f)) => {
+                    let r = f.reopen().map_err(|source| LoadError::Io {
+                        path: f.path().to_path_buf(),
+                        source,
+                    })?;
+                    Ok(Box::new(r))
+                }
+            },
         }
     }
 
@@ -220,13 +432,13 @@ impl Members {
             })?;
         if buf.len() as u64 > limit {
             return Err(StoreError::TooLarge {
-                what: name.to_string(),
+                what: sanitise(name),
                 limit,
             }
             .into());
         }
         let v = serde_json::from_slice(&buf).map_err(|source| LoadError::Malformed {
-            what: name.to_string(),
+            what: sanitise(name),
             source,
         })?;
         Ok((v, buf))

@@ -7,7 +7,8 @@
 //! every blob straight to a staged file while hashing it, and keeps errors typed.
 //!
 //! Flow: manifest (OCI or Docker v2s2; an index / manifest list is resolved to the wanted
-//! platform) -> config -> layers, in parallel, each streamed into `tmp/` and verified
+//! platform) -> layer count, declared sizes and free space checked (before any blob
+//! request) -> config -> layers, in parallel, each streamed into `tmp/` and verified
 //! against its digest and size, retried on transient failures -> the disk is built from
 //! the staged blobs -> blobs, disk and record are committed. A pull that dies at any
 //! point leaves only files in `tmp/` (removed by `prune`), never a partial blob or record.
@@ -98,6 +99,23 @@ pub enum PullError {
     /// Verifying or committing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The manifest lists more layers than allowed (checked before any blob request).
+    #[error("image has {count} layers, more than the limit of {limit}")]
+    TooManyLayers {
+        /// Layers in the manifest.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The manifest's declared sizes add up to more than allowed (checked before any
+    /// blob request).
+    #[error("image declares {size} bytes of layers, more than the limit of {limit} bytes (raise with --max-image-size)")]
+    ImageTooLarge {
+        /// Sum of the declared layer sizes.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// How to pull.
@@ -177,7 +195,11 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
                         .filter_map(|m| m.platform().as_ref())
                         .map(|p| format!("{}/{}", p.os(), p.architecture()))
                         .collect::<Vec<_>>()
-                        .join(", "),
+                        .join(", ")
+                        .chars()
+                        .take(200)
+                        .map(|c| if crate::text::is_unsafe(c) { '?' } else { c })
+                        .collect(),
                 }
             })?;
         let want: Digest = chosen.digest().to_string().parse()?;
@@ -200,6 +222,7 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
     }
     let manifest: ImageManifest =
         serde_json::from_value(value).map_err(malformed("image manifest"))?;
+    check_declared(&manifest, &staging, store)?;
     staging.add_bytes(&bytes, Some(&digest), "image manifest")?;
 
     // Config.
@@ -288,6 +311,52 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
     staging.prepare(std::slice::from_ref(&rec))?;
     staging.commit()?;
     Ok(rec)
+}
+
+/// Refuses, before the first blob request, a manifest whose layer count or declared
+/// sizes are beyond the limits, or whose new blobs would not fit on the disk.
+fn check_declared(
+    manifest: &ImageManifest,
+    staging: &crate::store::Staging<'_>,
+    store: &Store,
+) -> Result<(), PullError> {
+    let limits = store.limits();
+    let layers = manifest.layers();
+    if layers.len() > limits.max_layers {
+        return Err(PullError::TooManyLayers {
+            count: layers.len(),
+            limit: limits.max_layers,
+        });
+    }
+    let mut total = 0u64;
+    let mut new = manifest.config().size();
+    for l in layers {
+        if l.size() > limits.max_blob_bytes {
+            return Err(StoreError::TooLarge {
+                what: format!("blob {}", crate::text::sanitise(l.digest().as_ref())),
+                limit: limits.max_blob_bytes,
+            }
+            .into());
+        }
+        total = total.saturating_add(l.size());
+        let present = l
+            .digest()
+            .to_string()
+            .parse::<Digest>()
+            .is_ok_and(|d| staging.has_blob(&d));
+        if !present {
+            new = new.saturating_add(l.size());
+        }
+    }
+    // A compressed layer is (nearly) never larger than its uncompressed stream.
+    if total > limits.max_total_bytes {
+        return Err(PullError::ImageTooLarge {
+            size: total,
+            limit: limits.max_total_bytes,
+        });
+    }
+    store.check_space(new)?;
+    Ok(())
 }
 
 type Fetched = (Digest, u64, tempfile::NamedTempFile);

@@ -1,5 +1,11 @@
 //! The registry side of a pull: one repository's endpoints, authentication (anonymous,
 //! Basic, Bearer tokens), retries, and manifests fetched and verified by digest.
+//!
+//! Credentials go to a token realm only when that is safe (see `credentials_allowed`):
+//! a challenge that came over TLS may send them to an `https` realm on any host (as
+//! Docker Hub's `auth.docker.io`); a challenge that came over plain http (a local or
+//! `--insecure` registry) only to a realm on the registry's own host. Any other realm
+//! gets an anonymous token request. Redirects never carry the `Authorization` header.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +27,8 @@ application/vnd.docker.distribution.manifest.v2+json";
 pub struct Registry {
     agent: ureq::Agent,
     base: String,
+    /// Whether `base` is https: a challenge read from it came over TLS.
+    tls: bool,
     registry: String,
     repository: String,
     creds: Option<Credentials>,
@@ -61,6 +69,7 @@ impl Registry {
         Ok(Registry {
             agent,
             base: format!("{scheme}://{}/v2/{}", r.api_host(), r.repository()),
+            tls: scheme == "https",
             registry: r.registry().to_string(),
             repository: r.repository().to_string(),
             creds: opts.auth.lookup(r.registry())?,
@@ -105,7 +114,7 @@ impl Registry {
         PullError::Status {
             url: url.to_string(),
             status,
-            body: body.trim().chars().take(200).collect(),
+            body: crate::text::sanitise(&body.trim().chars().take(200).collect::<String>()),
         }
     }
 
@@ -177,6 +186,17 @@ impl Registry {
         let realm = params
             .get("realm")
             .ok_or_else(|| bad("no realm in challenge"))?;
+        let realm_uri: ureq::http::Uri = realm.parse().map_err(|_| bad("realm is not a URL"))?;
+        if !matches!(realm_uri.scheme_str(), Some("http" | "https")) || realm_uri.host().is_none() {
+            return Err(bad("realm is not an http(s) URL"));
+        }
+        let base_host = self
+            .base
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let send_creds = credentials_allowed(self.tls, base_host, &realm_uri);
         let scope = params
             .get("scope")
             .cloned()
@@ -185,7 +205,7 @@ impl Registry {
         if let Some(service) = params.get("service") {
             req = req.query("service", service);
         }
-        if let Some(c) = &self.creds {
+        if let Some(c) = self.creds.as_ref().filter(|_| send_creds) {
             req = req.header("Authorization", c.basic());
         }
         let mut resp = req.call().map_err(|e| PullError::Http {
@@ -254,6 +274,39 @@ impl Registry {
     }
 }
 
+/// The host of `host[:port]` (IPv6 literals keep their brackets), lower case.
+fn host_only(hostport: &str) -> String {
+    let host = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => hostport,
+    };
+    host.to_ascii_lowercase()
+}
+
+/// Whether the registry's credentials may go to a token `realm` named in a challenge
+/// from the registry at `registry_host`:
+/// - a challenge received over TLS may name a realm on any host (Docker Hub's is
+///   `auth.docker.io`), but only an `https` one: credentials never go out in clear text
+///   because an authenticated response said so;
+/// - a challenge received over plain http (a local registry, or one configured
+///   insecure) could have been written by anyone on the path, so the realm must be on
+///   the registry's own host (any port); the insecure allowance covers that host only.
+///
+/// Otherwise the token is requested anonymously.
+pub(crate) fn credentials_allowed(
+    challenge_over_tls: bool,
+    registry_host: &str,
+    realm: &ureq::http::Uri,
+) -> bool {
+    if challenge_over_tls {
+        realm.scheme_str() == Some("https")
+    } else {
+        realm
+            .host()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&host_only(registry_host)))
+    }
+}
+
 pub(crate) fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_millis(200 << attempt.min(5)));
 }
@@ -313,6 +366,49 @@ mod tests {
         let m = parse_challenge(r#"realm=x, service="a,b""#);
         assert_eq!(m["realm"], "x");
         assert_eq!(m["service"], "a,b");
+    }
+
+    #[test]
+    fn defect9_credentials_follow_only_trusted_realms() {
+        let uri = |s: &str| s.parse::<ureq::http::Uri>().unwrap();
+        // Over TLS: any https realm (Docker Hub), never an http one.
+        assert!(credentials_allowed(
+            true,
+            "registry-1.docker.io",
+            &uri("https://auth.docker.io/token")
+        ));
+        assert!(!credentials_allowed(
+            true,
+            "registry.example",
+            &uri("http://registry.example/token")
+        ));
+        assert!(!credentials_allowed(
+            true,
+            "registry.example",
+            &uri("http://evil.example/token")
+        ));
+        // Over plain http (an insecure registry): its own host only, any port.
+        assert!(credentials_allowed(
+            false,
+            "127.0.0.1:5000",
+            &uri("http://127.0.0.1:5001/token")
+        ));
+        assert!(credentials_allowed(
+            false,
+            "Reg.Lan:5000",
+            &uri("https://reg.lan/token")
+        ));
+        assert!(!credentials_allowed(
+            false,
+            "127.0.0.1:5000",
+            &uri("http://127.0.0.2:5000/token")
+        ));
+        assert!(!credentials_allowed(
+            false,
+            "reg.lan:5000",
+            &uri("https://auth.evil.example/token")
+        ));
+        assert_eq!(host_only("[::1]:5000"), "[::1]");
     }
 
     #[test]

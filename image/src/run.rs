@@ -126,9 +126,11 @@ pub fn output(cmd: &mut Command) -> Result<Vec<u8>, CommandError> {
 
 fn tail(stderr: &[u8]) -> String {
     let start = stderr.len().saturating_sub(STDERR_TAIL);
-    String::from_utf8_lossy(&stderr[start..])
-        .trim()
-        .replace('\n', "; ")
+    // The tail may hold names from the image (mksquashfs quotes them): no terminal
+    // escapes or bidi overrides get through.
+    let text = String::from_utf8_lossy(&stderr[start..]);
+    let lines: Vec<String> = text.trim().lines().map(crate::text::sanitise).collect();
+    lines.join("; ")
 }
 
 #[cfg(test)]
@@ -140,6 +142,18 @@ mod tests {
         let err = output(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("boom") && msg.contains("sh failed"), "{msg}");
+    }
+
+    #[test]
+    fn defect13_command_stderr_is_sanitised() {
+        let err = output(Command::new("sh").args([
+            "-c",
+            "printf 'bad \\033[2J name\\342\\200\\256txt\\rexe\\nnext\\n' >&2; exit 1",
+        ]))
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.chars().any(crate::text::is_unsafe), "{msg:?}");
+        assert!(msg.contains("bad ?[2J name?txt?exe; next"), "{msg:?}");
     }
 
     #[test]

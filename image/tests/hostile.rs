@@ -9,6 +9,7 @@ use std::path::Path;
 use common::*;
 use hyperxl_image::disk::DiskError;
 use hyperxl_image::load::{self, LoadError};
+use hyperxl_image::targuard::HeaderError;
 use hyperxl_image::{DevicePolicy, Limits, MergeError, Store, StoreError};
 use tar::EntryType;
 
@@ -38,6 +39,17 @@ fn refused(files: &BTreeMap<String, Vec<u8>>, limits: Limits) -> LoadError {
 }
 
 fn refused_as(files: &BTreeMap<String, Vec<u8>>, limits: Limits, as_tar: bool) -> LoadError {
+    refused_with(files, limits, as_tar, || {})
+}
+
+/// As [`refused_as`], calling `before_load` (e.g. [`limit_memory`]) right before the
+/// hostile load, after the store and the input were set up.
+fn refused_with(
+    files: &BTreeMap<String, Vec<u8>>,
+    limits: Limits,
+    as_tar: bool,
+    before_load: impl FnOnce(),
+) -> LoadError {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     // A store that already holds an image: it must survive untouched.
@@ -56,6 +68,7 @@ fn refused_as(files: &BTreeMap<String, Vec<u8>>, limits: Limits, as_tar: bool) -
         p
     };
     let before = snapshot(tmp.path());
+    before_load();
     let err = load::load(&store, &input, None).expect_err("hostile image was accepted");
     assert_eq!(
         snapshot(tmp.path()),
@@ -652,4 +665,317 @@ fn blob_longer_than_its_descriptor() {
         ),
         "{e:?}"
     );
+}
+
+/// The error and all its causes, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Terminal escapes, a newline and a bidi override, as an attacker would name a file.
+const HOSTILE_TEXT: &str = "\x1b]0;owned\x07\x1b[2J\nx\u{202e}gpj.exe";
+
+fn assert_printable(e: &dyn std::error::Error) {
+    let msg = chain(e);
+    assert!(
+        !msg.chars().any(hyperxl_image::text::is_unsafe),
+        "unsanitised error: {msg:?}"
+    );
+}
+
+#[test]
+fn defect13_hostile_member_name_in_error_is_sanitised() {
+    let img = simple();
+    let mut files = img.docker_save_files("evil:1");
+    let name = format!("{HOSTILE_TEXT}.json");
+    files.insert(name.clone(), b"not json".to_vec());
+    let layers: Vec<String> = files
+        .keys()
+        .filter(|k| k.ends_with("layer.tar"))
+        .cloned()
+        .collect();
+    files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec(
+            &serde_json::json!([{"Config": name, "RepoTags": ["evil:1"], "Layers": layers}]),
+        )
+        .unwrap(),
+    );
+    let e = refused_as(&files, Limits::default(), true);
+    assert!(matches!(e, LoadError::Malformed { .. }), "{e:?}");
+    assert_printable(&e);
+    assert!(e.to_string().contains("?]0;owned??[2J?x?gpj.exe"), "{e}");
+}
+
+#[test]
+fn defect13_hostile_names_in_merge_errors_are_sanitised() {
+    let e = assert_merge!(
+        one(Layer::new().hardlink(HOSTILE_TEXT, HOSTILE_TEXT).tar()),
+        MergeError::HardlinkTargetMissing { .. }
+    );
+    assert_printable(&e);
+}
+
+/// Address space for the memory cases: far below what the bombs would need.
+const MEMORY: u64 = 512 << 20;
+
+/// An OCI layout whose one layer is `blob` as given (already compressed); the config's
+/// diff_id is of no matter, the layer is refused before its end.
+fn layout_with_blob(blob: Vec<u8>) -> BTreeMap<String, Vec<u8>> {
+    let config = TestImage::new(vec![b"unused".to_vec()]).config();
+    custom_layout(
+        &config,
+        &[(blob, "application/vnd.oci.image.layer.v1.tar+gzip")],
+        None,
+    )
+}
+
+/// A metadata record declaring 3 GiB, followed by 1 GiB of real zeros: enough to
+/// exhaust the child's address space if anything reads the record into memory.
+fn record_bomb(t: EntryType) -> BTreeMap<String, Vec<u8>> {
+    let mut blob = gzip(&raw_header(t, "././@LongLink", 3 << 30));
+    blob.extend(gzip_zeros_mib(1024));
+    assert!(blob.len() < 4 << 20);
+    layout_with_blob(blob)
+}
+
+fn assert_record_refused(t: EntryType, test: &str, kind: &str) {
+    if !in_limited_child(test) {
+        return;
+    }
+    let e = refused_with(&record_bomb(t), Limits::default(), false, || {
+        limit_memory(MEMORY)
+    });
+    match merge_err(&e) {
+        Some(MergeError::Header {
+            source: HeaderError::TooLarge { kind: k, size, .. },
+            ..
+        }) => assert_eq!((*k, *size), (kind, 3 << 30)),
+        _ => panic!("unexpected error: {e:?}"),
+    }
+}
+
+#[test]
+fn defect2_pax_header_bomb_is_refused_before_read() {
+    assert_record_refused(
+        EntryType::XHeader,
+        "defect2_pax_header_bomb_is_refused_before_read",
+        "PAX",
+    );
+}
+
+#[test]
+fn defect2_gnu_long_name_bomb_is_refused_before_read() {
+    assert_record_refused(
+        EntryType::GNULongName,
+        "defect2_gnu_long_name_bomb_is_refused_before_read",
+        "GNU long-name",
+    );
+}
+
+#[test]
+fn defect2_gnu_long_link_bomb_is_refused_before_read() {
+    assert_record_refused(
+        EntryType::GNULongLink,
+        "defect2_gnu_long_link_bomb_is_refused_before_read",
+        "GNU long-link",
+    );
+}
+
+#[test]
+fn defect2_pax_bomb_in_the_outer_archive_is_refused_before_read() {
+    // The same bomb as a member header of the `docker save` archive itself.
+    if !in_limited_child("defect2_pax_bomb_in_the_outer_archive_is_refused_before_read") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let input = tmp.path().join("in.tar.gz");
+    let mut data = gzip(&raw_header(EntryType::XHeader, "././@PaxHeader", 3 << 30));
+    data.extend(gzip_zeros_mib(1024));
+    std::fs::write(&input, data).unwrap();
+    limit_memory(MEMORY);
+    let e = load::load(&store, &input, None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LoadError::Header {
+                source: HeaderError::TooLarge { kind: "PAX", .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn defect2_tree_memory_is_bounded() {
+    // Many entries with ~4000-byte names: every name is held in the tree. The tree's
+    // budget (here 16 MiB) stops the layer long before memory runs out.
+    if !in_limited_child("defect2_tree_memory_is_bounded") {
+        return;
+    }
+    let dir: String = (0..15)
+        .map(|i| format!("{i:0>255}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    let mut l = Layer::new();
+    for i in 0..8000 {
+        l.long(&format!("{dir}/{i:0>150}"), None, b"");
+    }
+    let limits = Limits {
+        max_tree_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let files = one(l.tar());
+    let e = refused_with(&files, limits, false, || limit_memory(MEMORY));
+    assert!(
+        matches!(
+            merge_err(&e),
+            Some(MergeError::TreeTooLarge { limit }) if *limit == 16 << 20
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn defect2_default_limits_bound_the_tree() {
+    let l = Limits::default();
+    assert_eq!(l.max_tree_bytes, 512 << 20);
+    assert_eq!(l.max_name_record_bytes, 64 << 10);
+    assert_eq!(l.max_pax_bytes, 1 << 20);
+}
+
+#[test]
+fn name_with_nul_is_refused() {
+    assert_merge!(
+        one(Layer::new().pax(&[("path", b"a\0b")]).file("x", b"").tar()),
+        MergeError::InvalidName { .. }
+    );
+}
+
+#[test]
+fn component_longer_than_255_is_refused() {
+    let name = format!("d/{}", "x".repeat(256));
+    assert_merge!(
+        one(Layer::new().long(&name, None, b"x").tar()),
+        MergeError::InvalidName { .. }
+    );
+}
+
+#[test]
+fn hardlink_target_with_long_component_is_refused() {
+    let target = "y".repeat(300);
+    assert_merge!(
+        one(Layer::new()
+            .file("f", b"x")
+            .pax(&[("linkpath", target.as_bytes())])
+            .hardlink("h", "f")
+            .tar()),
+        MergeError::InvalidName { .. }
+    );
+}
+
+#[test]
+fn gnu_sparse_file_is_refused() {
+    let mut tar = raw_header(EntryType::GNUSparse, "holes", 0);
+    tar.extend([0u8; 1024]);
+    assert_merge!(
+        one(tar),
+        MergeError::UnsupportedEntry {
+            kind: "sparse file",
+            ..
+        }
+    );
+}
+
+#[test]
+fn pax_sparse_file_is_refused() {
+    assert_merge!(
+        one(Layer::new()
+            .pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")])
+            .file("holes", b"")
+            .tar()),
+        MergeError::UnsupportedEntry {
+            kind: "sparse file",
+            ..
+        }
+    );
+}
+
+/// Loads `files` (an OCI layout directory) and returns the store and the built disk.
+fn accepted(files: &BTreeMap<String, Vec<u8>>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let input = tmp.path().join("in");
+    write_dir(&input, files);
+    let recs = load::load(&store, &input, None).unwrap();
+    let disk = store.ensure_disk(&recs[0].reference).unwrap();
+    (tmp, disk)
+}
+
+#[test]
+fn opaque_whiteout_at_the_root_hides_every_lower_layer() {
+    let l1 = Layer::new()
+        .file("a", b"a")
+        .dir("d/", 0o755)
+        .file("d/b", b"b")
+        .tar();
+    let l2 = Layer::new().file(".wh..wh..opq", b"").file("c", b"c").tar();
+    let (_t, disk) = accepted(&layout(vec![l1, l2]));
+    assert_eq!(
+        list_disk(&disk),
+        vec!["drwxr-xr-x 0/0 /", "-rw-r--r-- 0/0 /c"]
+    );
+}
+
+#[test]
+fn hardlink_chain_survives_an_opaque_whiteout_of_its_first_path() {
+    // d/f's data stays reachable through h1 and h2 after d is made opaque.
+    let l1 = Layer::new()
+        .dir("d/", 0o755)
+        .file("d/f", b"data")
+        .hardlink("h1", "d/f")
+        .tar();
+    let l2 = Layer::new()
+        .dir("d/", 0o755)
+        .opaque("d")
+        .hardlink("h2", "h1")
+        .tar();
+    let (_t, disk) = accepted(&layout(vec![l1, l2]));
+    assert_eq!(
+        list_disk(&disk),
+        vec![
+            "drwxr-xr-x 0/0 /",
+            "drwxr-xr-x 0/0 /d",
+            "-rw-r--r-- 0/0 /h1",
+            "-rw-r--r-- 0/0 /h2",
+        ]
+    );
+    assert_eq!(cat(&disk, "h2"), b"data");
+}
+
+#[test]
+fn hardlink_to_a_path_hidden_by_an_opaque_whiteout() {
+    let l1 = Layer::new().dir("d/", 0o755).file("d/f", b"x").tar();
+    let l2 = Layer::new().opaque("d").hardlink("h", "d/f").tar();
+    assert_merge!(
+        layout(vec![l1, l2]),
+        MergeError::HardlinkTargetMissing { .. }
+    );
+}
+
+#[test]
+fn control_characters_in_names_are_kept_as_data() {
+    // Legal on Linux, so carried to the disk; only error messages sanitise them.
+    let name = "ctl\x1b[31m\nline\u{202e}";
+    let (_t, disk) = accepted(&one(Layer::new().file(name, b"x").tar()));
+    assert_eq!(cat(&disk, name), b"x");
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use hyperxl_image::load;
 use hyperxl_image::{Reference, Store};
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -263,4 +264,69 @@ fn long_names_and_link_targets() {
         "{listing:?}"
     );
     assert_eq!(cat(&disk, &deep), b"deep");
+}
+
+#[test]
+fn defect3_stale_temp_files_are_swept_by_the_next_import() {
+    let (d, store) = store();
+    let tmp = store.root().join("tmp");
+    std::fs::write(tmp.join(".tmpDEAD01"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::create_dir(tmp.join(".tmpDEAD02")).unwrap();
+    let input = d.path().join("in");
+    write_dir(
+        &input,
+        &TestImage::new(standard_layers()).oci_files("x/y:1"),
+    );
+    load::load(&store, &input, None).unwrap();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn defect3_temp_files_of_a_live_import_are_kept() {
+    let (d, store) = store();
+    let tmp = store.root().join("tmp");
+    std::fs::write(tmp.join(".tmpLIVE01"), b"in use").unwrap();
+    let held = store.lock_shared().unwrap(); // another import in progress
+    let input = d.path().join("in");
+    write_dir(
+        &input,
+        &TestImage::new(standard_layers()).oci_files("x/y:1"),
+    );
+    load::load(&store, &input, None).unwrap();
+    assert!(tmp.join(".tmpLIVE01").exists());
+    drop(held);
+}
+
+#[test]
+fn defect3_unreferenced_member_of_a_docker_save_is_never_spooled() {
+    // A 256 MiB member no manifest mentions, before manifest.json in the archive. The
+    // child may write no file over 16 MiB: spooling the member would kill it (SIGXFSZ).
+    const TEST: &str = "defect3_unreferenced_member_of_a_docker_save_is_never_spooled";
+    if !in_limited_child(TEST) {
+        return;
+    }
+    use std::io::{Seek, SeekFrom, Write};
+    let (d, store) = store();
+    let input = d.path().join("save.tar");
+    let mut f = std::fs::File::create(&input).unwrap();
+    f.write_all(&raw_header(tar::EntryType::Regular, "junk.bin", 256 << 20))
+        .unwrap();
+    // The data is a hole: nothing is written to make this test's input.
+    f.seek(SeekFrom::Current(256 << 20)).unwrap();
+    let mut b = tar::Builder::new(f);
+    for (n, data) in TestImage::new(standard_layers()).docker_save_files("x/y:1") {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, n, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+    drop(b);
+    limit_file_size(16 << 20);
+    load::load(&store, &input, None).unwrap();
+    check_standard_disk(&store, "x/y:1");
+    assert_eq!(
+        std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+        0
+    );
 }

@@ -405,10 +405,11 @@ fn killed_pull_then_pull_again_and_prune() {
     reg.push_image("t/app", "1", &img, false);
     let rec = pull(&store, &r(&format!("{}/t/app:1", reg.host)), &opts).unwrap();
     assert!(store.ensure_disk(&rec.reference).unwrap().exists());
-    // Prune removes the killed pull's staging files and nothing else.
+    // The fresh pull found the store lock free and swept the killed pull's staging
+    // files; prune has nothing left to remove.
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     let p = store.prune().unwrap();
-    assert!(p.temp_files >= 1, "{p:?}");
-    assert_eq!((p.blobs, p.disks), (0, 0));
+    assert_eq!((p.temp_files, p.blobs, p.disks), (0, 0, 0), "{p:?}");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     assert!(store.ensure_disk(&rec.reference).unwrap().exists());
 }
@@ -452,6 +453,115 @@ fn bearer_token_auth() {
             .load(std::sync::atomic::Ordering::SeqCst),
         2
     );
+}
+
+#[test]
+fn defect9_credentials_are_not_sent_to_a_realm_on_another_host_over_http() {
+    // The registry answers over plain http (allowed: it is local) and names a token
+    // realm on another host. That answer is not authenticated, so the registry's
+    // credentials must not follow it: the token is asked for anonymously.
+    let img = TestImage::new(standard_layers());
+    let basic = Credentials {
+        username: "u".into(),
+        password: "p".into(),
+    };
+    let elsewhere = common::fake::serve_at(
+        "127.0.0.2:0",
+        Vec::new(),
+        Vec::new(),
+        common::fake::Behaviour {
+            bearer: Some(basic.basic()),
+            ..Default::default()
+        },
+    );
+    let fake = fake_for(
+        &img,
+        common::fake::Behaviour {
+            bearer: Some(basic.basic()),
+            realm: Some(format!("http://{}/token", elsewhere.host)),
+            ..Default::default()
+        },
+    );
+    let (_d, store, opts) = setup();
+    opts.auth.store(&fake.host, &basic).unwrap();
+    let reference = r(&format!("{}/t/app:1", fake.host));
+    let e = pull(&store, &reference, &opts).unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized { .. }), "{e}");
+    let seen = elsewhere.token_auth.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "no token request reached the realm");
+    assert!(
+        seen.iter().all(|a| a.is_empty()),
+        "credentials leaked to the realm: {seen:?}"
+    );
+}
+
+/// A fake registry serving a manifest with `n` layers of the declared `size` each
+/// (the blobs themselves are tiny, or absent).
+fn declared_layers(n: usize, size: u64) -> common::fake::FakeRegistry {
+    let img = TestImage::new(vec![Layer::new().file("a", b"a").tar()]);
+    let config = img.config();
+    let (blob, _) = img.layer_blobs().remove(0);
+    let layers: Vec<_> = (0..n)
+        .map(|_| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(&blob), "size": size}))
+        .collect();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len()},
+        "layers": layers,
+    }))
+    .unwrap();
+    common::fake::serve(manifest, vec![config, blob], Default::default())
+}
+
+#[test]
+fn defect3_too_many_declared_layers_fetch_no_blob() {
+    let fake = declared_layers(300, 100);
+    let (_d, store, opts) = setup();
+    let before = snapshot(store.root());
+    let e = pull(&store, &r(&format!("{}/t/app:1", fake.host)), &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::TooManyLayers {
+                count: 300,
+                limit: 256
+            }
+        ),
+        "{e}"
+    );
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(fake.blob_requests.load(SeqCst), 0);
+    assert_eq!(snapshot(store.root()), before);
+}
+
+#[test]
+fn defect3_declared_image_size_over_the_limit_fetches_no_blob() {
+    let fake = declared_layers(5, 7 << 30);
+    let (_d, store, opts) = setup();
+    let e = pull(&store, &r(&format!("{}/t/app:1", fake.host)), &opts).unwrap_err();
+    assert!(matches!(e, PullError::ImageTooLarge { .. }), "{e}");
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(fake.blob_requests.load(SeqCst), 0);
+}
+
+#[test]
+fn defect3_layer_beyond_free_space_fetches_no_blob() {
+    // Limits raised out of the way: only the free-space check stands.
+    let fake = declared_layers(1, 1 << 60);
+    let (_d, store, opts) = setup();
+    let store = store.with_limits(hyperxl_image::Limits {
+        max_blob_bytes: u64::MAX,
+        max_total_bytes: u64::MAX,
+        ..Default::default()
+    });
+    let e = pull(&store, &r(&format!("{}/t/app:1", fake.host)), &opts).unwrap_err();
+    assert!(
+        matches!(e, PullError::Store(StoreError::NoSpace { .. })),
+        "{e}"
+    );
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(fake.blob_requests.load(SeqCst), 0);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! layer's uncompressed bytes are hashed and checked against the config's `diff_ids`.
 
 use std::cell::Cell;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet};
+use std::hash::BuildHasher;
 use std::io::{self, Read};
 use std::rc::Rc;
 
@@ -19,6 +21,7 @@ use super::{LayerInput, MergeError};
 use crate::digest::HashingReader;
 use crate::layer::{self, Limited};
 use crate::limits::{DevicePolicy, Limits};
+use crate::targuard::{Guard, HeaderError, RecordLimits};
 
 /// Where a regular file's data is: the layer and the entry's index in its tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +85,73 @@ pub struct Tree {
     pub entries: u64,
     /// Uncompressed bytes read across all layers.
     pub bytes: u64,
+    /// Estimated memory held by `nodes` (see [`Limits::max_tree_bytes`]).
+    pub memory: u64,
+}
+
+/// What one node costs besides its path and variable data: the map's slot and node
+/// allocations, the key's and the node's own allocations, allocator overhead.
+const NODE_OVERHEAD: u64 = 160;
+/// What one extended attribute costs besides its name and value.
+const XATTR_OVERHEAD: u64 = 48;
+/// What one entry costs in a layer's duplicate check (a 128-bit keyed hash in a set).
+const SEEN_COST: u64 = 32;
+
+fn cost(path: &[u8], node: &Node) -> u64 {
+    let target = match &node.kind {
+        Kind::Symlink(t) => t.len() as u64,
+        _ => 0,
+    };
+    let xattrs: u64 = node
+        .xattrs
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64 + XATTR_OVERHEAD)
+        .sum();
+    NODE_OVERHEAD + path.len() as u64 + target + xattrs
+}
+
+/// Inserts or replaces a node, keeping `memory` up to date.
+fn put(tree: &mut Tree, path: Vec<u8>, node: Node) {
+    let c = cost(&path, &node);
+    if let Some(old) = tree.nodes.get(&path) {
+        tree.memory -= cost(&path, old);
+    }
+    tree.nodes.insert(path, node);
+    tree.memory += c;
+}
+
+/// Removes a node, keeping `memory` up to date.
+fn take(tree: &mut Tree, path: &[u8]) {
+    if let Some(old) = tree.nodes.remove(path) {
+        tree.memory -= cost(path, &old);
+    }
+}
+
+/// The paths one layer has written, as 128-bit keyed hashes: 16 bytes an entry instead
+/// of a copy of every path. The keys are random per process, so an image cannot be
+/// built to collide.
+struct Seen {
+    keys: (RandomState, RandomState),
+    set: HashSet<(u64, u64)>,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            keys: (RandomState::new(), RandomState::new()),
+            set: HashSet::new(),
+        }
+    }
+
+    /// Records `path`; false if it was already there.
+    fn insert(&mut self, path: &[u8]) -> bool {
+        let h = (self.keys.0.hash_one(path), self.keys.1.hash_one(path));
+        self.set.insert(h)
+    }
+
+    fn memory(&self) -> u64 {
+        self.set.len() as u64 * SEEN_COST
+    }
 }
 
 const OPAQUE: &[u8] = b".wh..wh..opq";
@@ -156,8 +226,9 @@ fn read_layer(
     Ok(())
 }
 
+/// A name from the layer, made safe for an error message.
 fn lossy(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
+    crate::text::sanitise_bytes(p)
 }
 
 fn apply_entries<R: Read>(
@@ -166,15 +237,22 @@ fn apply_entries<R: Read>(
     stream: R,
     limits: &Limits,
 ) -> Result<(), MergeError> {
-    let tar_err = |source| MergeError::Tar { layer, source };
-    let mut archive = tar::Archive::new(stream);
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let tar_err = |source| tar_error(layer, source);
+    let mut archive = tar::Archive::new(Guard::new(stream, RecordLimits::of(limits)));
+    let mut seen = Seen::new();
     for (index, entry) in archive.entries().map_err(tar_err)?.enumerate() {
         let mut entry = entry.map_err(tar_err)?;
         tree.entries += 1;
         if tree.entries > limits.max_entries {
             return Err(MergeError::TooManyEntries {
                 limit: limits.max_entries,
+            });
+        }
+        // Every entry adds at most one path's worth of nodes (its own and implicit
+        // parents), so checking here bounds the tree to the limit plus one entry.
+        if tree.memory + seen.memory() > limits.max_tree_bytes {
+            return Err(MergeError::TreeTooLarge {
+                limit: limits.max_tree_bytes,
             });
         }
         let raw = entry.path_bytes().into_owned();
@@ -191,8 +269,9 @@ fn apply_entries<R: Read>(
                 layer,
                 path: lossy(&raw[..64.min(raw.len())]),
             },
+            PathProblem::Nul | PathProblem::ComponentTooLong => invalid_name(layer, &raw, p),
         })?;
-        if !seen.insert(path.clone()) {
+        if !seen.insert(&path) {
             return Err(MergeError::DuplicateEntry {
                 layer,
                 path: lossy(&path),
@@ -243,7 +322,7 @@ fn apply_entries<R: Read>(
                     .link_name_bytes()
                     .ok_or_else(|| bad("symlink without target"))?
                     .into_owned();
-                if target.is_empty() || target.len() > limits.max_path_len {
+                if target.is_empty() || target.len() > limits.max_path_len || target.contains(&0) {
                     return Err(MergeError::BadSymlink {
                         layer,
                         path: lossy(&path),
@@ -269,7 +348,12 @@ fn apply_entries<R: Read>(
                     target: lossy(&raw_target),
                 };
                 let target =
-                    path::normalise(&raw_target, limits.max_path_len).map_err(|_| outside())?;
+                    path::normalise(&raw_target, limits.max_path_len).map_err(|p| match p {
+                        PathProblem::Nul | PathProblem::ComponentTooLong => {
+                            invalid_name(layer, &raw_target, p)
+                        }
+                        _ => outside(),
+                    })?;
                 if target.is_empty() {
                     return Err(outside());
                 }
@@ -352,7 +436,8 @@ fn check_parents(
             }
             None if !create => {}
             None => {
-                tree.nodes.insert(
+                put(
+                    tree,
                     anc.to_vec(),
                     Node {
                         kind: Kind::Dir { implicit: true },
@@ -396,7 +481,7 @@ fn apply_whiteout(
     }
     let victim = path::join(dir, target);
     if tree.nodes.get(&victim).is_some_and(|n| n.layer < layer) {
-        tree.nodes.remove(&victim);
+        take(tree, &victim);
         remove_below(tree, &victim, layer);
     }
     Ok(())
@@ -416,7 +501,7 @@ fn remove_below(tree: &mut Tree, dir: &[u8], layer: usize) {
         .map(|(k, _)| k.clone())
         .collect();
     for k in doomed {
-        tree.nodes.remove(&k);
+        take(tree, &k);
     }
 }
 
@@ -429,7 +514,34 @@ fn insert(tree: &mut Tree, path: Vec<u8>, node: Node) {
         }
         _ => {}
     }
-    tree.nodes.insert(path, node);
+    put(tree, path, node);
+}
+
+fn invalid_name(layer: usize, raw: &[u8], p: PathProblem) -> MergeError {
+    MergeError::InvalidName {
+        layer,
+        path: lossy(&raw[..raw.len().min(300)]),
+        problem: match p {
+            PathProblem::Nul => "NUL byte in name",
+            _ => "a component is longer than 255 bytes",
+        },
+    }
+}
+
+/// A tar parser error, or the guard's refusal that caused it.
+fn tar_error(layer: usize, source: io::Error) -> MergeError {
+    match HeaderError::from_io(&source) {
+        Some(HeaderError::Sparse { name }) => MergeError::UnsupportedEntry {
+            layer,
+            path: name.clone(),
+            kind: "sparse file",
+        },
+        Some(h) => MergeError::Header {
+            layer,
+            source: h.clone(),
+        },
+        None => MergeError::Tar { layer, source },
+    }
 }
 
 /// What PAX records of one entry can override or add.
@@ -460,6 +572,14 @@ fn read_pax<R: Read>(
     for ext in exts {
         let ext = ext.map_err(|source| MergeError::Tar { layer, source })?;
         let Ok(key) = ext.key() else { continue };
+        if key.starts_with("GNU.sparse.") {
+            // PAX-format sparse files: `tar` would hand us the sparse map as data.
+            return Err(MergeError::UnsupportedEntry {
+                layer,
+                path: lossy(path),
+                kind: "sparse file",
+            });
+        }
         let number = || {
             ext.value()
                 .ok()
@@ -474,7 +594,9 @@ fn read_pax<R: Read>(
                 let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
                     continue;
                 };
-                if !(name.starts_with("user.") || name.starts_with("security.")) {
+                if !(name.starts_with("user.") || name.starts_with("security."))
+                    || name.contains('\0')
+                {
                     continue;
                 }
                 bytes += name.len() + ext.value_bytes().len();

@@ -14,9 +14,17 @@
 //! Hostile input is refused in pass 1, before anything is written: absolute or `..`
 //! names, entries written through a symlink or under a non-directory, symlinks whose
 //! target climbs above the root, hard links to paths outside, missing or non-regular
-//! targets, whiteouts naming `.`/`..`/nothing, duplicate entries in one layer, device
-//! nodes when the policy says so, sizes and counts beyond [`Limits`], and any layer whose
-//! uncompressed bytes do not hash to the config's `diff_id`.
+//! targets, whiteouts naming `.`/`..`/nothing, duplicate entries in one layer, names with
+//! a NUL byte or a component over 255 bytes, sparse files, device nodes when the policy
+//! says so, sizes and counts beyond [`Limits`], and any layer whose uncompressed bytes do
+//! not hash to the config's `diff_id`.
+//!
+//! Memory is bounded too: GNU long-name/long-link and PAX records larger than their
+//! limits are refused from the raw header before the tar parser reads them
+//! ([`crate::targuard`]), and the tree's estimated size (paths, link targets, extended
+//! attributes, per-entry overhead, plus the per-layer duplicate check, which keeps
+//! 128-bit keyed hashes rather than copies of the paths) is checked against
+//! `Limits::max_tree_bytes` after every entry.
 //!
 //! `ocirender` 0.3 (Apache-2.0) was considered. It merges newest-first in a single pass
 //! (one decompression per layer, so faster), but it needs `mksquashfs` >= 4.6 (bookworm
@@ -88,6 +96,30 @@ pub enum MergeError {
         layer: usize,
         /// The raw name.
         path: String,
+    },
+    /// A name with a NUL byte or a component longer than 255 bytes.
+    #[error("layer {layer}: invalid name {path:?}: {problem}")]
+    InvalidName {
+        /// Layer index.
+        layer: usize,
+        /// The name (sanitised, at most 300 bytes).
+        path: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A tar metadata record refused before it was read (see [`crate::targuard`]).
+    #[error("layer {layer}")]
+    Header {
+        /// Layer index.
+        layer: usize,
+        /// What the guard refused.
+        source: crate::targuard::HeaderError,
+    },
+    /// The merged tree would hold more memory than the limit.
+    #[error("image: file tree needs more than {limit} bytes of memory (too many or too long names, link targets or extended attributes)")]
+    TreeTooLarge {
+        /// The limit (`Limits::max_tree_bytes`).
+        limit: u64,
     },
     /// A name longer than the limit.
     #[error("layer {layer}: path {path:?}... longer than the limit")]

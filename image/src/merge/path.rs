@@ -10,13 +10,24 @@ pub enum PathProblem {
     Traversal,
     /// Longer than the limit.
     TooLong,
+    /// Holds a NUL byte (no filesystem can store it).
+    Nul,
+    /// A component longer than [`NAME_MAX`].
+    ComponentTooLong,
 }
 
+/// Longest name of one directory entry (Linux's `NAME_MAX`; squashfs's limit too).
+pub const NAME_MAX: usize = 255;
+
 /// Normalises a tar entry name to `a/b/c` (no leading `./`, no `.` or empty components,
-/// no trailing `/`). The empty result is the root. Absolute names and `..` are refused.
+/// no trailing `/`). The empty result is the root. Absolute names, `..`, NUL bytes and
+/// components longer than [`NAME_MAX`] are refused.
 pub fn normalise(raw: &[u8], max_len: usize) -> Result<Vec<u8>, PathProblem> {
     if raw.len() > max_len {
         return Err(PathProblem::TooLong);
+    }
+    if raw.contains(&0) {
+        return Err(PathProblem::Nul);
     }
     if raw.first() == Some(&b'/') {
         return Err(PathProblem::Absolute);
@@ -26,6 +37,7 @@ pub fn normalise(raw: &[u8], max_len: usize) -> Result<Vec<u8>, PathProblem> {
         match comp {
             b"" | b"." => {}
             b".." => return Err(PathProblem::Traversal),
+            c if c.len() > NAME_MAX => return Err(PathProblem::ComponentTooLong),
             c => {
                 if !out.is_empty() {
                     out.push(b'/');
@@ -109,6 +121,10 @@ mod tests {
         assert_eq!(normalise(b"/etc", 100), Err(PathProblem::Absolute));
         assert_eq!(normalise(b"a/../b", 100), Err(PathProblem::Traversal));
         assert_eq!(normalise(b"abc", 2), Err(PathProblem::TooLong));
+        assert_eq!(normalise(b"a\0b", 100), Err(PathProblem::Nul));
+        let long = [b'x'; 256];
+        assert_eq!(normalise(&long, 4096), Err(PathProblem::ComponentTooLong));
+        assert_eq!(normalise(&long[..255], 4096).unwrap().len(), 255);
     }
 
     #[test]

@@ -12,8 +12,12 @@
 //! Every file appears by rename after it is complete and fsynced: a blob only after its
 //! digest was verified, a disk only after mksquashfs succeeded, a record only after its
 //! blobs and disk are in place. A killed process leaves at most files in `tmp/`, which
-//! `prune` removes. Imports stage new blobs in `tmp/` and build the disk from there before
-//! committing anything, so a refused image leaves the store exactly as it was.
+//! `prune` removes, and so does the next import that finds the store lock free
+//! ([`Store::sweep_tmp`]). Imports stage new blobs in `tmp/` and validate every image
+//! before committing anything, so a refused image leaves the store exactly as it was;
+//! each validated image's disk is then built in `tmp/` and moved into `disks/` at once,
+//! so `tmp/` never holds more than one disk. Downloads and spools check free space
+//! ([`Store::check_space`]) before they start.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -110,7 +114,32 @@ pub enum StoreError {
     /// Building the disk failed.
     #[error("building rootfs disk")]
     Disk(#[from] DiskError),
+    /// Not enough free space for what is about to be written.
+    #[error(
+        "{path}: {needed} bytes needed but only {available} free (keeping {reserve} in reserve)"
+    )]
+    NoSpace {
+        /// The directory written to.
+        path: PathBuf,
+        /// Bytes about to be written.
+        needed: u64,
+        /// Bytes free for unprivileged writers.
+        available: u64,
+        /// Bytes always left free.
+        reserve: u64,
+    },
+    /// Checking free space failed.
+    #[error("checking free space in {path}")]
+    Statvfs {
+        /// The directory.
+        path: PathBuf,
+        /// The errno.
+        source: nix::Error,
+    },
 }
+
+/// Free space an import always leaves on the store's filesystem.
+pub const SPACE_RESERVE: u64 = 64 << 20;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -257,6 +286,59 @@ impl Store {
     /// Takes the shared lock: blobs, disks and staging files stay while it is held.
     pub fn lock_shared(&self) -> Result<StoreLock, StoreError> {
         self.lock(FlockArg::LockShared)
+    }
+
+    /// Removes every leftover file in `tmp/` if no other process holds the store lock
+    /// (then none of them belongs to a live import or build); does nothing otherwise.
+    /// Returns how many entries were removed.
+    pub fn sweep_tmp(&self) -> Result<u64, StoreError> {
+        let _lock = match self.lock(FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err(StoreError::Lock {
+                source: nix::Error::EWOULDBLOCK,
+                ..
+            }) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let dir = self.tmp_dir();
+        let mut n = 0;
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = e.map_err(io_err(&dir))?.path();
+            let r = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match r {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Fails unless `needed` bytes fit in `tmp/`'s filesystem with [`SPACE_RESERVE`] to
+    /// spare (checked before a download or a spool starts, so a hostile size is refused
+    /// before the disk fills).
+    pub fn check_space(&self, needed: u64) -> Result<(), StoreError> {
+        let dir = self.tmp_dir();
+        let st = nix::sys::statvfs::statvfs(&dir).map_err(|source| StoreError::Statvfs {
+            path: dir.clone(),
+            source,
+        })?;
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
+        let available =
+            u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+        if needed.saturating_add(SPACE_RESERVE) > available {
+            return Err(StoreError::NoSpace {
+                path: dir,
+                needed,
+                available,
+                reserve: SPACE_RESERVE,
+            });
+        }
+        Ok(())
     }
 
     /// Reads a record.
@@ -456,6 +538,15 @@ impl Store {
         limit: u64,
         what: &str,
     ) -> Result<(Digest, u64, NamedTempFile), StoreError> {
+        if let Some(n) = expected_size {
+            if n > limit {
+                return Err(StoreError::TooLarge {
+                    what: what.to_string(),
+                    limit,
+                });
+            }
+            self.check_space(n)?;
+        }
         let tmp = self.temp_file()?;
         let path = tmp.path().to_path_buf();
         let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp));

@@ -1,5 +1,8 @@
-//! Staging an import: verified blobs and the built disk wait in `tmp/` until the whole
-//! image was accepted, then everything is renamed into place, records last.
+//! Staging an import: verified blobs wait in `tmp/` until every image was accepted, then
+//! they are renamed into place, records last. A disk is built (in `tmp/`) and moved to
+//! `disks/` as soon as its image is prepared: a disk without a record is harmless (it
+//! is keyed by the image digest, and `prune` removes it if no record ever comes), and
+//! `tmp/` never holds the disks of a whole multi-image archive at once.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,17 +19,17 @@ pub struct Staging<'s> {
     store: &'s Store,
     lock: StoreLock,
     blobs: BTreeMap<Digest, NamedTempFile>,
-    disks: BTreeMap<Digest, NamedTempFile>,
     records: Vec<ImageRecord>,
 }
 
 impl<'s> Staging<'s> {
     pub(super) fn new(store: &'s Store) -> Result<Staging<'s>, StoreError> {
+        // Leftovers of killed imports go first, when no one else is using the store.
+        store.sweep_tmp()?;
         Ok(Staging {
             lock: store.lock_shared()?,
             store,
             blobs: BTreeMap::new(),
-            disks: BTreeMap::new(),
             records: Vec::new(),
         })
     }
@@ -86,12 +89,7 @@ impl<'s> Staging<'s> {
         Ok(d)
     }
 
-    /// Validates one image (all `records` name the same image ID) by building its disk
-    /// from the staged blobs into `tmp/`; nothing becomes visible until [`Self::commit`].
-    pub fn prepare(&mut self, records: &[ImageRecord]) -> Result<(), StoreError> {
-        let Some(first) = records.first() else {
-            return Ok(());
-        };
+    fn check_blobs(&self, records: &[ImageRecord]) -> Result<(), StoreError> {
         for rec in records {
             for d in rec.blobs() {
                 if !self.has_blob(d) {
@@ -99,7 +97,35 @@ impl<'s> Staging<'s> {
                 }
             }
         }
-        if !self.store.disk_path(&first.id).exists() && !self.disks.contains_key(&first.id) {
+        Ok(())
+    }
+
+    /// Checks one image (all `records` name the same image ID) without building its
+    /// disk: every blob present, every layer accepted by the merge (pass 1 only). Used
+    /// on every image of a multi-image archive before the first disk is built.
+    pub fn validate(&self, records: &[ImageRecord]) -> Result<(), StoreError> {
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        self.check_blobs(records)?;
+        if !self.store.disk_path(&first.id).exists() {
+            let layers = self.store.layer_inputs(first, &|d| self.blob_path(d))?;
+            crate::merge::index(&layers, &self.store.limits)
+                .map_err(|e| StoreError::Disk(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Validates one image (all `records` name the same image ID) by building its disk
+    /// from the staged blobs (the build refuses the image before writing anything) and
+    /// moves the disk into `disks/`; the records wait for [`Self::commit`].
+    pub fn prepare(&mut self, records: &[ImageRecord]) -> Result<(), StoreError> {
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        self.check_blobs(records)?;
+        let dest = self.store.disk_path(&first.id);
+        if !dest.exists() {
             let layers = self.store.layer_inputs(first, &|d| self.blob_path(d))?;
             let tmp = self.store.temp_file()?;
             disk::build_squashfs(
@@ -108,19 +134,16 @@ impl<'s> Staging<'s> {
                 self.store.compressor,
                 tmp.path(),
             )?;
-            self.disks.insert(first.id.clone(), tmp);
+            persist(tmp, &dest)?;
         }
         self.records.extend(records.iter().cloned());
         Ok(())
     }
 
-    /// Moves the staged blobs and disks into the store, then writes the prepared records.
+    /// Moves the staged blobs into the store, then writes the prepared records.
     pub fn commit(mut self) -> Result<(), StoreError> {
         for (d, tmp) in std::mem::take(&mut self.blobs) {
             persist(tmp, &self.store.blob_path(&d))?;
-        }
-        for (id, tmp) in std::mem::take(&mut self.disks) {
-            persist(tmp, &self.store.disk_path(&id))?;
         }
         for rec in &self.records {
             let mut tmp = self.store.temp_file()?;

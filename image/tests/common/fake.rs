@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct Behaviour {
@@ -16,23 +16,37 @@ pub struct Behaviour {
     pub fail_blobs: usize,
     /// Cut this many blob responses short (connection closed mid-body).
     pub short_blobs: usize,
+    /// The token realm named in challenges (default: this server's `/token`).
+    pub realm: Option<String>,
 }
 
 pub struct FakeRegistry {
     pub host: String,
     pub requests: Arc<AtomicUsize>,
     pub token_requests: Arc<AtomicUsize>,
+    /// The `Authorization` header of every token request ("" when there was none).
+    pub token_auth: Arc<Mutex<Vec<String>>>,
+    /// Blob requests (paths with `/blobs/`).
+    pub blob_requests: Arc<AtomicUsize>,
 }
 
 /// Serves `manifest` under any tag of any repository and `blobs` by digest.
 pub fn serve(manifest: Vec<u8>, blobs: Vec<Vec<u8>>, b: Behaviour) -> FakeRegistry {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_at("127.0.0.1:0", manifest, blobs, b)
+}
+
+/// As [`serve`], listening on `addr`.
+pub fn serve_at(addr: &str, manifest: Vec<u8>, blobs: Vec<Vec<u8>>, b: Behaviour) -> FakeRegistry {
+    let listener = TcpListener::bind(addr).unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let by_digest: HashMap<String, Vec<u8>> =
         blobs.into_iter().map(|d| (super::sha(&d), d)).collect();
     let requests = Arc::new(AtomicUsize::new(0));
     let token_requests = Arc::new(AtomicUsize::new(0));
+    let token_auth = Arc::new(Mutex::new(Vec::new()));
+    let blob_requests = Arc::new(AtomicUsize::new(0));
     let (rq, tq) = (requests.clone(), token_requests.clone());
+    let (ta, bq) = (token_auth.clone(), blob_requests.clone());
     let fails = Arc::new(AtomicUsize::new(b.fail_blobs));
     let shorts = Arc::new(AtomicUsize::new(b.short_blobs));
     let h = host.clone();
@@ -72,6 +86,7 @@ pub fn serve(manifest: Vec<u8>, blobs: Vec<Vec<u8>>, b: Behaviour) -> FakeRegist
                 };
             if path.starts_with("/token") {
                 tq.fetch_add(1, Ordering::SeqCst);
+                ta.lock().unwrap().push(auth.clone());
                 let ok = b.bearer.as_ref().is_some_and(|want| auth == *want)
                     && path.contains("scope=repository");
                 if ok {
@@ -87,7 +102,11 @@ pub fn serve(manifest: Vec<u8>, blobs: Vec<Vec<u8>>, b: Behaviour) -> FakeRegist
                 continue;
             }
             if b.bearer.is_some() && auth != "Bearer tok-123" {
-                let hdr = format!("WWW-Authenticate: Bearer realm=\"http://{h}/token\",service=\"fake\",scope=\"repository:t/app:pull\"\r\n");
+                let realm = b
+                    .realm
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{h}/token"));
+                let hdr = format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:t/app:pull\"\r\n");
                 respond(&mut stream, "401 Unauthorized", &hdr, b"");
                 continue;
             }
@@ -99,6 +118,9 @@ pub fn serve(manifest: Vec<u8>, blobs: Vec<Vec<u8>>, b: Behaviour) -> FakeRegist
                     &manifest,
                 );
                 continue;
+            }
+            if path.contains("/blobs/") {
+                bq.fetch_add(1, Ordering::SeqCst);
             }
             let digest = path.rsplit('/').next().unwrap_or_default().to_string();
             let Some(blob) = by_digest.get(&digest) else {
@@ -132,5 +154,7 @@ pub fn serve(manifest: Vec<u8>, blobs: Vec<Vec<u8>>, b: Behaviour) -> FakeRegist
         host,
         requests,
         token_requests,
+        token_auth,
+        blob_requests,
     }
 }

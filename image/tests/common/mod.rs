@@ -483,3 +483,69 @@ pub fn fingerprint(disk: &Path) -> Vec<String> {
     }
     fp
 }
+
+/// Set in a test binary re-executed by [`in_limited_child`].
+const CHILD_ENV: &str = "HYPERXL_TEST_LIMITED_CHILD";
+
+/// For tests where memory (or file size) is the point: returns true in a child process
+/// (this test binary re-executed for `test` alone), where the caller does its work and
+/// calls [`limit_memory`] / [`limit_file_size`] right before the hostile step; returns
+/// false in the parent after checking that the child ran the test and passed (a child
+/// killed by an allocation failure or SIGXFSZ fails the test).
+pub fn in_limited_child(test: &str) -> bool {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child for {test} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+/// Limits this process's address space (RLIMIT_AS) to `bytes`.
+pub fn limit_memory(bytes: u64) {
+    use nix::sys::resource::{setrlimit, Resource};
+    assert!(std::env::var_os(CHILD_ENV).is_some(), "only in a child");
+    setrlimit(Resource::RLIMIT_AS, bytes, bytes).unwrap();
+}
+
+/// Limits the size of any file this process writes (RLIMIT_FSIZE) to `bytes`.
+pub fn limit_file_size(bytes: u64) {
+    use nix::sys::resource::{setrlimit, Resource};
+    assert!(std::env::var_os(CHILD_ENV).is_some(), "only in a child");
+    setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes).unwrap();
+}
+
+/// One raw 512-byte tar header of type `t` declaring `size` bytes of data.
+pub fn raw_header(t: EntryType, name: &str, size: u64) -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(t);
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_mode(0o644);
+    h.set_mtime(MTIME);
+    h.set_size(size);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// `n` MiB of zeros as concatenated gzip members: a multi-GiB stream in a few KiB per
+/// GiB, cheap to build (layers are read with a multi-member gzip decoder).
+pub fn gzip_zeros_mib(n: usize) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let member = e.finish().unwrap();
+    let mut out = Vec::with_capacity(member.len() * n);
+    for _ in 0..n {
+        out.extend_from_slice(&member);
+    }
+    out
+}
