@@ -76,6 +76,10 @@ fn remove_corrupt(vms: &VmStore, which: &str) -> anyhow::Result<bool> {
         [] => Ok(false),
         [id] => {
             let _lock = vms.lock_vm(id)?;
+            // Rewritten meanwhile (a live watcher's update)? Then it is not ours to drop.
+            if !matches!(vms.load(id), Err(StateError::Corrupt { .. })) {
+                bail!("the record of VM {id} changed meanwhile; run rm again");
+            }
             vms.remove(id)?;
             Ok(true)
         }

@@ -450,12 +450,12 @@ pub fn supervise(
             // Ctrl-C on an attached `up` stops the deployment, as `compose up` does;
             // SIGTERM (another `up` or `down` taking over) only ends this supervisor.
             if attached && monitor::interrupted() {
-                writeln!(out, "stopping {}", dep.name)?;
+                let _ = writeln!(out, "stopping {}", dep.name);
                 let current = members(&vms, &host, &dep.name)?;
                 for name in plan::plan_down(dep) {
                     if let Some(vm) = current.get(&name).filter(|v| v.status.can_stop()) {
                         control::stop(&vms, &host, vm, STOP_TIMEOUT)?;
-                        writeln!(out, "{}: stopped", vm.name)?;
+                        let _ = writeln!(out, "{}: stopped", vm.name);
                     }
                 }
             }
@@ -482,8 +482,8 @@ pub fn supervise(
                     ""
                 };
                 let next = if restart { "; restarting" } else { "" };
-                writeln!(out, "{}: exited ({code}){why}{next}", vm.name)?;
-                out.flush()?;
+                let _ = writeln!(out, "{}: exited ({code}){why}{next}", vm.name);
+                let _ = out.flush();
             }
             if restart {
                 pending = true;
@@ -495,22 +495,24 @@ pub fn supervise(
                     continue;
                 }
                 match start(state_dir, &vms, dep, def, guest, Some(vm)) {
-                    Ok(_) => writeln!(out, "{}: restarted ({})", vm.name, vm.restart_count + 1)?,
+                    Ok(_) => {
+                        let _ = writeln!(out, "{}: restarted ({})", vm.name, vm.restart_count + 1);
+                    }
                     Err(e) if failed + 1 >= MAX_START_FAILURES => {
-                        writeln!(out, "{}: restart failed: {e:#}; giving up", vm.name)?;
+                        let _ = writeln!(out, "{}: restart failed: {e:#}; giving up", vm.name);
                         given_up.insert(vm.id.clone());
                     }
                     Err(e) => {
-                        writeln!(out, "{}: restart failed: {e:#}", vm.name)?;
+                        let _ = writeln!(out, "{}: restart failed: {e:#}", vm.name);
                         let retry = Instant::now() + restart_delay(vm.restart_count + failed + 1);
                         due.insert(key, (retry, failed + 1));
                     }
                 }
-                out.flush()?;
+                let _ = out.flush();
             }
         }
         if !pending {
-            writeln!(out, "{}: nothing left running", dep.name)?;
+            let _ = writeln!(out, "{}: nothing left running", dep.name);
             break;
         }
         std::thread::sleep(Duration::from_millis(300));

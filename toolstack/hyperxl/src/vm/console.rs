@@ -191,6 +191,14 @@ impl ConsoleLog {
         if self.size > 0 && self.size + len > self.limits.max_size {
             self.rotate();
         }
+        if self.file.is_none() {
+            // The last rotation could not reopen the file (a full disk, say): try again.
+            self.reopen();
+        }
+        if self.size > 0 && self.size + len > self.limits.max_size {
+            // Rotation failed: drop the line rather than grow past the bound.
+            return;
+        }
         let Some(file) = self.file.as_mut() else {
             return;
         };
@@ -228,8 +236,18 @@ impl ConsoleLog {
                 break;
             }
         }
+        self.reopen();
+    }
+
+    /// Opens `console.log` again, its size taken from the file (a failed rename above
+    /// leaves the old one in place, and the bound must still hold).
+    fn reopen(&mut self) {
         self.file = open_log_file(&self.path).ok();
-        self.size = 0;
+        self.size = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
     }
 }
 
@@ -288,8 +306,12 @@ pub fn spawn_copier(
 /// How long one `poll` waits before looking at `done` again.
 const POLL_MS: u16 = 100;
 
+/// How long the copier keeps draining after `done`: a guest that reported its exit
+/// code and keeps printing must not hold its watcher (and so its teardown) forever.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The copy loop: poll, read into a fixed buffer, split, write. Runs until `done` is set
-/// and a last read found nothing, or the console hung up for good.
+/// and a last read found nothing (or [`DRAIN_LIMIT`] passed since).
 pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, done: &AtomicBool) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 64 * 1024];
@@ -300,8 +322,15 @@ pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, done
             sink(line);
         }
     };
+    let mut ending_since: Option<std::time::Instant> = None;
     loop {
         let ending = done.load(Ordering::SeqCst);
+        if ending {
+            let since = *ending_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > DRAIN_LIMIT {
+                break;
+            }
+        }
         let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
         let ready = poll(
             &mut fds,
@@ -408,7 +437,9 @@ mod tests {
         assert!(total > MIN_LOG_SIZE, "the newest lines are kept: {total}");
         assert_eq!(log_files(&path).len(), 2);
         let newest = fs::read(&path).unwrap();
-        assert!(newest.ends_with(&[b'x'; 999][..]) || newest.ends_with(b"x\n"));
+        let mut last = [b'x'; 1000];
+        last[999] = b'\n';
+        assert!(newest.ends_with(&last), "whole lines, the newest last");
     }
 
     #[test]
@@ -465,6 +496,25 @@ mod tests {
         assert_eq!(count, 64 * 65536 / MAX_CONSOLE_LINE + 1);
         let text = fs::read(&path).unwrap();
         assert_eq!(text.len(), 64 * 65536 + count - 1 + 4);
+    }
+
+    /// From a review: a guest that reported its exit code and kept printing held its
+    /// watcher in the console drain for ever, so its domain was never torn down.
+    #[test]
+    fn the_drain_after_the_end_is_bounded_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // A console that always has more to say.
+        let endless = File::open("/dev/zero").unwrap();
+        let limits = LogLimits {
+            max_size: MIN_LOG_SIZE,
+            max_files: 1,
+        };
+        let log = ConsoleLog::open(&dir.path().join("console.log"), limits).unwrap();
+        let done = AtomicBool::new(true);
+        let begun = std::time::Instant::now();
+        copy(endless, log, None, &done);
+        let took = begun.elapsed();
+        assert!(took < DRAIN_LIMIT * 3, "drained for {took:?}");
     }
 
     #[test]

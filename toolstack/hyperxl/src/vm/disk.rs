@@ -49,6 +49,7 @@ pub enum DiskError {
 
 // The kernel's loop ABI (linux/loop.h); loopdev 0.5 has no LOOP_CONFIGURE.
 const LOOP_SET_FD: u32 = 0x4C00;
+const LOOP_CLR_FD: u32 = 0x4C01;
 const LOOP_SET_STATUS64: u32 = 0x4C04;
 const LOOP_GET_STATUS64: u32 = 0x4C05;
 const LOOP_CONFIGURE: u32 = 0x4C0A;
@@ -132,11 +133,8 @@ pub fn owner_tag(owner: &str) -> String {
     format!("hyperxl:{owner}")
 }
 
-fn ioctl_ptr<T>(fd: RawFd, request: u32, arg: *const T) -> io::Result<()> {
-    // SAFETY: `request` is one of the loop ioctls above, each of which reads (or, for
-    // LOOP_GET_STATUS64, writes) exactly one `T` of the kernel's layout at `arg`, which
-    // the callers point at a live, properly sized value; `fd` is open.
-    let r = unsafe { libc::ioctl(fd, request as _, arg) };
+/// An ioctl's return value as a `Result`.
+fn ioctl_result(r: libc::c_int) -> io::Result<()> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -144,19 +142,37 @@ fn ioctl_ptr<T>(fd: RawFd, request: u32, arg: *const T) -> io::Result<()> {
     }
 }
 
-fn ioctl_int(fd: RawFd, request: u32, arg: libc::c_ulong) -> io::Result<()> {
+/// `LOOP_CONFIGURE`: backing file, flags and name in one step.
+fn loop_configure(fd: RawFd, config: &LoopConfig) -> io::Result<()> {
+    // SAFETY: LOOP_CONFIGURE reads one `struct loop_config`, whose layout `LoopConfig`
+    // mirrors (size asserted above), from a pointer to a live value.
+    ioctl_result(unsafe { libc::ioctl(fd, LOOP_CONFIGURE as _, config as *const LoopConfig) })
+}
+
+/// `LOOP_SET_STATUS64`.
+fn loop_set_status(fd: RawFd, info: &LoopInfo64) -> io::Result<()> {
+    // SAFETY: LOOP_SET_STATUS64 reads one `struct loop_info64` (mirrored by
+    // `LoopInfo64`, size asserted above) from a pointer to a live value.
+    ioctl_result(unsafe { libc::ioctl(fd, LOOP_SET_STATUS64 as _, info as *const LoopInfo64) })
+}
+
+/// `LOOP_SET_FD`.
+fn loop_set_fd(fd: RawFd, backing: RawFd) -> io::Result<()> {
     // SAFETY: LOOP_SET_FD takes a plain integer (a file descriptor), no pointer.
-    let r = unsafe { libc::ioctl(fd, request as _, arg) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    ioctl_result(unsafe { libc::ioctl(fd, LOOP_SET_FD as _, backing as libc::c_ulong) })
+}
+
+/// `LOOP_CLR_FD`.
+fn loop_clr_fd(fd: RawFd) -> io::Result<()> {
+    // SAFETY: LOOP_CLR_FD takes no argument.
+    ioctl_result(unsafe { libc::ioctl(fd, LOOP_CLR_FD as _, 0) })
 }
 
 fn get_status(fd: RawFd) -> io::Result<LoopInfo64> {
     let mut info = LoopInfo64::zeroed();
-    ioctl_ptr(fd, LOOP_GET_STATUS64, &mut info as *mut LoopInfo64)?;
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` (mirrored by
+    // `LoopInfo64`, size asserted above) through a pointer to a live, writable value.
+    ioctl_result(unsafe { libc::ioctl(fd, LOOP_GET_STATUS64 as _, &mut info as *mut LoopInfo64) })?;
     Ok(info)
 }
 
@@ -174,17 +190,16 @@ fn bind(dev: RawFd, backing: &File, owner: &str) -> io::Result<()> {
             info,
             reserved: [0; 8],
         };
-        match ioctl_ptr(dev, LOOP_CONFIGURE, &config as *const LoopConfig) {
+        match loop_configure(dev, &config) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
                 NO_CONFIGURE.store(true, Ordering::Relaxed);
             }
             done => return done,
         }
     }
-    ioctl_int(dev, LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong)?;
-    if let Err(e) = ioctl_ptr(dev, LOOP_SET_STATUS64, &info as *const LoopInfo64) {
-        // SAFETY: LOOP_CLR_FD takes no argument.
-        let _ = unsafe { libc::ioctl(dev, 0x4C01 as _, 0) };
+    loop_set_fd(dev, backing.as_raw_fd())?;
+    if let Err(e) = loop_set_status(dev, &info) {
+        let _ = loop_clr_fd(dev);
         return Err(e);
     }
     Ok(())

@@ -179,6 +179,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// Replaces `path` with `bytes` written into `reserve`, a file whose blocks were
+/// allocated earlier: on a full disk this needs no new space (the rewrite stays inside
+/// the allocated blocks; the rest is given back), where [`write_atomic`] would fail.
+/// `reserve` is consumed (renamed over `path`).
+pub fn write_atomic_into(reserve: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(reserve)?;
+    if file.metadata()?.len() < bytes.len() as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "the reserved space is smaller than the record",
+        ));
+    }
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(reserve, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Makes a rename or unlink in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -201,6 +224,19 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_record_written_into_the_reserve_replaces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reserve, path) = (dir.path().join("reserve"), dir.path().join("state.json"));
+        fs::write(&path, b"old").unwrap();
+        fs::write(&reserve, [0u8; 8]).unwrap();
+        assert!(write_atomic_into(&reserve, &path, b"far too long").is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        write_atomic_into(&reserve, &path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert!(!reserve.exists());
     }
 
     #[test]

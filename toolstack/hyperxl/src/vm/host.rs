@@ -195,9 +195,7 @@ pub fn reconcile_all(
         vms,
         |d, name| host.probe(d, name),
         |name| host.find(name),
-        |d, name| {
-            let _ = host.destroy(d, name);
-        },
+        |d, name| host.destroy(d, name).is_ok(),
     )
 }
 

@@ -40,6 +40,11 @@ pub enum ConsoleOut {
 
 /// Set by SIGINT/SIGTERM: ask the guest to stop.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Seen by the watcher: a stop was asked for through xenstore (by `hyperxl stop`, or
+/// this process on a signal), which is recorded as `stopped_by_user` even when `stop`
+/// itself could not write the record (a full state disk): a restart policy must not
+/// bring back a VM the user stopped.
+static STOP_SEEN: AtomicBool = AtomicBool::new(false);
 /// Set by SIGINT alone (Ctrl-C), which an attached supervisor treats differently.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -143,11 +148,6 @@ fn reserve_space(vms: &VmStore, id: &str) {
     }
 }
 
-/// Frees the reserve; whether there was one.
-fn release_reserve(vms: &VmStore, id: &str) -> bool {
-    std::fs::remove_file(vms.dir(id).join(RESERVE_FILE)).is_ok()
-}
-
 /// A record update the VM does not depend on: on failure (a full state disk) the VM
 /// keeps running and the watcher says why on stderr.
 fn best_effort<T, E: std::fmt::Display>(r: Result<T, E>) {
@@ -202,6 +202,9 @@ pub fn finish(
         vm.domid = None;
         vm.loop_device = None;
         vm.finished_at = Some(state::now());
+        if STOP_SEEN.load(Ordering::SeqCst) {
+            vm.stopped_by_user = true;
+        }
         match &result {
             Ok(code) => vm.exit_code = Some(*code),
             // Killed on purpose while it was being built: that is no failure.
@@ -209,13 +212,10 @@ pub fn finish(
             Err(err) => vm.error = Some(format!("{err:#}")),
         }
     };
-    // On a full state disk the space kept back at the start makes room for this record.
-    let vm = match vms.update(id, record) {
-        Ok(vm) => vm,
-        Err(_) if release_reserve(vms, id) => vms.update(id, record)?,
-        Err(e) => return Err(e.into()),
-    };
-    release_reserve(vms, id);
+    // On a full state disk the space kept back at the start takes this record.
+    let reserve = vms.dir(id).join(RESERVE_FILE);
+    let vm = vms.update_with_reserve(id, &reserve, record)?;
+    let _ = std::fs::remove_file(&reserve);
     let recorded = if vm.auto_remove {
         let _ = vms.bury(&vm);
         vms.remove(id)
@@ -251,6 +251,11 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         .context("watching for the domain's end")?;
     loop {
         if let Some(code) = read_exit_code(xs, domid.0) {
+            // The key is dom0's own (the guest cannot write below `hyperxl/`).
+            let stop_key = xs.read(&keys::abs(domid.0, keys::SHUTDOWN));
+            if stop_key.is_ok_and(|v| v == b"stop") {
+                STOP_SEEN.store(true, Ordering::SeqCst);
+            }
             if !started {
                 // Started and ended between two polls.
                 super::timing::mark("boot-to-started");

@@ -46,12 +46,13 @@ pub fn unwatched(vm: &VmState) -> bool {
 /// Records the end of every unwatched VM whose domain is gone or ended; `probe` asks
 /// Xen about a domid, `find` looks a domain up by name (a watcher killed while libxl
 /// was still building the domain never learnt its domid), `destroy` tears down an
-/// ended domain. Returns every VM, updated.
+/// ended domain and says whether it is gone (if not, the VM is left as it is, for the
+/// next reconcile to try again). Returns every VM, updated.
 pub fn reconcile(
     vms: &VmStore,
     probe: impl Fn(u32, &str) -> DomainFact,
     find: impl Fn(&str) -> Option<u32>,
-    destroy: impl Fn(u32, &str),
+    destroy: impl Fn(u32, &str) -> bool,
 ) -> Result<Vec<VmState>, state::StateError> {
     let mut out = Vec::new();
     for vm in vms.list()? {
@@ -64,8 +65,9 @@ pub fn reconcile(
         let mut fact = domid.map_or(DomainFact::Gone, |d| probe(d, &name));
         if fact == DomainFact::NeverStarted {
             if vm.status == Status::Created {
-                if let Some(domid) = domid {
-                    destroy(domid, &name);
+                if domid.is_some_and(|d| !destroy(d, &name)) {
+                    out.push(vm);
+                    continue;
                 }
             } else {
                 // Unpaused once and paused since (`xl pause`): the operator's business.
@@ -86,7 +88,11 @@ pub fn reconcile(
             continue;
         }
         if let (Some(domid), DomainFact::Ended { .. }) = (domid, fact) {
-            destroy(domid, &name);
+            if !destroy(domid, &name) {
+                // Still there: recording an end now would leak its memory for good.
+                out.push(vm);
+                continue;
+            }
         }
         let updated = vms.update(&vm.id, |vm| {
             // Someone else may have recorded the end meanwhile.
@@ -156,7 +162,7 @@ mod tests {
         vms.create(&running("aa01", "dead", u32::MAX)).unwrap();
         vms.create(&running("bb02", "watched", std::process::id()))
             .unwrap();
-        let list = reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
+        let list = reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| true).unwrap();
         let dead = list.iter().find(|v| v.name == "dead").unwrap();
         assert_eq!(dead.status, Status::Exited);
         assert!(dead.error.as_deref().unwrap().contains("without reporting"));
@@ -196,7 +202,10 @@ mod tests {
             &vms,
             |_, _| DomainFact::Ended { exit_code: Some(3) },
             |_| None,
-            |d, _| destroyed.set(Some(d)),
+            |d, _| {
+                destroyed.set(Some(d));
+                true
+            },
         )
         .unwrap();
         let vm = vms.load("aa01").unwrap();
@@ -214,7 +223,7 @@ mod tests {
         let mut vm = running("aa01", "killed", u32::MAX);
         vm.killed = true;
         vms.create(&vm).unwrap();
-        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
+        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| true).unwrap();
         let vm = vms.load("aa01").unwrap();
         assert_eq!((vm.exit_code, vm.error), (Some(137), None));
     }
@@ -255,7 +264,7 @@ mod tests {
             &vms,
             |_, _| DomainFact::Ended { exit_code: Some(4) },
             |_| None,
-            |_, _| {},
+            |_, _| true,
         )
         .unwrap();
         assert!(list.is_empty(), "{list:?}");
@@ -272,7 +281,7 @@ mod tests {
         vm.loop_device = Some("/dev/no-such-loop7".into());
         vm.disk_file = Some(dir.path().join("disk.img"));
         vms.create(&vm).unwrap();
-        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| {}).unwrap();
+        reconcile(&vms, |_, _| DomainFact::Gone, |_| None, |_, _| true).unwrap();
         let vm = vms.load("aa01").unwrap();
         assert_eq!((vm.status, vm.loop_device), (Status::Exited, None));
     }
@@ -293,7 +302,10 @@ mod tests {
             &vms,
             |_, _| DomainFact::NeverStarted,
             |_| None,
-            |d, name| destroyed.borrow_mut().push((d, name.to_owned())),
+            |d, name| {
+                destroyed.borrow_mut().push((d, name.to_owned()));
+                true
+            },
         )
         .unwrap();
         assert_eq!(*destroyed.borrow(), [(7, "hyperxl-stuck".to_owned())]);
@@ -311,5 +323,31 @@ mod tests {
             vm.error
         );
         assert_eq!(vms.load("bb02").unwrap().status, Status::Running);
+    }
+
+    /// From a review: a failed destroy was recorded as an end, and the domain (with its
+    /// memory) was never looked at again.
+    #[test]
+    fn a_domain_that_could_not_be_destroyed_is_tried_again_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = VmStore::open(dir.path()).unwrap();
+        let mut vm = running("aa01", "stuck", u32::MAX);
+        vm.status = Status::Created;
+        vms.create(&vm).unwrap();
+        vms.create(&running("bb02", "ended", u32::MAX)).unwrap();
+        let probe = |d: u32, _: &str| {
+            if d == 7 {
+                DomainFact::NeverStarted
+            } else {
+                DomainFact::Ended { exit_code: Some(3) }
+            }
+        };
+        vms.update("bb02", |v| v.domid = Some(9)).unwrap();
+        reconcile(&vms, probe, |_| None, |_, _| false).unwrap();
+        assert_eq!(vms.load("aa01").unwrap().status, Status::Created);
+        assert_eq!(vms.load("bb02").unwrap().status, Status::Running);
+        reconcile(&vms, probe, |_| None, |_, _| true).unwrap();
+        assert_eq!(vms.load("aa01").unwrap().status, Status::Exited);
+        assert_eq!(vms.load("bb02").unwrap().exit_code, Some(3));
     }
 }

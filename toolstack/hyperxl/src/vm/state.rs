@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -303,6 +303,28 @@ impl VmStore {
         Ok(vm)
     }
 
+    /// [`VmStore::update`] for a record that must be written even on a full disk: if
+    /// the ordinary write fails, the record is written into `reserve` (space allocated
+    /// earlier, see [`files::write_atomic_into`]), which then becomes the state file.
+    pub fn update_with_reserve(
+        &self,
+        id: &str,
+        reserve: &Path,
+        change: impl FnOnce(&mut VmState),
+    ) -> Result<VmState, StateError> {
+        let _lock = self.lock_vm(id)?;
+        let mut vm = self.load(id)?;
+        change(&mut vm);
+        if let Err(e) = self.save(&vm) {
+            let path = self.dir(id).join("state.json");
+            let json = serde_json::to_vec_pretty(&vm).expect("VmState serialises");
+            if files::write_atomic_into(reserve, &path, &json).is_err() {
+                return Err(e);
+            }
+        }
+        Ok(vm)
+    }
+
     /// Reads VM `id`'s record.
     pub fn load(&self, id: &str) -> Result<VmState, StateError> {
         let path = self.dir(id).join("state.json");
@@ -455,7 +477,9 @@ fn warn_corrupt(path: &Path, err: &serde_json::Error) {
         .unwrap_or(true);
     if first {
         let dir = path.parent().unwrap_or(path);
-        eprintln!(
+        // Not eprintln!: a detached watcher's stderr may be a file on a full disk.
+        let _ = writeln!(
+            io::stderr(),
             "hyperxl: warning: skipping VM {}: corrupt state.json ({err}); remove it with hyperxl rm -f {}",
             dir.display(),
             dir.file_name().unwrap_or_default().to_string_lossy()
