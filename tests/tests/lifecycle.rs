@@ -190,7 +190,12 @@ fn vms_are_managed_from_start_to_removal() {
         .lines()
         .find(|l| l.contains(" crash "))
         .unwrap_or_else(|| panic!("{ps}"));
-    assert!(line.contains("(unwatched)"), "ps tells the truth: {ps}");
+    // Killed before unpause, the paused domain is reaped at once (issue 10, defect 7,
+    // checked deterministically in hardening.rs); killed just after, it runs unwatched.
+    assert!(
+        line.contains("(unwatched)") || line.contains("exited"),
+        "ps tells the truth: {ps}"
+    );
     assert_eq!(
         run["rmf_crash"].assert_success("rmf_crash").stdout,
         "crash\n"
