@@ -20,12 +20,14 @@
 //! Modules: [`reference`](mod@reference) (names), [`digest`], [`store`] (blobs, records, disks, locking,
 //! prune), [`load`] (`docker save` / OCI layouts), [`pull`] + [`auth`] (registries),
 //! [`merge`] (layers to one sanitised tar stream), [`disk`] (`mksquashfs -tar`),
-//! [`limits`] (hostile-input limits), [`run`] (the one external-command runner).
+//! [`limits`] (hostile-input limits), [`run`] (the one external-command runner),
+//! [`fuzzing`] (entry points for the fuzz targets).
 
 pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod disk;
+pub mod fuzzing;
 pub mod layer;
 pub mod limits;
 pub mod load;
