@@ -22,12 +22,14 @@
 //! [`merge`] (layers to one sanitised tar stream), [`disk`] (`mksquashfs -tar`),
 //! [`limits`] (hostile-input limits), [`targuard`] (tar metadata records
 //! bounded before they are read), [`run`] (the one external-command runner), [`text`]
-//! (untrusted text made safe for error messages).
+//! (untrusted text made safe for error messages), [`fuzzing`] (entry points for the fuzz
+//! targets).
 
 pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod disk;
+pub mod fuzzing;
 pub mod layer;
 pub mod limits;
 pub mod load;

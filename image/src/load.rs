@@ -173,7 +173,7 @@ fn archive_limit(limits: &Limits) -> u64 {
 }
 
 /// Member names as keys: no leading `./` or `/`, `.` components dropped.
-fn member_key(name: &str) -> String {
+pub(crate) fn member_key(name: &str) -> String {
     name.split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect::<Vec<_>>()
@@ -445,7 +445,7 @@ impl Members {
     }
 }
 
-fn platform(config: &ImageConfiguration) -> String {
+pub(crate) fn platform(config: &ImageConfiguration) -> String {
     format!("{}/{}", config.os(), config.architecture())
 }
 
@@ -475,35 +475,13 @@ fn oci_images(
         let digest: Digest = desc.digest().to_string().parse()?;
         let blob = format!("blobs/sha256/{}", digest.hex());
         let (value, bytes) = m.read_json::<serde_json::Value>(&blob, limit)?;
-        // containerd (and `docker save` >= 25) put the full name here; the OCI ref.name is
-        // often a bare tag.
-        let annotations = desc.annotations().clone().unwrap_or_default();
-        let name = match annotations.get("io.containerd.image.name") {
-            Some(n) => Some(n.parse::<Reference>()?.to_string()),
-            None => annotations
-                .get("org.opencontainers.image.ref.name")
-                .cloned(),
-        }
-        .or(inherited);
-        let media = desc.media_type().to_string();
-        if media.contains("index")
-            || media.contains("manifest.list")
-            || value.get("manifests").is_some()
-        {
+        let name = descriptor_name(&desc)?.or(inherited);
+        if is_index(&desc, &value) {
             if depth >= MAX_INDEX_DEPTH {
                 return Err(LoadError::IndexTooDeep);
             }
             staging.add_bytes(&bytes, Some(&digest), "image index")?;
-            let idx: ImageIndex =
-                serde_json::from_value(value).map_err(|source| LoadError::Malformed {
-                    what: format!("image index {digest}"),
-                    source,
-                })?;
-            // A layout may carry several platforms: take linux/amd64 (or the only one).
-            let pick =
-                crate::platform::choose(idx.manifests(), &crate::platform::Platform::default())
-                    .cloned();
-            if let Some(d) = pick {
+            if let Some(d) = pick_from_index(value, &digest)? {
                 todo.push((d, depth + 1, name));
             }
             continue;
@@ -520,7 +498,42 @@ fn oci_images(
     Ok(out)
 }
 
-fn image_name(
+/// The name a layout's descriptor gives its image: containerd (and `docker save` >= 25)
+/// put the full name in `io.containerd.image.name` (checked as a reference); the OCI
+/// `ref.name` is often a bare tag.
+pub(crate) fn descriptor_name(
+    desc: &oci_spec::image::Descriptor,
+) -> Result<Option<String>, LoadError> {
+    let annotations = desc.annotations().clone().unwrap_or_default();
+    Ok(match annotations.get("io.containerd.image.name") {
+        Some(n) => Some(n.parse::<Reference>()?.to_string()),
+        None => annotations
+            .get("org.opencontainers.image.ref.name")
+            .cloned(),
+    })
+}
+
+/// Whether the document a descriptor points at is an index rather than a manifest.
+pub(crate) fn is_index(desc: &oci_spec::image::Descriptor, value: &serde_json::Value) -> bool {
+    let media = desc.media_type().to_string();
+    media.contains("index") || media.contains("manifest.list") || value.get("manifests").is_some()
+}
+
+/// The descriptor a nested index (blob `digest`) offers for linux/amd64, or its only
+/// one; `None` when it has neither.
+pub(crate) fn pick_from_index(
+    value: serde_json::Value,
+    digest: &Digest,
+) -> Result<Option<oci_spec::image::Descriptor>, LoadError> {
+    let idx: ImageIndex = serde_json::from_value(value).map_err(|source| LoadError::Malformed {
+        what: format!("image index {digest}"),
+        source,
+    })?;
+    // A layout may carry several platforms: take linux/amd64 (or the only one).
+    Ok(crate::platform::choose(idx.manifests(), &crate::platform::Platform::default()).cloned())
+}
+
+pub(crate) fn image_name(
     name: Option<String>,
     tag: Option<&Reference>,
     id: &Digest,
@@ -580,11 +593,28 @@ fn import_manifest(
 /// One entry of a `docker save` `manifest.json`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DockerSaveEntry {
-    config: String,
+pub(crate) struct DockerSaveEntry {
+    pub(crate) config: String,
     #[serde(default)]
-    repo_tags: Option<Vec<String>>,
-    layers: Vec<String>,
+    pub(crate) repo_tags: Option<Vec<String>>,
+    pub(crate) layers: Vec<String>,
+}
+
+/// The digest a `docker save` config member's name announces (`<hex>.json` or
+/// `blobs/sha256/<hex>`), if it is one.
+pub(crate) fn config_name_digest(config: &str) -> Option<Digest> {
+    let stem = member_key(config);
+    let stem = stem.rsplit('/').next().unwrap_or_default();
+    Digest::from_hex(stem.trim_end_matches(".json")).ok()
+}
+
+/// The names one `docker save` entry gives its image (`None`: unnamed, or `-t` given).
+pub(crate) fn docker_names(e: &DockerSaveEntry, tag: Option<&Reference>) -> Vec<Option<String>> {
+    match (&e.repo_tags, tag) {
+        (_, Some(_)) => vec![None],
+        (Some(t), None) if !t.is_empty() => t.iter().cloned().map(Some).collect(),
+        _ => vec![None],
+    }
 }
 
 fn docker_images(
@@ -597,10 +627,7 @@ fn docker_images(
         m.read_json::<Vec<DockerSaveEntry>>("manifest.json", limits.max_json_bytes)?;
     let mut out = Vec::new();
     for e in entries {
-        // The config's name is its digest (`<hex>.json` or `blobs/sha256/<hex>`).
-        let stem = member_key(&e.config);
-        let stem = stem.rsplit('/').next().unwrap_or_default();
-        let expected = Digest::from_hex(stem.trim_end_matches(".json")).ok();
+        let expected = config_name_digest(&e.config);
         let (_, cbytes) = m.read_json::<serde_json::Value>(&e.config, limits.max_json_bytes)?;
         let cdigest = staging.add_bytes(&cbytes, expected.as_ref(), "image config")?;
         let config = parse_config(&cbytes)?;
@@ -614,12 +641,7 @@ fn docker_images(
                 media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
             });
         }
-        let names: Vec<Option<String>> = match (&e.repo_tags, tag) {
-            (_, Some(_)) => vec![None],
-            (Some(t), None) if !t.is_empty() => t.iter().cloned().map(Some).collect(),
-            _ => vec![None],
-        };
-        for n in names {
+        for n in docker_names(&e, tag) {
             out.push(ImageRecord {
                 reference: image_name(n, tag, &cdigest)?,
                 id: cdigest.clone(),

@@ -149,7 +149,7 @@ impl PullOptions {
     }
 }
 
-fn is_index(media: &str, value: &serde_json::Value) -> bool {
+pub(crate) fn is_index(media: &str, value: &serde_json::Value) -> bool {
     media.contains("index") || media.contains("manifest.list") || value.get("manifests").is_some()
 }
 
@@ -174,54 +174,16 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
     let mut staging = store.stage()?;
     let (mut bytes, mut media, mut digest) =
         reg.manifest(&r.manifest_reference(), limits.max_json_bytes)?;
-    let malformed = |what: &str| {
-        let what = what.to_string();
-        move |source| PullError::Malformed { what, source }
-    };
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(malformed("manifest"))?;
-    if value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
-        return Err(PullError::UnsupportedManifest("schema 1".into()));
-    }
+    let mut value = parse_document(&bytes)?;
     if is_index(&media, &value) {
-        let index: ImageIndex = serde_json::from_value(value).map_err(malformed("image index"))?;
-        let chosen =
-            crate::platform::choose(index.manifests(), &opts.platform).ok_or_else(|| {
-                PullError::NoPlatform {
-                    wanted: opts.platform.to_string(),
-                    available: index
-                        .manifests()
-                        .iter()
-                        .filter_map(|m| m.platform().as_ref())
-                        .map(|p| format!("{}/{}", p.os(), p.architecture()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                        .chars()
-                        .take(200)
-                        .map(|c| if crate::text::is_unsafe(c) { '?' } else { c })
-                        .collect(),
-                }
-            })?;
-        let want: Digest = chosen.digest().to_string().parse()?;
+        let want = choose_from_index(value, &opts.platform)?;
         (bytes, media, digest) = reg.manifest(&want.to_string(), limits.max_json_bytes)?;
-        value = serde_json::from_slice(&bytes).map_err(malformed("manifest"))?;
+        value = parse_document(&bytes)?;
         if is_index(&media, &value) {
             return Err(PullError::UnsupportedManifest(media));
         }
     }
-    // The document's own mediaType is authoritative; some registries send plain
-    // `application/json` as the Content-Type.
-    if let Some(m) = value.get("mediaType").and_then(|m| m.as_str()) {
-        media = m.to_string();
-    }
-    if !(media.is_empty()
-        || media.contains("manifest.v1+json")
-        || media.contains("manifest.v2+json"))
-    {
-        return Err(PullError::UnsupportedManifest(media));
-    }
-    let manifest: ImageManifest =
-        serde_json::from_value(value).map_err(malformed("image manifest"))?;
+    let manifest = image_manifest(value, media)?;
     check_declared(&manifest, &staging, store)?;
     staging.add_bytes(&bytes, Some(&digest), "image manifest")?;
 
@@ -249,17 +211,7 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
     staging.adopt(d, tmp);
 
     // Layers, in parallel.
-    let layers: Vec<(Digest, u64, String)> = manifest
-        .layers()
-        .iter()
-        .map(|l| {
-            Ok((
-                l.digest().to_string().parse()?,
-                l.size(),
-                l.media_type().to_string(),
-            ))
-        })
-        .collect::<Result<_, PullError>>()?;
+    let layers = layer_list(&manifest)?;
     let todo: Vec<&(Digest, u64, String)> =
         layers.iter().filter(|l| !staging.has_blob(&l.0)).collect();
     let progress = Progress::new(opts.progress, todo.iter().map(|l| l.1).sum(), todo.len());
@@ -357,6 +309,82 @@ fn check_declared(
     }
     store.check_space(new)?;
     Ok(())
+}
+
+fn malformed(what: &str) -> impl FnOnce(serde_json::Error) -> PullError {
+    let what = what.to_string();
+    move |source| PullError::Malformed { what, source }
+}
+
+/// A manifest document as fetched: parsed as JSON, schema 1 refused.
+pub(crate) fn parse_document(bytes: &[u8]) -> Result<serde_json::Value, PullError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed("manifest"))?;
+    if value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
+        return Err(PullError::UnsupportedManifest("schema 1".into()));
+    }
+    Ok(value)
+}
+
+/// The digest of the manifest an index / manifest list offers for `platform`.
+pub(crate) fn choose_from_index(
+    value: serde_json::Value,
+    platform: &Platform,
+) -> Result<Digest, PullError> {
+    let index: ImageIndex = serde_json::from_value(value).map_err(malformed("image index"))?;
+    let chosen = crate::platform::choose(index.manifests(), platform).ok_or_else(|| {
+        PullError::NoPlatform {
+            wanted: platform.to_string(),
+            available: index
+                .manifests()
+                .iter()
+                .filter_map(|m| m.platform().as_ref())
+                .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                .collect::<Vec<_>>()
+                .join(", ")
+                .chars()
+                .take(200)
+                .map(|c| if crate::text::is_unsafe(c) { '?' } else { c })
+                .collect(),
+        }
+    })?;
+    Ok(chosen.digest().to_string().parse()?)
+}
+
+/// An image manifest (OCI or Docker v2s2) from a parsed document; `media` is the
+/// Content-Type, overridden by the document's own `mediaType`.
+pub(crate) fn image_manifest(
+    value: serde_json::Value,
+    mut media: String,
+) -> Result<ImageManifest, PullError> {
+    // The document's own mediaType is authoritative; some registries send plain
+    // `application/json` as the Content-Type.
+    if let Some(m) = value.get("mediaType").and_then(|m| m.as_str()) {
+        media = m.to_string();
+    }
+    if !(media.is_empty()
+        || media.contains("manifest.v1+json")
+        || media.contains("manifest.v2+json"))
+    {
+        return Err(PullError::UnsupportedManifest(media));
+    }
+    serde_json::from_value(value).map_err(malformed("image manifest"))
+}
+
+/// A manifest's layers: digest, size and media type.
+pub(crate) fn layer_list(
+    manifest: &ImageManifest,
+) -> Result<Vec<(Digest, u64, String)>, PullError> {
+    manifest
+        .layers()
+        .iter()
+        .map(|l| {
+            Ok((
+                l.digest().to_string().parse()?,
+                l.size(),
+                l.media_type().to_string(),
+            ))
+        })
+        .collect()
 }
 
 type Fetched = (Digest, u64, tempfile::NamedTempFile);
