@@ -258,8 +258,18 @@ pub fn down(
             writeln!(out, "{}: removed", vm.name)?;
         }
     }
-    // The locks stay: a process waiting on one must not end up holding a removed file.
-    let _ = std::fs::remove_file(deployment_dir(state_dir, &dep.name).join("supervisor.log"));
+    // Nothing left behind. Under the deployment's lock no supervisor runs or starts; a
+    // process waiting on a lock file removed here takes the next one (`files::lock`).
+    let dir = deployment_dir(state_dir, &dep.name);
+    for f in [
+        "supervisor.log",
+        "supervisor.pid",
+        "supervisor.lock",
+        ".lock",
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let _ = std::fs::remove_dir(&dir);
     Ok(())
 }
 
@@ -286,10 +296,16 @@ pub struct DeploymentLock {
 
 /// Waits for and takes deployment `name`'s lock.
 pub fn lock_deployment(state_dir: &Path, name: &str) -> anyhow::Result<DeploymentLock> {
-    let path = private_deployment_dir(state_dir, name)?.join(".lock");
-    let lock = files::lock(&path, true)
-        .with_context(|| format!("locking {}", path.display()))?
-        .context("a blocking lock is always taken")?;
+    let mut tries = 0;
+    let lock = loop {
+        let path = private_deployment_dir(state_dir, name)?.join(".lock");
+        match files::lock(&path, true) {
+            Ok(lock) => break lock.context("a blocking lock is always taken")?,
+            // `down` removed the directory between our mkdir and open: make it again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    };
     Ok(DeploymentLock {
         _lock: lock,
         name: name.to_owned(),

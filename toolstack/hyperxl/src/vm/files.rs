@@ -111,24 +111,40 @@ fn tighten(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
 
 /// Opens (creating 0600, never through a symlink) the lock file `path` and takes an
 /// exclusive flock on it; `wait`: block until it is free, else `None` when it is held.
+///
+/// A lock file may be removed by its holder (`down` cleans up after itself): a lock
+/// taken on a file that is no longer at `path` is dropped and taken again on the new
+/// one, so two processes never both believe they hold it.
 pub fn lock(path: &Path, wait: bool) -> io::Result<Option<nix::fcntl::Flock<File>>> {
     use nix::fcntl::{Flock, FlockArg};
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let arg = if wait {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
-    match Flock::lock(file, arg) {
-        Ok(l) => Ok(Some(l)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
-        Err((_, errno)) => Err(errno.into()),
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        match Flock::lock(file, arg) {
+            Ok(l) if still_at(&l, path) => return Ok(Some(l)),
+            // Removed (or replaced) while we waited for it: lock the current one.
+            Ok(_) => continue,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => return Ok(None),
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Whether the open `file` is the one `path` names now.
+fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(now)) => open.ino() == now.ino() && open.dev() == now.dev(),
+        _ => false,
     }
 }
 
@@ -224,6 +240,28 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// `down` removes the deployment's lock files while holding the lock: a waiter
+    /// must then hold the new file, never the removed one.
+    #[test]
+    fn a_lock_file_removed_by_its_holder_is_taken_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let held = lock(&path, true).unwrap().unwrap();
+        let p2 = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let l = lock(&p2, true).unwrap().unwrap();
+            still_at(&l, &p2)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fs::remove_file(&path).unwrap();
+        drop(held);
+        assert!(
+            waiter.join().unwrap(),
+            "the waiter locks the file at the path"
+        );
+        assert!(path.exists());
     }
 
     #[test]
