@@ -30,6 +30,13 @@ pub enum HeaderError {
         /// The limit.
         limit: u64,
     },
+    /// An entry whose declared size, rounded up to whole blocks, does not fit in 64 bits
+    /// (base-256 sizes can say so).
+    #[error("entry size {size} is out of range")]
+    SizeOutOfRange {
+        /// The size its header declares.
+        size: u64,
+    },
     /// A GNU sparse entry (the name from its header, sanitised).
     #[error("sparse file {name:?} not supported")]
     Sparse {
@@ -161,7 +168,11 @@ impl<R: Read> Guard<R> {
             }
             _ => self.pending_size.take().unwrap_or(size),
         };
-        self.data_left = data.div_ceil(BLOCK as u64) * BLOCK as u64;
+        // Found by fuzzing: a base-256 size near 2^64 overflowed here (wrapping in
+        // release builds, which would put the guard out of step with tar).
+        self.data_left = data
+            .checked_next_multiple_of(BLOCK as u64)
+            .ok_or_else(|| io::Error::other(HeaderError::SizeOutOfRange { size: data }))?;
         if self.capture.as_ref().is_some_and(|(_, want)| *want == 0) {
             self.finish_capture();
         }
@@ -315,6 +326,29 @@ mod tests {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             (&mut self.0).take(1).read(buf)
         }
+    }
+
+    /// Found by `scripts/fuzz` (layer_merge): a size of 2^64 - 1 overflowed the block
+    /// rounding.
+    #[test]
+    fn a_size_near_2_pow_64_is_refused_not_overflowed() {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_path("f").unwrap();
+        h.set_mode(0o644);
+        // Base-256: the high bit of the first byte, then the value.
+        h.as_old_mut().size = [
+            0x80, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        h.set_cksum();
+        let e = entries(h.as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                HeaderError::from_io(&e),
+                Some(HeaderError::SizeOutOfRange { .. })
+            ),
+            "{e}"
+        );
     }
 
     #[test]
