@@ -9,7 +9,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -100,8 +99,7 @@ pub fn supervise(
     let grace = vm_stop_grace(vms, id);
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let tty = ctx.console_tty(domid).context("finding the console")?;
-    let done = Arc::new(AtomicBool::new(false));
-    let console = spawn_console(&tty, vms, id, out, done.clone())?;
+    let console = spawn_console(&tty, vms, id, out)?;
     install_stop_handlers();
     reserve_space(vms, id);
     let result = (|| {
@@ -118,8 +116,7 @@ pub fn supervise(
     // The domain is torn down by `finish`, which every caller runs next.
     // Let the console drain what the guest wrote before it powered off.
     thread::sleep(Duration::from_millis(100));
-    done.store(true, Ordering::SeqCst);
-    let _ = console.join();
+    console.finish();
     result
 }
 
@@ -338,14 +335,13 @@ fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::
 }
 
 /// Starts copying the guest console to the VM's log (rotated at the VM's limits) and,
-/// when attached, to stdout (hiding the init's own lines unless asked), until `done`.
+/// when attached, to stdout (hiding the init's own lines unless asked).
 fn spawn_console(
     tty: &Path,
     vms: &VmStore,
     id: &str,
     out: ConsoleOut,
-    done: Arc<AtomicBool>,
-) -> anyhow::Result<thread::JoinHandle<()>> {
+) -> anyhow::Result<console::Copier> {
     let limits = vms.load(id).map(|vm| vm.log).unwrap_or_default();
     let log_path = vms.dir(id).join("console.log");
     let log = console::ConsoleLog::open(&log_path, limits)
@@ -363,7 +359,7 @@ fn spawn_console(
             }
         })),
     };
-    console::spawn_copier(tty, log, sink, done)
+    console::spawn_copier(tty, log, sink)
 }
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).
