@@ -136,10 +136,10 @@ fn reserve_space(vms: &VmStore, id: &str) {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        // No fsync: the filesystem accounts for the blocks when they are written (ext4's
-        // delayed allocation reserves them then, tmpfs allocates), and this runs on the
-        // way to unpause.
-        .and_then(|mut f| f.write_all(&[0u8; RESERVE_BYTES]));
+        .and_then(|mut f| {
+            f.write_all(&[0u8; RESERVE_BYTES])?;
+            f.sync_all()
+        });
     if written.is_err() {
         let _ = std::fs::remove_file(&path);
     }
