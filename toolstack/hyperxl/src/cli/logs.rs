@@ -123,8 +123,12 @@ fn copy_lines(
     Ok(())
 }
 
-/// Whether `path` now names another file than the open `f` (the log was rotated). Gone
-/// for a moment between rename and re-create is not a new file yet.
+/// Whether `path` now names another file than the open `f` (the log was rotated).
 fn rotated_away(f: &File, path: &Path) -> bool {
-    path.exists() && !crate::vm::files::still_at(f, path)
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(now)) => open.ino() != now.ino() || open.dev() != now.dev(),
+        // Gone for a moment between rename and re-create: not a new file yet.
+        _ => false,
+    }
 }

@@ -8,8 +8,7 @@
 //!   `console.log` is closed at `max-size` and renamed to `console.log.1` (the oldest
 //!   file beyond `max-file` is deleted). The size is taken from the file itself, so
 //!   restarts of the same VM, each a new watcher process, share one bound;
-//! - time: the copier sleeps in `poll(2)` on the tty and on a stop pipe, with no timeout:
-//!   an idle console costs dom0 no wake-ups at all.
+//! - time: the copier sleeps in `poll(2)` on the tty, never in a busy loop.
 //!
 //! Writes to the log are best effort: a full disk drops lines, it never stops the copy
 //! (and so never the VM, whose console would otherwise fill and block).
@@ -19,6 +18,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 use anyhow::Context as _;
@@ -172,7 +173,7 @@ pub struct ConsoleLog {
 impl ConsoleLog {
     /// Opens (creating, mode 0600) the log at `path`, continuing from its current size.
     pub fn open(path: &Path, limits: LogLimits) -> io::Result<Self> {
-        let file = crate::vm::files::open_private_append(path)?;
+        let file = open_log_file(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path: path.to_path_buf(),
@@ -241,7 +242,7 @@ impl ConsoleLog {
     /// Opens `console.log` again, its size taken from the file (a failed rename above
     /// leaves the old one in place, and the bound must still hold).
     fn reopen(&mut self) {
-        self.file = crate::vm::files::open_private_append(&self.path).ok();
+        self.file = open_log_file(&self.path).ok();
         self.size = self
             .file
             .as_ref()
@@ -268,26 +269,26 @@ pub fn log_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+fn open_log_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Where console lines go besides the log.
 pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
 
-/// A running copier (see [`spawn_copier`]).
-pub struct Copier {
-    thread: thread::JoinHandle<()>,
-    stop: File,
-}
-
-impl Copier {
-    /// Asks the copier to drain what is pending (at most [`DRAIN_LIMIT`]) and waits for it.
-    pub fn finish(self) {
-        let _ = (&self.stop).write_all(&[1]);
-        let _ = self.thread.join();
-    }
-}
-
-/// Copies the console tty at `tty` to the log (and every line to `sink`) until
-/// [`Copier::finish`].
-pub fn spawn_copier(tty: &Path, log: ConsoleLog, sink: Option<LineSink>) -> anyhow::Result<Copier> {
+/// Copies the console tty at `tty` to the log (and every line to `sink`) until `done`
+/// is set and nothing more is pending.
+pub fn spawn_copier(
+    tty: &Path,
+    log: ConsoleLog,
+    sink: Option<LineSink>,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -299,31 +300,19 @@ pub fn spawn_copier(tty: &Path, log: ConsoleLog, sink: Option<LineSink>) -> anyh
         nix::sys::termios::cfmakeraw(&mut t);
         let _ = nix::sys::termios::tcsetattr(&file, nix::sys::termios::SetArg::TCSANOW, &t);
     }
-    let (stop_rx, stop_tx) = stop_pipe().context("creating the console's stop pipe")?;
-    let thread = thread::spawn(move || copy(file, log, sink, &stop_rx));
-    Ok(Copier {
-        thread,
-        stop: stop_tx,
-    })
+    Ok(thread::spawn(move || copy(file, log, sink, &done)))
 }
 
-/// A pipe (read end, write end) whose read end becomes readable to stop a copier.
-pub fn stop_pipe() -> io::Result<(File, File)> {
-    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Ok((File::from(rx), File::from(tx)))
-}
-
-/// How long the copier pauses on a hung-up tty (which polls ready at once) before
-/// looking again: xenconsoled reopens it.
-const HANGUP_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long one `poll` waits before looking at `done` again.
+const POLL_MS: u16 = 100;
 
 /// How long the copier keeps draining after `done`: a guest that reported its exit
 /// code and keeps printing must not hold its watcher (and so its teardown) forever.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The copy loop: poll, read into a fixed buffer, split, write. Runs until `stop` is
-/// readable (or hung up) and a last read found nothing (or [`DRAIN_LIMIT`] passed since).
-pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, stop: &File) {
+/// The copy loop: poll, read into a fixed buffer, split, write. Runs until `done` is set
+/// and a last read found nothing (or [`DRAIN_LIMIT`] passed since).
+pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, done: &AtomicBool) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 64 * 1024];
     let mut lines = LineSplitter::default();
@@ -335,28 +324,21 @@ pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, stop
     };
     let mut ending_since: Option<std::time::Instant> = None;
     loop {
-        let ending = ending_since.is_some();
-        if ending_since.is_some_and(|since| since.elapsed() > DRAIN_LIMIT) {
-            break;
+        let ending = done.load(Ordering::SeqCst);
+        if ending {
+            let since = *ending_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > DRAIN_LIMIT {
+                break;
+            }
         }
-        let mut fds = [
-            PollFd::new(src.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        let timeout = if ending {
-            PollTimeout::ZERO
-        } else {
-            PollTimeout::NONE
-        };
-        let ready = poll(&mut fds, timeout);
+        let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(
+            &mut fds,
+            PollTimeout::from(if ending { 0 } else { POLL_MS }),
+        );
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) && !ending {
-            ending_since = Some(std::time::Instant::now());
-        }
         let mut got = 0;
-        if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-            && matches!(ready, Ok(n) if n > 0)
-        {
+        if matches!(ready, Ok(n) if n > 0) {
             match src.read(&mut buf) {
                 Ok(n) => got = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -372,7 +354,7 @@ pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, stop
             }
             if revents.contains(PollFlags::POLLHUP) || revents.contains(PollFlags::POLLERR) {
                 // A hung-up tty polls ready at once: do not spin on it.
-                thread::sleep(HANGUP_PAUSE);
+                thread::sleep(std::time::Duration::from_millis(u64::from(POLL_MS)));
             }
         }
     }
@@ -382,7 +364,6 @@ pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, stop
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn split_all(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, usize) {
         let mut s = LineSplitter::default();
@@ -500,14 +481,15 @@ mod tests {
             s.0 += 1;
             s.1 = s.1.max(l.len());
         });
-        let (stop_rx, mut stop_tx) = stop_pipe().unwrap();
-        let t = thread::spawn(move || copy(reader, log, Some(sink), &stop_rx));
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = done.clone();
+        let t = thread::spawn(move || copy(reader, log, Some(sink), &d2));
         for _ in 0..64 {
             writer.write_all(&[b'z'; 65536]).unwrap();
         }
         writer.write_all(b"end\n").unwrap();
         drop(writer);
-        stop_tx.write_all(&[1]).unwrap();
+        done.store(true, Ordering::SeqCst);
         t.join().unwrap();
         let (count, longest) = *seen.lock().unwrap();
         assert_eq!(longest, MAX_CONSOLE_LINE);
@@ -528,10 +510,9 @@ mod tests {
             max_files: 1,
         };
         let log = ConsoleLog::open(&dir.path().join("console.log"), limits).unwrap();
-        let (stop_rx, mut stop_tx) = stop_pipe().unwrap();
-        stop_tx.write_all(&[1]).unwrap();
+        let done = AtomicBool::new(true);
         let begun = std::time::Instant::now();
-        copy(endless, log, None, &stop_rx);
+        copy(endless, log, None, &done);
         let took = begun.elapsed();
         assert!(took < DRAIN_LIMIT * 3, "drained for {took:?}");
     }

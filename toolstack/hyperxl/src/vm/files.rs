@@ -141,7 +141,7 @@ pub fn lock(path: &Path, wait: bool) -> io::Result<Option<nix::fcntl::Flock<File
 }
 
 /// Whether the open `file` is the one `path` names now.
-pub fn still_at(file: &File, path: &Path) -> bool {
+fn still_at(file: &File, path: &Path) -> bool {
     match (file.metadata(), fs::symlink_metadata(path)) {
         (Ok(open), Ok(now)) => open.ino() == now.ino() && open.dev() == now.dev(),
         _ => false,

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -99,7 +100,8 @@ pub fn supervise(
     let grace = vm_stop_grace(vms, id);
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let tty = ctx.console_tty(domid).context("finding the console")?;
-    let console = spawn_console(&tty, vms, id, out)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let console = spawn_console(&tty, vms, id, out, done.clone())?;
     install_stop_handlers();
     reserve_space(vms, id);
     let result = (|| {
@@ -116,7 +118,8 @@ pub fn supervise(
     // The domain is torn down by `finish`, which every caller runs next.
     // Let the console drain what the guest wrote before it powered off.
     thread::sleep(Duration::from_millis(100));
-    console.finish();
+    done.store(true, Ordering::SeqCst);
+    let _ = console.join();
     result
 }
 
@@ -335,13 +338,14 @@ fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::
 }
 
 /// Starts copying the guest console to the VM's log (rotated at the VM's limits) and,
-/// when attached, to stdout (hiding the init's own lines unless asked).
+/// when attached, to stdout (hiding the init's own lines unless asked), until `done`.
 fn spawn_console(
     tty: &Path,
     vms: &VmStore,
     id: &str,
     out: ConsoleOut,
-) -> anyhow::Result<console::Copier> {
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
     let limits = vms.load(id).map(|vm| vm.log).unwrap_or_default();
     let log_path = vms.dir(id).join("console.log");
     let log = console::ConsoleLog::open(&log_path, limits)
@@ -359,7 +363,7 @@ fn spawn_console(
             }
         })),
     };
-    console::spawn_copier(tty, log, sink)
+    console::spawn_copier(tty, log, sink, done)
 }
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).
