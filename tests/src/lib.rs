@@ -36,8 +36,11 @@ pub struct Outcome {
     pub stdout: String,
     /// Everything the step wrote to stderr.
     pub stderr: String,
-    /// The step's exit status (as `sh` reports it: 128+N for a signal).
+    /// The step's exit status (as `sh` reports it: 128+N for a signal; 124 when dom0
+    /// killed it for overrunning the step timeout).
     pub status: i32,
+    /// dom0's diagnosis (processes, kernel stacks, xenstore) when the step overran.
+    pub hang: Option<String>,
 }
 
 impl Outcome {
@@ -55,7 +58,11 @@ impl fmt::Display for Outcome {
             f,
             "status {}\n--- stdout\n{}--- stderr\n{}",
             self.status, self.stdout, self.stderr
-        )
+        )?;
+        if let Some(hang) = &self.hang {
+            write!(f, "--- the step hung; dom0 at the time:\n{hang}")?;
+        }
+        Ok(())
     }
 }
 
@@ -196,6 +203,7 @@ impl Batch {
                     stdout: read("stdout"),
                     stderr: read("stderr"),
                     status,
+                    hang: Some(read("hang")).filter(|h| !h.is_empty()),
                 },
             );
         }
