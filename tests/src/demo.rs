@@ -32,7 +32,7 @@ pub fn guest_dir() -> PathBuf {
 /// The busybox applets linked into the image.
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "pwd", "env", "sleep", "true", "false", "hostname", "ls", "head",
-    "grep", "seq", "dd", "tr",
+    "grep", "seq", "dd", "tr", "httpd", "wget", "ip", "nc", "ping", "mkdir", "kill", "timeout",
 ];
 
 struct Layer(tar::Builder<Vec<u8>>);

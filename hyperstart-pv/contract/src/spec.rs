@@ -51,6 +51,12 @@ pub enum SpecError {
         /// Its size as JSON.
         size: usize,
     },
+    /// The network section is invalid.
+    #[error("invalid network: {0}")]
+    Network(#[from] crate::net::NetworkError),
+    /// A hostname that is not a DNS name.
+    #[error("invalid hostname {0:?}")]
+    Hostname(String),
     /// A relative working directory or device path.
     #[error("{field} must be an absolute path, got {value:?}")]
     NotAbsolute {
@@ -157,6 +163,9 @@ pub struct Spec {
     /// The app runs with a terminal (adds `TERM=xterm` in [`crate::env::merge`]).
     #[serde(default)]
     pub terminal: bool,
+    /// The guest's network (`eth0`); none: only `lo` (`--network none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::Network>,
 }
 
 impl Spec {
@@ -174,6 +183,7 @@ impl Spec {
             scratch: None,
             stop_grace_secs: DEFAULT_STOP_GRACE_SECS,
             terminal: false,
+            network: None,
         }
     }
 
@@ -211,6 +221,14 @@ impl Spec {
             .find(|e| !e.contains('=') || e.starts_with('='))
         {
             return Err(SpecError::BadEnv(bad.clone()));
+        }
+        if !self.hostname.is_empty()
+            && (self.hostname.len() > 64 || !crate::net::valid_hostname(&self.hostname))
+        {
+            return Err(SpecError::Hostname(self.hostname.clone()));
+        }
+        if let Some(net) = &self.network {
+            net.validate()?;
         }
         for r in &self.rlimits {
             if r.soft > r.hard {

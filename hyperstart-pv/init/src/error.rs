@@ -33,6 +33,9 @@ pub enum InitError {
     /// Neither /dev/xen/xenbus nor xenfs' /proc/xen/xenbus is usable (not a Xen guest?).
     #[error("no xenbus device: /dev/xen/xenbus missing and xenfs unusable ({0})")]
     NoXenbus(Box<InitError>),
+    /// Configuring an interface failed.
+    #[error(transparent)]
+    Net(#[from] hyperxl_netconf::NetconfError),
     /// A device did not show up in time.
     #[error("{0} did not appear within {1} s")]
     Timeout(String, u64),

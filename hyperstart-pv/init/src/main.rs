@@ -10,6 +10,7 @@ mod console;
 mod error;
 mod exec;
 mod mounts;
+mod net;
 mod status;
 mod supervise;
 
@@ -43,8 +44,10 @@ fn run(status: &mut Status) -> Result<(), InitError> {
     };
     let spec = Spec::from_json(&raw)?;
 
+    net::configure(&spec)?;
     mounts::rootfs(&spec)?;
     mounts::switch_root()?;
+    net::write_files(&spec)?;
     if !spec.hostname.is_empty() {
         nix::unistd::sethostname(&spec.hostname).ctx("sethostname")?;
     }

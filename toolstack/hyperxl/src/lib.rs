@@ -8,6 +8,7 @@
 
 mod cli;
 mod deploy;
+mod net;
 mod vm;
 mod xlcfg;
 

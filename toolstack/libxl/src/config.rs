@@ -55,6 +55,12 @@ pub enum ConfigError {
     /// Two disks use the same virtual device name.
     #[error("disk vdev {0:?} is used twice")]
     DuplicateVdev(String),
+    /// A NIC's bridge or backend interface name is not a valid interface name.
+    #[error("nic: {0:?} is not a valid interface name")]
+    InvalidIfname(String),
+    /// A multicast MAC (the lowest bit of the first byte set) cannot be a NIC's.
+    #[error("nic: MAC {0} is a multicast address")]
+    MulticastMac(String),
 }
 
 /// The largest vCPU count accepted (Xen's limit for HVM/PVH guests).
@@ -123,6 +129,44 @@ impl Disk {
     }
 }
 
+/// One virtual network interface: a netfront in the guest, a vif in dom0 (no QEMU, no
+/// emulated NIC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// The dom0 bridge the hotplug step joins the vif to (`None`: the script decides).
+    pub bridge: Option<String>,
+    /// The vif's name in dom0 (`None`: Xen's `vif<domid>.<devid>`).
+    pub ifname: Option<String>,
+    /// The guest's IPv4 address, for the hotplug step (informational to Xen).
+    pub ip: Option<String>,
+    /// The hotplug script libxl runs for it (`None`: Xen's stock `vif-bridge`).
+    pub script: Option<PathBuf>,
+}
+
+impl Nic {
+    /// A NIC with the MAC `mac`, on Xen's defaults otherwise.
+    pub fn new(mac: [u8; 6]) -> Self {
+        Self {
+            mac,
+            bridge: None,
+            ifname: None,
+            ip: None,
+            script: None,
+        }
+    }
+
+    /// MAC as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
 /// A validated domain configuration. Build one with [`DomainConfig::builder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainConfig {
@@ -136,6 +180,7 @@ pub struct DomainConfig {
     pub(crate) max_memory_mib: u64,
     pub(crate) vcpus: u32,
     pub(crate) disks: Vec<Disk>,
+    pub(crate) nics: Vec<Nic>,
     pub(crate) on_poweroff: ShutdownAction,
     pub(crate) on_reboot: ShutdownAction,
     pub(crate) on_crash: ShutdownAction,
@@ -158,6 +203,7 @@ impl DomainConfig {
                 max_memory_mib: 0,
                 vcpus: 1,
                 disks: Vec::new(),
+                nics: Vec::new(),
                 on_poweroff: ShutdownAction::Destroy,
                 on_reboot: ShutdownAction::Destroy,
                 on_crash: ShutdownAction::Destroy,
@@ -214,6 +260,11 @@ impl DomainConfig {
     /// The disks, in order.
     pub fn disks(&self) -> &[Disk] {
         &self.disks
+    }
+
+    /// The network interfaces, in order (devid 0, 1, ...).
+    pub fn nics(&self) -> &[Nic] {
+        &self.nics
     }
 
     /// Action on guest power-off.
@@ -302,6 +353,12 @@ impl DomainConfigBuilder {
         self
     }
 
+    /// Adds a network interface.
+    pub fn nic(mut self, nic: Nic) -> Self {
+        self.config.nics.push(nic);
+        self
+    }
+
     /// Action on guest power-off (default destroy).
     pub fn on_poweroff(mut self, action: ShutdownAction) -> Self {
         self.config.on_poweroff = action;
@@ -373,6 +430,27 @@ impl DomainConfigBuilder {
             no_nul("disk target", d.target.as_os_str().as_bytes())?;
             if !seen.insert(d.vdev.as_str()) {
                 return Err(ConfigError::DuplicateVdev(d.vdev.clone()));
+            }
+        }
+        for n in &c.nics {
+            if n.mac[0] & 1 == 1 {
+                return Err(ConfigError::MulticastMac(n.mac_string()));
+            }
+            for name in n.bridge.iter().chain(n.ifname.iter()) {
+                let ok = !name.is_empty()
+                    && name.len() < 16
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !ok {
+                    return Err(ConfigError::InvalidIfname(name.clone()));
+                }
+            }
+            if let Some(ip) = &n.ip {
+                no_nul("nic ip", ip.as_bytes())?;
+            }
+            if let Some(script) = &n.script {
+                no_nul("nic script", script.as_os_str().as_bytes())?;
             }
         }
         Ok(c)
@@ -517,6 +595,34 @@ mod tests {
             .disk(Disk::new("/dev/loop1", "xvda"))
             .build();
         assert_eq!(e.unwrap_err(), ConfigError::DuplicateVdev("xvda".into()));
+    }
+
+    #[test]
+    fn nics_are_checked() {
+        let base = || DomainConfig::builder("d").kernel("/k").memory_mib(64);
+        let mut nic = Nic::new([0x02, 0x48, 10, 88, 0, 5]);
+        nic.bridge = Some("hyperxl0".into());
+        nic.ifname = Some("hx0123456789ab".into());
+        let ok = base().nic(nic.clone()).build().unwrap();
+        assert_eq!(ok.nics()[0].mac_string(), "02:48:0a:58:00:05");
+        let mut bad = nic.clone();
+        bad.mac[0] = 0x01;
+        assert!(matches!(
+            base().nic(bad).build(),
+            Err(ConfigError::MulticastMac(_))
+        ));
+        let mut bad = nic.clone();
+        bad.ifname = Some("sixteen-chars-xx".into());
+        assert!(matches!(
+            base().nic(bad).build(),
+            Err(ConfigError::InvalidIfname(_))
+        ));
+        let mut bad = nic;
+        bad.bridge = Some("br 0".into());
+        assert!(matches!(
+            base().nic(bad).build(),
+            Err(ConfigError::InvalidIfname(_))
+        ));
     }
 
     #[test]

@@ -39,7 +39,8 @@ mod raw;
 pub mod fake;
 
 pub use config::{
-    ConfigError, Disk, DomainConfig, DomainConfigBuilder, DomainType, ShutdownAction, MAX_VCPUS,
+    ConfigError, Disk, DomainConfig, DomainConfigBuilder, DomainType, Nic, ShutdownAction,
+    MAX_VCPUS,
 };
 pub use context::{Context, LogLevel, PRIVCMD};
 pub use error::{ErrorCode, LibxlError};

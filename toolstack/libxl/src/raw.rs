@@ -115,6 +115,45 @@ impl RawDomainConfig {
             }
         }
 
+        let n = config.nics.len();
+        if n > 0 {
+            // SAFETY: calloc either fails (NULL, handled) or returns zeroed memory for n
+            // nics; libxl_domain_config_dispose frees it with free().
+            let nics = unsafe { libc::calloc(n, std::mem::size_of::<sys::libxl_device_nic>()) }
+                .cast::<sys::libxl_device_nic>();
+            if nics.is_null() {
+                return Err(LibxlError::OutOfMemory);
+            }
+            for i in 0..n {
+                // SAFETY: i < n, so the pointer is inside the calloc'd array.
+                unsafe { sys::libxl_device_nic_init(nics.add(i)) };
+            }
+            d.nics = nics;
+            d.num_nics = c_int_len(n)?;
+            for (i, nic) in config.nics.iter().enumerate() {
+                // SAFETY: i < n and every element was initialised above; no other
+                // reference to the array exists while this one lives.
+                let raw = unsafe { &mut *nics.add(i) };
+                raw.backend_domid = 0;
+                raw.devid = c_int_len(i)?;
+                raw.mac = nic.mac;
+                // A PV/PVH guest has no device model: the vif is its only NIC.
+                raw.nictype = sys::LIBXL_NIC_TYPE_VIF;
+                if let Some(bridge) = &nic.bridge {
+                    raw.bridge = c_string(bridge.as_bytes())?;
+                }
+                if let Some(ifname) = &nic.ifname {
+                    raw.ifname = c_string(ifname.as_bytes())?;
+                }
+                if let Some(ip) = &nic.ip {
+                    raw.ip = c_string(ip.as_bytes())?;
+                }
+                if let Some(script) = &nic.script {
+                    raw.script = c_string(script.as_os_str().as_bytes())?;
+                }
+            }
+        }
+
         d.on_poweroff = action(config.on_poweroff);
         d.on_reboot = action(config.on_reboot);
         d.on_crash = action(config.on_crash);

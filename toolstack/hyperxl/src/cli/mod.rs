@@ -15,6 +15,8 @@ mod load;
 mod login;
 mod logs;
 mod monitor;
+mod network;
+mod port;
 mod ps;
 mod pull;
 mod rm;
@@ -94,6 +96,10 @@ pub enum Command {
     Rmi(rmi::RmiArgs),
     /// Inspect and prune images.
     Image(image::ImageArgs),
+    /// List a VM's published ports.
+    Port(port::PortArgs),
+    /// Manage networks.
+    Network(network::NetworkArgs),
 }
 
 impl Command {
@@ -132,5 +138,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Images(args) => images::run(&cli.state_dir, args),
         Command::Rmi(args) => rmi::run(&cli.state_dir, args),
         Command::Image(args) => image::run(&cli.state_dir, args),
+        Command::Port(args) => port::run(&cli.state_dir, args),
+        Command::Network(args) => network::run(&cli.state_dir, args),
     }
 }

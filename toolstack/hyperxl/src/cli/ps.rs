@@ -62,8 +62,8 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<16}  {:<20}  {:<20}  {:<5}  {:<20}  COMMAND",
-        "VM ID", "NAME", "IMAGE", "DOMID", "STATUS"
+        "{:<16}  {:<20}  {:<20}  {:<5}  {:<20}  {:<15}  {:<24}  COMMAND",
+        "VM ID", "NAME", "IMAGE", "DOMID", "STATUS", "IP", "PORTS"
     );
     for v in list {
         let status = match (v.status, v.exit_code) {
@@ -76,13 +76,28 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
             (Status::Created, _) => "created".to_string(),
         };
         let domid = v.domid.map_or("-".to_string(), |d| d.to_string());
+        // Address and ports only while they are the VM's (freed when it ends).
+        let net = v.network.as_ref().filter(|_| v.status.can_stop());
+        let ip = net.map_or("-".to_string(), |n| n.ip.to_string());
+        let ports = net
+            .map(|n| {
+                n.ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<16}  {:<20}  {:<20}  {:<5}  {:<20}  {}",
+            "{:<16}  {:<20}  {:<20}  {:<5}  {:<20}  {:<15}  {:<24}  {}",
             v.id,
             v.name,
             v.image,
             domid,
             status,
+            ip,
+            ports,
             v.command.join(" ")
         );
     }

@@ -49,8 +49,9 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
                 let _ = control::wait_exited(&vms, &host, &vm.id, Some(Duration::from_secs(10)));
             }
         }
-        // What a killed watcher could not tear down: the loop device.
+        // What a killed watcher could not tear down: the loop device, the network.
         if let Ok(vm) = vms.load(&vm.id) {
+            crate::net::detach(state_dir, &vm);
             if let Some(dev) = &vm.loop_device {
                 if !disk::wait_freed(dev, Duration::from_secs(3)) {
                     disk::detach(dev, &vm.id, vm.disk_file.as_deref())?;

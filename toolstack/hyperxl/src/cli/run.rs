@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 
+use hyperxl_contract::net::{valid_hostname, HostEntry};
+
+use crate::net::{publish, NetRequest};
 use crate::vm::console::LogLimits;
 use crate::vm::launch::{self, LaunchOptions};
 use crate::vm::spec::{self, RunFlags};
@@ -61,6 +64,34 @@ pub struct RunArgs {
     /// Show the guest kernel's and the init's own console lines too.
     #[arg(long)]
     pub debug: bool,
+    /// Publish a port: [IP:][HOST:]GUEST[/tcp|/udp] (HOST omitted: any free port).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:][HOST:]GUEST[/PROTO]"
+    )]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes, each on a free dom0 port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// The network to join ("none": only loopback; default: hyperxl's default network).
+    #[arg(long = "network", visible_alias = "net", value_name = "NAME|none")]
+    pub network: Option<String>,
+    /// The VM's IPv4 address (default: the next free one of its network).
+    #[arg(long = "ip")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Name server for the guest (default: dom0's, unless on loopback).
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// DNS search domain for the guest.
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// Add a line to the guest's /etc/hosts: NAME:IP.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// The guest's hostname (default: the VM's name).
+    #[arg(long = "hostname")]
+    pub hostname: Option<String>,
     /// The image to run.
     pub image: String,
     /// Command and arguments (default: the image's Cmd).
@@ -89,7 +120,7 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         user: args.user.clone(),
         entrypoint: args.entrypoint.clone(),
         command: args.command.clone(),
-        hostname: String::new(),
+        hostname: args.hostname.clone().unwrap_or_default(),
     };
     let dir = guest_dir();
     let opts = LaunchOptions {
@@ -107,8 +138,49 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         show_init_lines: args.debug,
         log: LogLimits::from_opts(&args.log_opt)?,
         labels: Default::default(),
+        net: net_request(args)?,
     };
     Ok((opts, flags))
+}
+
+/// The network flags as one request, checked as far as they can be without state.
+pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
+    let disabled = args.network.as_deref() == Some("none");
+    let network = args
+        .network
+        .clone()
+        .filter(|n| !matches!(n.as_str(), "none" | "default" | "bridge"));
+    let publish = args
+        .publish
+        .iter()
+        .map(|p| publish::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut hosts = Vec::new();
+    for entry in &args.add_host {
+        let bad = || anyhow::anyhow!("invalid --add-host {entry:?}: expected NAME:IPv4");
+        let (name, ip) = entry.split_once(':').ok_or_else(bad)?;
+        let ip = ip.parse().map_err(|_| bad())?;
+        if !valid_hostname(name) {
+            return Err(bad());
+        }
+        hosts.push(HostEntry {
+            ip,
+            names: vec![name.to_string()],
+        });
+    }
+    if let Some(d) = args.dns_search.iter().find(|d| !valid_hostname(d)) {
+        anyhow::bail!("invalid --dns-search {d:?}");
+    }
+    Ok(NetRequest {
+        network,
+        disabled,
+        ip: args.ip,
+        publish,
+        publish_all: args.publish_all,
+        dns: args.dns.clone(),
+        dns_search: args.dns_search.clone(),
+        hosts,
+    })
 }
 
 /// Runs the VM; returns the app's exit code.

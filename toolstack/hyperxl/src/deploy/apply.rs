@@ -6,17 +6,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use hyperxl_contract::net::HostEntry;
 use hyperxl_image::pull::{self, PullOptions};
 use hyperxl_image::{Reference, Store};
 use nix::fcntl::Flock;
+use sha2::{Digest, Sha256};
 
 use super::file::{Deployment, VmDef};
 use super::plan::{self, Action, Existing};
+use crate::net::store::{NetStore, NetworkDef};
+use crate::net::NetRequest;
 use crate::vm::control;
 use crate::vm::files;
 use crate::vm::host::{reconcile_all, Host};
@@ -59,7 +64,12 @@ pub fn members(vms: &VmStore, host: &Host, dep: &str) -> anyhow::Result<BTreeMap
         .collect())
 }
 
-fn launch_options(dep: &Deployment, def: &VmDef, guest: &GuestFiles) -> LaunchOptions {
+fn launch_options(
+    dep: &Deployment,
+    def: &VmDef,
+    guest: &GuestFiles,
+    net: crate::net::NetRequest,
+) -> LaunchOptions {
     let mut labels = def.labels.clone();
     labels.insert(LABEL_DEPLOYMENT.into(), dep.name.clone());
     labels.insert(LABEL_VM.into(), def.name.clone());
@@ -76,7 +86,92 @@ fn launch_options(dep: &Deployment, def: &VmDef, guest: &GuestFiles) -> LaunchOp
         show_init_lines: false,
         log: def.log,
         labels,
+        net,
     }
+}
+
+/// The network a deployment's VMs share: named after the deployment when that makes a
+/// valid network name, else `d` and a hash of it.
+pub fn network_name(dep: &str) -> String {
+    if crate::net::store::validate_name(dep).is_ok() {
+        dep.to_string()
+    } else {
+        format!("d{}", &hex::encode(Sha256::digest(dep.as_bytes()))[..11])
+    }
+}
+
+/// Every VM's address in the deployment's network: a hash of its name picks a slot in
+/// the upper half of the subnet (ad-hoc `run --network` VMs take the lower half), so a
+/// VM keeps its address across restarts and replacements and each peer's `/etc/hosts`
+/// can name VMs that have not started yet. Collisions move on, in name order.
+fn addresses(def: &NetworkDef, names: &[&str]) -> BTreeMap<String, Ipv4Addr> {
+    let all: Vec<Ipv4Addr> = def.subnet.guest_addresses().collect();
+    let upper = &all[all.len() / 2..];
+    let mut taken = BTreeMap::new();
+    let mut sorted = names.to_vec();
+    sorted.sort_unstable();
+    for name in sorted {
+        let h = Sha256::digest(name.as_bytes());
+        let start = u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) as usize % upper.len();
+        let ip = (0..upper.len())
+            .map(|i| upper[(start + i) % upper.len()])
+            .find(|ip| !taken.values().any(|t| t == ip));
+        if let Some(ip) = ip {
+            taken.insert(name.to_string(), ip);
+        }
+    }
+    taken
+}
+
+/// What a deployment VM asks of the network: its fixed address in the deployment's
+/// network (defined on first use), its peers by name, its published ports.
+fn net_request(state_dir: &Path, dep: &Deployment, def: &VmDef) -> anyhow::Result<NetRequest> {
+    if def.no_network {
+        return Ok(NetRequest {
+            disabled: true,
+            ..Default::default()
+        });
+    }
+    let store = NetStore::open(state_dir)?;
+    let net_name = network_name(&dep.name);
+    let network = {
+        let _lock = store.lock()?;
+        match store.load(&net_name) {
+            Ok(n) => n,
+            Err(crate::net::store::NetStoreError::Unknown(_)) => store.create(&net_name, None)?,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let names: Vec<&str> = dep
+        .vms
+        .iter()
+        .filter(|d| !d.no_network)
+        .map(|d| d.name.as_str())
+        .collect();
+    let ips = addresses(&network, &names);
+    let hosts = dep
+        .vms
+        .iter()
+        .filter(|d| d.name != def.name)
+        .filter_map(|d| {
+            Some(HostEntry {
+                ip: *ips.get(&d.name)?,
+                names: vec![d.name.clone(), vm_name(dep, d)],
+            })
+        })
+        .collect();
+    let publish = def
+        .ports
+        .iter()
+        .map(|p| crate::net::publish::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NetRequest {
+        network: Some(net_name),
+        ip: ips.get(&def.name).copied(),
+        publish,
+        hosts,
+        ..Default::default()
+    })
 }
 
 /// Starts `def` detached (or, given `old`, starts that exited VM again), and waits until
@@ -89,7 +184,7 @@ fn start(
     guest: &GuestFiles,
     old: Option<&VmState>,
 ) -> anyhow::Result<String> {
-    let opts = launch_options(dep, def, guest);
+    let opts = launch_options(dep, def, guest, net_request(state_dir, dep, def)?);
     let mut prepared = launch::prepare(state_dir, &opts, &def.run_flags())?;
     if let Some(old) = old {
         prepared = prepared.restart_of(old);
@@ -270,6 +365,10 @@ pub fn down(
         let _ = std::fs::remove_file(dir.join(f));
     }
     let _ = std::fs::remove_dir(&dir);
+    // And its network, as compose removes its default network.
+    if dep.vms.iter().any(|d| !d.no_network) {
+        let _ = crate::net::remove_network(state_dir, &network_name(&dep.name));
+    }
     Ok(())
 }
 

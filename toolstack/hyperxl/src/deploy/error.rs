@@ -114,6 +114,22 @@ pub enum Problem {
         /// Why the option is refused.
         source: crate::vm::console::LogOptError,
     },
+    /// A `ports` entry that does not parse.
+    #[error("VM {vm:?}: {source}")]
+    Port {
+        /// The VM.
+        vm: String,
+        /// Why the mapping is refused.
+        source: crate::net::publish::PublishError,
+    },
+    /// A `network` other than "none".
+    #[error("VM {vm:?}: network = {value:?}: only \"none\" is supported (the deployment's VMs share its own network)")]
+    Network {
+        /// The VM.
+        vm: String,
+        /// The value given.
+        value: String,
+    },
     /// An environment entry without a name, or an `env` key with `=`.
     #[error("VM {vm:?}: invalid environment entry {entry:?}: use NAME=VALUE with a non-empty NAME without '='")]
     BadEnv {

@@ -13,6 +13,8 @@
 //! restart = "on-failure:2"
 //! log_opt = ["max-size=10m", "max-file=3"]   # as `run --log-opt`
 //! depends_on = ["cache"]
+//! ports = ["8080:80"]           # as `run -p`
+//! network = "none"             # default: the deployment's own network
 //!
 //! [vm.cache]
 //! image = "demo:latest"
@@ -87,6 +89,11 @@ pub struct VmDef {
     pub labels: BTreeMap<String, String>,
     /// VMs of the same deployment that must start first.
     pub depends_on: Vec<String>,
+    /// Published ports (`ports`, as `run -p`).
+    pub ports: Vec<String>,
+    /// `network = "none"` leaves the VM without one; otherwise it joins the
+    /// deployment's own network.
+    pub no_network: bool,
 }
 
 impl Deployment {
@@ -148,6 +155,8 @@ impl VmDef {
             log,
             labels,
             depends_on: _,
+            ports,
+            no_network,
         } = self;
         let canonical = Canonical {
             version: 1,
@@ -164,6 +173,8 @@ impl VmDef {
             restart,
             log: (*log != LogLimits::default()).then_some(log),
             labels,
+            ports: (!ports.is_empty()).then_some(ports),
+            no_network: no_network.then_some(true),
         };
         // Plain strings, numbers and a map with string keys: serialising cannot fail.
         let json = serde_json::to_vec(&canonical).expect("a VM definition serialises to JSON");
@@ -203,6 +214,11 @@ struct Canonical<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<&'a LogLimits>,
     labels: &'a BTreeMap<String, String>,
+    /// Left out when empty, as `log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_network: Option<bool>,
 }
 
 /// A problem and the byte offset it is at.
@@ -355,6 +371,22 @@ impl Parser<'_> {
             .into_iter()
             .map(Spanned::into_inner)
             .collect();
+        let mut ports = Vec::new();
+        for p in raw.ports {
+            crate::net::publish::parse(p.get_ref()).map_err(|source| {
+                let vm = name.clone();
+                (p.span().start, Problem::Port { vm, source })
+            })?;
+            ports.push(p.into_inner());
+        }
+        let no_network = match raw.network {
+            None => false,
+            Some(n) if n.get_ref() == "none" => true,
+            Some(n) => {
+                let (vm, value) = (name.clone(), n.get_ref().clone());
+                return Err((n.span().start, Problem::Network { vm, value }));
+            }
+        };
         Ok(VmDef {
             name,
             image,
@@ -370,6 +402,8 @@ impl Parser<'_> {
             log,
             labels,
             depends_on,
+            ports,
+            no_network,
         })
     }
 

@@ -41,5 +41,8 @@ pub(super) struct RawVm {
     #[serde(default)]
     pub depends_on: Vec<Spanned<String>>,
     #[serde(default)]
+    pub ports: Vec<Spanned<String>>,
+    pub network: Option<Spanned<String>>,
+    #[serde(default)]
     pub labels: BTreeMap<Spanned<String>, String>,
 }

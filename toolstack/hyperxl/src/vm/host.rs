@@ -191,12 +191,15 @@ pub fn reconcile_all(
     vms: &super::state::VmStore,
     host: &Host,
 ) -> Result<Vec<super::state::VmState>, super::state::StateError> {
-    super::reconcile::reconcile(
+    let vms_now = super::reconcile::reconcile(
         vms,
         |d, name| host.probe(d, name),
         |name| host.find(name),
         |d, name| host.destroy(d, name).is_ok(),
-    )
+    )?;
+    // Addresses and rules of VMs that ended without anyone tearing them down.
+    crate::net::sweep(vms, &vms_now);
+    Ok(vms_now)
 }
 
 #[cfg(test)]

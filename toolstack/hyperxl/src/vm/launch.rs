@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use hyperxl_contract::{keys, Spec};
 use hyperxl_image::pull::{self, PullOptions};
 use hyperxl_image::{Reference, Store};
-use libxl::{Context, Disk, DomId, DomainConfig, DomainOps, DomainType};
+use libxl::{Context, Disk, DomId, DomainConfig, DomainOps, DomainType, Nic};
 use xenstore_wire::{Access, Perm, Xenstore};
 
 use super::disk::LoopDisk;
@@ -46,17 +46,30 @@ pub struct LaunchOptions {
     pub log: super::console::LogLimits,
     /// Labels recorded with the VM.
     pub labels: BTreeMap<String, String>,
+    /// Its network (`--network`, `-p`, `--ip`, `--dns`, `--add-host`).
+    pub net: crate::net::NetRequest,
 }
 
 /// The kernel command line of every hyperxl guest.
 pub const GUEST_CMDLINE: &str = "console=hvc0 quiet loglevel=1";
 
+/// A hotplug step of ours next to this executable, if it is there.
+fn helper(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let script = exe.parent()?.join(name);
+    script.is_file().then_some(script)
+}
+
 /// The hotplug step for our loop devices: `hyperxl-block` next to this executable, or
 /// Xen's stock `block` script if it is missing (slower, same result).
 pub fn block_script() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
-    let script = exe.parent()?.join("hyperxl-block");
-    script.is_file().then_some(script)
+    helper("hyperxl-block")
+}
+
+/// The hotplug step for vifs: `hyperxl-vif` next to this executable, or Xen's stock
+/// `vif-bridge` (bash, iptables; slower) if it is missing.
+pub fn vif_script() -> Option<PathBuf> {
+    helper("hyperxl-vif")
 }
 
 /// Everything `run` works out before a domain exists.
@@ -70,6 +83,8 @@ pub struct Prepared {
     opts: LaunchOptions,
     /// Start an exited VM again under its own record, instead of recording a new one.
     restart_of: Option<VmState>,
+    /// The network it joins (`None`: `--network none`).
+    net: Option<crate::net::store::NetworkDef>,
 }
 
 impl Prepared {
@@ -116,6 +131,18 @@ pub fn prepare(
         flags.hostname = name.clone();
     }
     let spec = spec::build(&config, &flags).context("building the container spec")?;
+    let mut net_req = opts.net.clone();
+    if net_req.publish_all {
+        let exposed: Vec<String> = config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        net_req
+            .publish
+            .extend(crate::net::publish::exposed(&exposed));
+    }
+    let net = crate::net::resolve(state_dir, &net_req)?;
     for (what, path) in [("kernel", &opts.kernel), ("initramfs", &opts.initrd)] {
         if !path.is_file() {
             bail!(
@@ -131,22 +158,38 @@ pub fn prepare(
     vm.auto_remove = opts.auto_remove;
     vm.labels = opts.labels.clone();
     vm.log = opts.log;
+    let mut opts = opts.clone();
+    opts.net = net_req;
     Ok(Prepared {
         vm,
         spec,
         disk_file,
-        opts: opts.clone(),
+        opts,
         restart_of: None,
+        net,
     })
 }
 
-/// The libxl domain config of a prepared VM whose rootfs is `disk`.
-pub fn domain_config(p: &Prepared, disk: &Path) -> anyhow::Result<DomainConfig> {
+/// The libxl domain config of a prepared VM whose rootfs is `disk`, on network `net`.
+pub fn domain_config(
+    p: &Prepared,
+    disk: &Path,
+    net: Option<&crate::net::VmNet>,
+) -> anyhow::Result<DomainConfig> {
     let mut rootfs = Disk::new(disk, "xvda").readonly();
     if let Some(script) = block_script() {
         rootfs = rootfs.script(script);
     }
-    DomainConfig::builder(p.vm.domain_name())
+    let mut builder = DomainConfig::builder(p.vm.domain_name());
+    if let Some(net) = net {
+        let mut nic = Nic::new(crate::net::subnet::mac_for(net.ip));
+        nic.bridge = Some(net.bridge.clone());
+        nic.ifname = Some(net.vif.clone());
+        nic.ip = Some(net.ip.to_string());
+        nic.script = vif_script();
+        builder = builder.nic(nic);
+    }
+    builder
         .domain_type(if p.opts.pv {
             DomainType::Pv
         } else {
@@ -192,7 +235,21 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let id = p.vm.id.clone();
     let mut built: Option<DomId> = None;
     let booted = (|| {
-        vms.write_file(&id, "spec.json", p.spec.to_json()?.as_bytes())
+        let mut spec = p.spec.clone();
+        let mut net = None;
+        if let Some(def) = &p.net {
+            let prefer = p
+                .restart_of
+                .as_ref()
+                .and_then(|old| old.network.as_ref())
+                .filter(|n| n.network == def.name)
+                .map(|n| n.ip);
+            let (vm_net, guest) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
+            spec.network = Some(guest);
+            net = Some(vm_net);
+        }
+        super::timing::mark("network");
+        vms.write_file(&id, "spec.json", spec.to_json()?.as_bytes())
             .context("recording the spec")?;
         if monitor::stop_requested() {
             bail!("interrupted before the domain was created");
@@ -204,7 +261,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
             vm.disk_file = Some(p.disk_file.clone());
         })?;
         super::timing::mark("disk-attach");
-        let config = domain_config(p, disk.path())?;
+        let config = domain_config(p, disk.path(), net.as_ref())?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
         built = Some(domid);
         let recorded = vms.update(&id, |vm| vm.domid = Some(domid.0))?;
@@ -212,7 +269,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         if recorded.killed {
             bail!("killed while its domain was being built");
         }
-        write_spec(domid, &p.spec)?;
+        write_spec(domid, &spec)?;
         super::timing::mark("xenstore");
         Ok(Booted {
             id: id.clone(),

@@ -190,6 +190,8 @@ pub fn finish(
     if let (Some(ctx), Some(other)) = (ctx, recorded.filter(|d| Some(*d) != domid)) {
         let _ = destroy_if_present(ctx, other);
     }
+    // With the domain gone: its rules and its address go too.
+    crate::net::detach(vms.state_dir(), &vm);
     if let Some(dev) = &vm.loop_device {
         // blkback closes the device shortly after the domain is gone; autoclear then
         // frees it. Wait for that so `--rm` really leaves nothing behind.

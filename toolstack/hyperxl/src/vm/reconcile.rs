@@ -124,6 +124,10 @@ pub fn reconcile(
                     .get_or_insert_with(|| "the VM ended without reporting an exit code".into());
             }
         });
+        if let Ok(vm) = &updated {
+            // The domain is gone: so must its rules and its address be.
+            crate::net::detach(vms.state_dir(), vm);
+        }
         match updated {
             // Nobody is left to honour `--rm`: do it here, leaving the exit code.
             Ok(vm) if vm.auto_remove && !vm.status.can_stop() => {

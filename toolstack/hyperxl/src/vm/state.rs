@@ -141,6 +141,9 @@ pub struct VmState {
     /// Free-form labels (deployments put their name and a definition fingerprint here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its network (address, vif, published ports); none with `--network none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::VmNet>,
 }
 
 impl VmState {
@@ -168,6 +171,7 @@ impl VmState {
             restart_count: 0,
             log: Default::default(),
             labels: BTreeMap::new(),
+            network: None,
         }
     }
 
@@ -215,6 +219,11 @@ impl VmStore {
         let root = state_dir.join("vms");
         files::private_subdir(&root)?;
         Ok(Self { root })
+    }
+
+    /// The state dir this store lives in.
+    pub fn state_dir(&self) -> &Path {
+        self.root.parent().unwrap_or(&self.root)
     }
 
     /// The directory of VM `id` (its state, console log, lock).

@@ -1,0 +1,57 @@
+//! `hyperxl-vif`: the hotplug step libxl runs for a hyperxl VM's network interface.
+//!
+//! libxl runs `SCRIPT online|offline type_if=vif` with the backend's xenstore path in
+//! `$XENBUS_PATH` and the vif's dom0 name in `$vif`, and netback does not connect until
+//! the script writes `hotplug-status=connected`. Xen's stock `vif-bridge` is bash that
+//! sources several helpers, takes a lock and calls `ip` and `iptables`; hyperxl sets up
+//! the bridge and the VM's nftables rules itself (see `net/`), so all that is left is to
+//! make the vif a port of the bridge named in the backend and bring it up, with two
+//! ioctls. `offline` has nothing to do: the kernel drops the port with the vif.
+//!
+//! On failure the reason goes to `hotplug-error`, where libxl reports it.
+
+use std::process::ExitCode;
+
+use hyperxl_netconf as netconf;
+use xenstore_wire::Xenstore;
+
+fn online(
+    xs: &mut Xenstore<impl xenstore_wire::Transport>,
+    be: &str,
+    vif: &str,
+) -> Result<(), String> {
+    let bridge = xs
+        .read_string(&format!("{be}/bridge"))
+        .map_err(|e| format!("reading {be}/bridge: {e}"))?;
+    netconf::add_bridge_port(&bridge, vif).map_err(|e| e.to_string())?;
+    netconf::set_up(vif).map_err(|e| e.to_string())?;
+    xs.write(&format!("{be}/hotplug-status"), b"connected")
+        .map_err(|e| format!("writing {be}/hotplug-status: {e}"))
+}
+
+fn main() -> ExitCode {
+    let action = std::env::args().nth(1).unwrap_or_default();
+    let Some(be) = std::env::var("XENBUS_PATH").ok().filter(|p| !p.is_empty()) else {
+        eprintln!("hyperxl-vif: XENBUS_PATH is not set (this is run by libxl)");
+        return ExitCode::from(2);
+    };
+    if action != "online" && action != "add" {
+        return ExitCode::SUCCESS;
+    }
+    let vif = std::env::var("vif").unwrap_or_default();
+    let mut xs = match Xenstore::open_default() {
+        Ok(xs) => xs,
+        Err(e) => {
+            eprintln!("hyperxl-vif: connecting to xenstore: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match online(&mut xs, &be, &vif) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hyperxl-vif: {e}");
+            let _ = xs.write(&format!("{be}/hotplug-error"), e.as_bytes());
+            ExitCode::FAILURE
+        }
+    }
+}
