@@ -33,6 +33,7 @@ pub fn guest_dir() -> PathBuf {
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "pwd", "env", "sleep", "true", "false", "hostname", "ls", "head",
     "grep", "seq", "dd", "tr", "httpd", "wget", "ip", "nc", "ping", "mkdir", "kill", "timeout",
+    "ifconfig",
 ];
 
 struct Layer(tar::Builder<Vec<u8>>);

@@ -34,6 +34,7 @@ echo "domains=$(xl list | grep -c hyperxl-)"
 const SHOP: &str = r#"name = "netshop"
 [vm.web]
 image = "demo"
+user = "root"
 command = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www"]
 [vm.client]
 image = "demo"
@@ -87,7 +88,7 @@ fn vms_serve_publish_ports_and_stay_apart() {
         .step(
             "publish",
             &step(
-                r#"hyperxl run -d --name web -p 8080:80 -p 127.0.0.1:8081:80 demo sh -c 'mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www' >/dev/null || exit 1
+                r#"hyperxl run -d --name web -u root -p 8080:80 -p 127.0.0.1:8081:80 demo sh -c 'mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www' >/dev/null || exit 1
                 until_up http://127.0.0.1:8080/ || echo never-up
                 echo "local=$(fetch http://127.0.0.1:8080/)"
                 echo "local_only=$(fetch http://127.0.0.1:8081/)"
@@ -130,8 +131,8 @@ fn vms_serve_publish_ports_and_stay_apart() {
                 echo "dom0_closed=$(hyperxl run --rm demo timeout 5 wget -q -O - http://10.88.0.1:7777/)"
                 echo "dom0_published=$(hyperxl run --rm demo timeout 5 wget -q -O - http://10.88.0.1:8080/)"
                 # Spoofing: another VM's address, then another MAC: the frames go nowhere.
-                echo "spoof_ip=$(hyperxl run --rm demo sh -c "ip addr flush dev eth0; ip addr add $web/16 dev eth0; ip route add default via 10.88.0.1; timeout 5 wget -q -O - http://198.18.0.2/")"
-                echo "spoof_mac=$(hyperxl run --rm demo sh -c 'ip link set eth0 down; ip link set eth0 address 02:48:0a:58:00:fe; ip link set eth0 up; ip route add default via 10.88.0.1; timeout 5 wget -q -O - http://198.18.0.2/')"
+                echo "spoof_ip=$(hyperxl run --rm -u root demo sh -c "ip addr flush dev eth0; ip addr add $web/16 dev eth0; ip route add default via 10.88.0.1; timeout 5 wget -q -O - http://198.18.0.2/")"
+                echo "spoof_mac=$(hyperxl run --rm -u root demo sh -c 'ifconfig eth0 down; ifconfig eth0 hw ether 02:48:0a:58:00:fe; ifconfig eth0 up; ip route add default via 10.88.0.1; timeout 5 wget -q -O - http://198.18.0.2/')"
                 echo "honest=$(hyperxl run --rm demo timeout 5 wget -q -O - http://198.18.0.2/)""#,
             ),
         )

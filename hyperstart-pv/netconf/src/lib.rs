@@ -226,6 +226,22 @@ pub fn delete_bridge(name: &str) -> Result<(), NetconfError> {
     Ok(())
 }
 
+/// Renames an interface (it must be down).
+pub fn rename(name: &str, new_name: &str) -> Result<(), NetconfError> {
+    check_name(new_name)?;
+    let mut req = ifreq(name)?;
+    // SAFETY: writing the newname member of the union, a plain char array.
+    let dst = unsafe { &mut req.ifr_ifru.ifru_newname };
+    for (d, b) in dst.iter_mut().zip(new_name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    ioctl(
+        libc::SIOCSIFNAME,
+        &mut req,
+        format!("renaming {name} to {new_name}"),
+    )
+}
+
 /// The kernel's index of an interface.
 pub fn index(name: &str) -> Result<i32, NetconfError> {
     let mut req = ifreq(name)?;

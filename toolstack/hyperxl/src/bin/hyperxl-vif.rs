@@ -4,9 +4,11 @@
 //! `$XENBUS_PATH` and the vif's dom0 name in `$vif`, and netback does not connect until
 //! the script writes `hotplug-status=connected`. Xen's stock `vif-bridge` is bash that
 //! sources several helpers, takes a lock and calls `ip` and `iptables`; hyperxl sets up
-//! the bridge and the VM's nftables rules itself (see `net/`), so all that is left is to
-//! make the vif a port of the bridge named in the backend and bring it up, with two
-//! ioctls. `offline` has nothing to do: the kernel drops the port with the vif.
+//! the bridge and the VM's nftables rules itself (see `net/`), so all that is left is
+//! what the stock scripts do to the device: rename netback's `vif<domid>.<devid>` to the
+//! `vifname` libxl recorded in the backend (hyperxl's per-VM rules match that name), make
+//! it a port of the backend's bridge and bring it up, with ioctls. `offline` has nothing
+//! to do: the kernel drops the port with the vif.
 //!
 //! On failure the reason goes to `hotplug-error`, where libxl reports it.
 
@@ -23,8 +25,15 @@ fn online(
     let bridge = xs
         .read_string(&format!("{be}/bridge"))
         .map_err(|e| format!("reading {be}/bridge: {e}"))?;
-    netconf::add_bridge_port(&bridge, vif).map_err(|e| e.to_string())?;
-    netconf::set_up(vif).map_err(|e| e.to_string())?;
+    let mut dev = vif.to_string();
+    if let Ok(name) = xs.read_string(&format!("{be}/vifname")) {
+        if !name.is_empty() && name != dev {
+            netconf::rename(&dev, &name).map_err(|e| e.to_string())?;
+            dev = name;
+        }
+    }
+    netconf::add_bridge_port(&bridge, &dev).map_err(|e| e.to_string())?;
+    netconf::set_up(&dev).map_err(|e| e.to_string())?;
     xs.write(&format!("{be}/hotplug-status"), b"connected")
         .map_err(|e| format!("writing {be}/hotplug-status: {e}"))
 }

@@ -18,7 +18,9 @@
 //!   published ports (which are DNAT'd before input and so are forwarded, not input).
 //! - `ip` prerouting/output: published ports, for packets to any local address
 //!   (`fib daddr type local`), 127.0.0.1 included; postrouting masquerades guests'
-//!   traffic leaving their network and dom0's loopback-sourced traffic DNAT'd to a guest.
+//!   traffic leaving their network, dom0's loopback-sourced traffic DNAT'd to a guest,
+//!   and a guest's traffic to a published port DNAT'd back onto a bridge (hairpin: the
+//!   reply must come back through dom0, not straight from the other VM).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -63,6 +65,7 @@ pub fn base_ruleset() -> String {
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr @subnets oifname != @bridges masquerade
     ip saddr 127.0.0.0/8 oifname @bridges masquerade
+    ct status dnat ip saddr @subnets oifname @bridges masquerade
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;

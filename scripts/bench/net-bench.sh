@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs inside the test host's dom0 (see scripts/bench-net), under bash ($EPOCHREALTIME).
+# Prints, ROUNDS each, interleaved:
+#   boot net|none MS        `hyperxl run --rm demo true` with a network / --network none
+#   vif hyperxl-vif|vif-bridge MS   the domain-build phase (the vif's hotplug step runs in
+#                           it) with hyperxl-vif, and with Xen's bash vif-bridge
+#   tput veth|guest-out|guest-guest MBPS   100 MiB over TCP (busybox dd | nc): two dom0
+#                           namespaces over veth; a guest to "the outside" namespace
+#                           through the bridge, forwarding and NAT; a guest to a guest
+set -u
+rounds=${1:-5}
+IP=/usr/sbin/ip
+ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (b - a) / 1000}'; }
+hyperxl load -i /images/demo.tar >/dev/null || { echo "hyperxl load failed" >&2; exit 1; }
+hyperxl run --rm demo true >/dev/null 2>&1   # warm-up: disk built, network set up
+
+boot() {
+    local s e
+    s=${EPOCHREALTIME//[.,]/}
+    hyperxl run --rm "$@" demo true >/dev/null 2>/tmp/b.err || { cat /tmp/b.err >&2; return; }
+    e=${EPOCHREALTIME//[.,]/}
+    ms "$s" "$e"
+}
+for i in $(seq "$rounds"); do
+    echo "boot net $(boot)"
+    echo "boot none $(boot --network none)"
+done
+
+vif=$(dirname "$(readlink -f "$(command -v hyperxl)")")/hyperxl-vif
+for i in $(seq "$rounds"); do
+    for how in hyperxl-vif vif-bridge; do
+        [ $how = vif-bridge ] && mv "$vif" "$vif.off"
+        HYPERXL_TIMINGS=1 hyperxl run --rm demo true 2>/tmp/v.err >/dev/null || { echo "$how failed:" >&2; tail -3 /tmp/v.err >&2; }
+        awk -v h=$how '$2 == "domain-build" {print "vif", h, $3}' /tmp/v.err
+        [ $how = vif-bridge ] && mv "$vif.off" "$vif"
+    done
+done
+
+# Throughput: busybox dd reports the rate of writing 100 MiB into nc's pipe.
+rate() { sed -n 's/.* \([0-9.]*\) \([MKG]\)B\/s.*/\1 \2/p' | awk '{r=$1; if ($2=="K") r/=1024; if ($2=="G") r*=1024; print r}'; }
+$IP netns add ta; $IP netns add tb
+$IP link add tva type veth peer name tvb
+$IP link set tva netns ta; $IP link set tvb netns tb
+$IP -n ta addr add 198.19.9.1/24 dev tva; $IP -n tb addr add 198.19.9.2/24 dev tvb
+$IP -n ta link set tva up; $IP -n tb link set tvb up
+$IP netns add outside
+$IP link add hxo0 type veth peer name eth0 netns outside
+$IP addr add 198.18.0.1/24 dev hxo0; $IP link set hxo0 up
+$IP -n outside addr add 198.18.0.2/24 dev eth0; $IP -n outside link set eth0 up
+hyperxl run -d --name sink demo sh -c 'while :; do nc -l -p 5001 > /dev/null; done' >/dev/null
+sleep 5
+sink=$(hyperxl inspect sink | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -1)
+for i in $(seq "$rounds"); do
+    $IP netns exec tb nc -l -p 5001 > /dev/null & sleep 0.5
+    echo "tput veth $($IP netns exec ta sh -c 'dd if=/dev/zero bs=64k count=1600 2>/tmp/dd.err | nc 198.19.9.2 5001; cat /tmp/dd.err' | rate)"
+    wait
+    $IP netns exec outside nc -l -p 5001 > /dev/null & sleep 0.5
+    echo "tput guest-out $(hyperxl run --rm demo sh -c 'dd if=/dev/zero bs=64k count=1600 2>/tmp/dd.err | nc 198.18.0.2 5001; cat /tmp/dd.err' | rate)"
+    wait
+    echo "tput guest-guest $(hyperxl run --rm demo sh -c "dd if=/dev/zero bs=64k count=1600 2>/tmp/dd.err | nc $sink 5001; cat /tmp/dd.err" | rate)"
+done
+hyperxl rm -f sink >/dev/null
