@@ -37,7 +37,7 @@ for i in $(seq "$rounds"); do
 done
 
 # Throughput: busybox dd reports the rate of writing 100 MiB into nc's pipe.
-rate() { sed -n 's/.* \([0-9.]*\) \([MKG]\)B\/s.*/\1 \2/p' | awk '{r=$1; if ($2=="K") r/=1024; if ($2=="G") r*=1024; print r}'; }
+rate() { sed -n 's/.*, \([0-9.]*\) *\([MKG]\)B\/s.*/\1 \2/p' | awk '{r=$1; if ($2=="K") r/=1024; if ($2=="G") r*=1024; print r}'; }
 $IP netns add ta; $IP netns add tb
 $IP link add tva type veth peer name tvb
 $IP link set tva netns ta; $IP link set tvb netns tb

@@ -112,10 +112,9 @@ pub fn resolve(state_dir: &Path, req: &NetRequest) -> anyhow::Result<Option<Netw
     Ok(Some(def))
 }
 
-/// Creates the network's bridge with dom0's gateway address, turns forwarding on and
-/// makes sure hyperxl's nftables tables know it. Idempotent; the caller holds the
-/// store lock.
-pub fn ensure(def: &NetworkDef) -> anyhow::Result<()> {
+/// Creates the network's bridge with dom0's gateway address and turns forwarding on
+/// (ioctls and sysctls: cheap, idempotent). The caller holds the store lock.
+pub fn ensure_bridge(def: &NetworkDef) -> anyhow::Result<()> {
     if !netconf::exists(&def.bridge) {
         netconf::add_bridge(&def.bridge)?;
         netconf::set_ipv4(&def.bridge, def.gateway(), def.subnet.prefix())?;
@@ -124,13 +123,22 @@ pub fn ensure(def: &NetworkDef) -> anyhow::Result<()> {
     netconf::sysctl("ipv4/ip_forward", "1")?;
     // Published ports at 127.0.0.1: DNAT'd loopback traffic may leave on the bridge.
     netconf::sysctl(&format!("ipv4/conf/{}/route_localnet", def.bridge), "1")?;
-    let mut script = String::new();
-    if !nft::base_exists() {
-        script.push_str(&nft::base_ruleset());
-    }
-    script.push_str(&nft::network_elements(&def.bridge, &def.subnet.to_string()));
-    nft::apply(&script).context("setting up hyperxl's nftables rules")?;
     Ok(())
+}
+
+/// Applies `script` (which also names the network's set elements) in one `nft` run;
+/// only when that fails for want of hyperxl's tables are they created, in the same
+/// transaction. The common case costs one process.
+fn apply_with_base(def: &NetworkDef, script: &str) -> Result<(), nft::NftError> {
+    let script = format!(
+        "{}{script}",
+        nft::network_elements(&def.bridge, &def.subnet.to_string())
+    );
+    match nft::apply(&script) {
+        Ok(()) => Ok(()),
+        Err(e) if nft::base_exists() => Err(e),
+        Err(_) => nft::apply(&format!("{}{script}", nft::base_ruleset())),
+    }
 }
 
 /// Whether dom0 itself has something on `port` (a listener another VM's DNAT would
@@ -173,7 +181,7 @@ pub fn attach(
 ) -> anyhow::Result<(VmNet, Network)> {
     let store = NetStore::open(vms.state_dir())?;
     let _lock = store.lock()?;
-    ensure(def).with_context(|| format!("setting up network {}", def.name))?;
+    ensure_bridge(def).with_context(|| format!("setting up network {}", def.name))?;
     // Ports other live VMs publish.
     let taken: Vec<(PortMap, String)> = vms
         .list()?
@@ -240,7 +248,7 @@ pub fn attach(
         return Err(e.into());
     }
     let rules = nft::vm_rules(id, &vm_net.vif, &vm_net.mac, ip, &vm_net.ports);
-    if let Err(e) = nft::apply(&rules) {
+    if let Err(e) = apply_with_base(def, &rules) {
         teardown(&store, id, &vm_net);
         return Err(anyhow::Error::new(e).context("installing the VM's network rules"));
     }
@@ -261,9 +269,23 @@ pub fn attach(
 }
 
 fn teardown(store: &NetStore, id: &str, net: &VmNet) {
-    let (_, publ) = nft::chains(id);
-    let keys = nft::ports_jumping_to(&nft::list_ports_map(), &publ);
-    nft::apply_each(&nft::vm_removal(id, &net.vif, &keys));
+    // The record's ports first (one nft run); if that is refused (something already
+    // gone, or a record that lost its ports), the kernel's own map says what is left.
+    let recorded: Vec<(String, u16)> = net
+        .ports
+        .iter()
+        .map(|p| (p.proto.as_str().to_string(), p.host_port))
+        .collect();
+    let mut statements = nft::vm_removal(id, &net.vif, &recorded);
+    if recorded.is_empty() {
+        // No DNAT chain was made for it.
+        statements.pop();
+    }
+    if nft::apply(&statements.join("\n")).is_err() {
+        let (_, publ) = nft::chains(id);
+        let keys = nft::ports_jumping_to(&nft::list_ports_map(), &publ);
+        nft::apply_each(&nft::vm_removal(id, &net.vif, &keys));
+    }
     store.release(&net.network, net.ip, id);
 }
 
