@@ -4,7 +4,7 @@
 #   boot net|none MS        `hyperxl run --rm demo true` with a network / --network none
 #   vif hyperxl-vif|vif-bridge MS   the domain-build phase (the vif's hotplug step runs in
 #                           it) with hyperxl-vif, and with Xen's bash vif-bridge
-#   tput veth|guest-out|guest-guest MBPS   100 MiB over TCP (busybox dd | nc): two dom0
+#   tput veth|guest-out|guest-guest MB/S   100 MiB over TCP (busybox dd | nc): two dom0
 #                           namespaces over veth; a guest to "the outside" namespace
 #                           through the bridge, forwarding and NAT; a guest to a guest
 set -u
@@ -36,8 +36,10 @@ for i in $(seq "$rounds"); do
     done
 done
 
-# Throughput: busybox dd reports the rate of writing 100 MiB into nc's pipe.
-rate() { sed -n 's/.*, \([0-9.]*\) *\([MKG]\)B\/s.*/\1 \2/p' | awk '{r=$1; if ($2=="K") r/=1024; if ($2=="G") r*=1024; print r}'; }
+# Throughput: 100 MiB from dd through nc, timed with /proc/uptime around it (centiseconds,
+# read by the shell itself: the demo image has no date with sub-second precision).
+send() { echo "read s x < /proc/uptime; dd if=/dev/zero bs=64k count=1600 2>/dev/null | nc $1 5001; read e x < /proc/uptime; echo elapsed \$s \$e"; }
+rate() { awk '$1 == "elapsed" && $3 > $2 {printf "%.1f\n", 100 / ($3 - $2)}'; }
 $IP netns add ta; $IP netns add tb
 $IP link add tva type veth peer name tvb
 $IP link set tva netns ta; $IP link set tvb netns tb
@@ -52,11 +54,11 @@ sleep 5
 sink=$(hyperxl inspect sink | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -1)
 for i in $(seq "$rounds"); do
     $IP netns exec tb nc -l -p 5001 > /dev/null & sleep 0.5
-    echo "tput veth $($IP netns exec ta sh -c 'dd if=/dev/zero bs=64k count=1600 2>/tmp/dd.err | nc 198.19.9.2 5001; cat /tmp/dd.err' | rate)"
+    echo "tput veth $($IP netns exec ta sh -c "$(send 198.19.9.2)" | rate)"
     wait
     $IP netns exec outside nc -l -p 5001 > /dev/null & sleep 0.5
-    echo "tput guest-out $(hyperxl run --rm demo sh -c 'dd if=/dev/zero bs=64k count=1600 2>/tmp/dd.err | nc 198.18.0.2 5001; cat /tmp/dd.err' | rate)"
+    echo "tput guest-out $(hyperxl run --rm demo sh -c "$(send 198.18.0.2)" | rate)"
     wait
-    echo "tput guest-guest $(hyperxl run --rm demo sh -c "dd if=/dev/zero bs=64k count=1600 2>/tmp/dd.err | nc $sink 5001; cat /tmp/dd.err" | rate)"
+    echo "tput guest-guest $(hyperxl run --rm demo sh -c "$(send "$sink")" | rate)"
 done
 hyperxl rm -f sink >/dev/null
