@@ -771,4 +771,36 @@ mod tests {
         assert_eq!(outcome(&Action::Start("db".into()), false), "started");
         assert_eq!(outcome(&Action::Replace("db".into()), true), "replaced");
     }
+
+    #[test]
+    fn deployment_addresses_are_stable_and_distinct() {
+        let def = NetworkDef {
+            name: "shop".into(),
+            bridge: "hx-shop".into(),
+            subnet: "10.89.0.0/24".parse().unwrap(),
+            created_at: 0,
+        };
+        let a = addresses(&def, &["web", "db", "cache"]);
+        assert_eq!(
+            a,
+            addresses(&def, &["cache", "web", "db"]),
+            "order does not matter"
+        );
+        let all: BTreeSet<_> = a.values().collect();
+        assert_eq!(all.len(), 3, "distinct: {a:?}");
+        // Upper half only: ad-hoc `run --network shop` VMs take the lower half.
+        assert!(a.values().all(|ip| ip.octets()[3] >= 128), "{a:?}");
+        // A new VM does not move the others (barring a hash collision, not the case here).
+        let b = addresses(&def, &["web", "db", "cache", "worker"]);
+        for (name, ip) in &a {
+            assert_eq!(b[name], *ip, "{name}");
+        }
+        // A full upper half still gives every VM an address while there are slots.
+        let many: Vec<String> = (0..126).map(|i| format!("vm{i}")).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(addresses(&def, &names).len(), 126);
+        assert_eq!(network_name("shop"), "shop");
+        let long = network_name("a-deployment-name-too-long");
+        assert!(long.starts_with('d') && long.len() == 12, "{long}");
+    }
 }
