@@ -2,6 +2,7 @@
 # Runs inside the test host's dom0 (see scripts/bench-net), under bash ($EPOCHREALTIME).
 # Prints, ROUNDS each, interleaved:
 #   boot net|none MS        `hyperxl run --rm demo true` with a network / --network none
+#   phase net|none NAME MS  its phases (HYPERXL_TIMINGS=1)
 #   vif hyperxl-vif|vif-bridge MS   the domain-build phase (the vif's hotplug step runs in
 #                           it) with hyperxl-vif, and with Xen's bash vif-bridge
 #   tput veth|guest-out|guest-guest MB/S   100 MiB over TCP (busybox dd | nc): two dom0
@@ -14,16 +15,18 @@ ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (b - a) / 1000}'; }
 hyperxl load -i /images/demo.tar >/dev/null || { echo "hyperxl load failed" >&2; exit 1; }
 hyperxl run --rm demo true >/dev/null 2>&1   # warm-up: disk built, network set up
 
+# Prints "boot KIND MS" and "phase KIND NAME MS" (HYPERXL_TIMINGS) for one run.
 boot() {
-    local s e
+    local kind=$1 s e; shift
     s=${EPOCHREALTIME//[.,]/}
-    hyperxl run --rm "$@" demo true >/dev/null 2>/tmp/b.err || { cat /tmp/b.err >&2; return; }
+    HYPERXL_TIMINGS=1 hyperxl run --rm "$@" demo true >/dev/null 2>/tmp/b.err || { cat /tmp/b.err >&2; return; }
     e=${EPOCHREALTIME//[.,]/}
-    ms "$s" "$e"
+    echo "boot $kind $(ms "$s" "$e")"
+    awk -v k="$kind" '$1 == "hyperxl-timing:" {print "phase", k, $2, $3}' /tmp/b.err
 }
 for i in $(seq "$rounds"); do
-    echo "boot net $(boot)"
-    echo "boot none $(boot --network none)"
+    boot net
+    boot none --network none
 done
 
 vif=$(dirname "$(readlink -f "$(command -v hyperxl)")")/hyperxl-vif
