@@ -655,7 +655,18 @@ mod tests {
                 c
             }
         };
-        cmd.arg("30").spawn().unwrap()
+        cmd.arg("30");
+        // A test thread forking meanwhile can hold the copy open for writing for a moment
+        // (until its child execs): exec then fails with ETXTBSY. Try again.
+        for _ in 0..50 {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        cmd.spawn().unwrap()
     }
 
     fn still_running(child: &mut Child) -> bool {
