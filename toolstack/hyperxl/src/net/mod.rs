@@ -337,6 +337,12 @@ pub fn sweep(vms: &VmStore, live: &[VmState]) {
             if vm.is_some_and(|v| v.status.can_stop()) {
                 continue;
             }
+            // `live` may predate a `run` that recorded its VM and leased since: its record,
+            // read now under the lock (a lease is only taken under it, after the record
+            // exists), is what counts.
+            if vms.load(&owner).is_ok_and(|v| v.status.can_stop()) {
+                continue;
+            }
             let net = vm.and_then(|v| v.network.clone()).unwrap_or_else(|| VmNet {
                 network: def.name.clone(),
                 bridge: def.bridge.clone(),
