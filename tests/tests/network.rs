@@ -15,6 +15,8 @@ use hyperxl_e2e::Batch;
 /// URL` (waits up to 90 s for a server to answer), `domains` (hyperxl domains in
 /// `xl list`), `vm_ip VM`.
 const HELPERS: &str = r#"IP=/usr/sbin/ip
+# The test host turns networking off by default for the other tests; here it is the point.
+export HYPERXL_DEFAULT_NETWORK=hyperxl
 fetch() { timeout 5 wget -q -O - "$1" 2>/dev/null; }
 until_up() { for i in $(seq 90); do fetch "$1" >/dev/null && return 0; sleep 1; done; return 1; }
 domains() { xl list | grep -c hyperxl-; }

@@ -74,7 +74,8 @@ pub struct RunArgs {
     /// Publish every port the image exposes, each on a free dom0 port.
     #[arg(short = 'P', long = "publish-all")]
     pub publish_all: bool,
-    /// The network to join ("none": only loopback; default: hyperxl's default network).
+    /// The network to join ("none": only loopback; default: $HYPERXL_DEFAULT_NETWORK, else
+    /// hyperxl's default network).
     #[arg(long = "network", visible_alias = "net", value_name = "NAME|none")]
     pub network: Option<String>,
     /// The VM's IPv4 address (default: the next free one of its network).
@@ -145,11 +146,12 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
 
 /// The network flags as one request, checked as far as they can be without state.
 pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
-    let disabled = args.network.as_deref() == Some("none");
-    let network = args
+    let chosen = args
         .network
         .clone()
-        .filter(|n| !matches!(n.as_str(), "none" | "default" | "bridge"));
+        .or_else(crate::net::default_network_setting);
+    let disabled = chosen.as_deref() == Some("none");
+    let network = chosen.filter(|n| !matches!(n.as_str(), "none" | "default" | "bridge"));
     let publish = args
         .publish
         .iter()

@@ -126,7 +126,8 @@ fn addresses(def: &NetworkDef, names: &[&str]) -> BTreeMap<String, Ipv4Addr> {
 /// What a deployment VM asks of the network: its fixed address in the deployment's
 /// network (defined on first use), its peers by name, its published ports.
 fn net_request(state_dir: &Path, dep: &Deployment, def: &VmDef) -> anyhow::Result<NetRequest> {
-    if def.no_network {
+    let off_by_default = crate::net::default_network_setting().as_deref() == Some("none");
+    if def.no_network || (off_by_default && def.ports.is_empty()) {
         return Ok(NetRequest {
             disabled: true,
             ..Default::default()

@@ -72,6 +72,14 @@ pub fn vif_name(id: &str) -> String {
     format!("hx{}", &id[..id.len().min(12)])
 }
 
+/// `HYPERXL_DEFAULT_NETWORK`: the network of a VM that names none (`none` turns
+/// networking off by default, for `run` and for deployments without `ports`).
+pub fn default_network_setting() -> Option<String> {
+    std::env::var("HYPERXL_DEFAULT_NETWORK")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
 /// Name servers for guests: `dom0`'s own from `/etc/resolv.conf` unless they are on
 /// loopback (unreachable from a guest), else Google's, as Docker does.
 pub fn default_dns() -> Vec<Ipv4Addr> {
@@ -100,8 +108,8 @@ pub fn resolve(state_dir: &Path, req: &NetRequest) -> anyhow::Result<Option<Netw
     }
     let store = NetStore::open(state_dir)?;
     let _lock = store.lock()?;
-    let def = match &req.network {
-        None => store.default_network()?,
+    let def = match req.network.as_deref() {
+        None | Some(store::DEFAULT_NETWORK) => store.default_network()?,
         Some(name) => store.load(name)?,
     };
     if let Some(ip) = req.ip {
