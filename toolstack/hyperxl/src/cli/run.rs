@@ -146,10 +146,11 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
 
 /// The network flags as one request, checked as far as they can be without state.
 pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
-    let chosen = args
-        .network
-        .clone()
-        .or_else(crate::net::default_network_setting);
+    // Asking for ports or an address is asking for a network, whatever the default.
+    let wants_network = !args.publish.is_empty() || args.publish_all || args.ip.is_some();
+    let chosen = args.network.clone().or_else(|| {
+        crate::net::default_network_setting().filter(|n| !(wants_network && n == "none"))
+    });
     let disabled = chosen.as_deref() == Some("none");
     let network = chosen.filter(|n| !matches!(n.as_str(), "none" | "default" | "bridge"));
     let publish = args
