@@ -83,7 +83,9 @@ fn deployments_and_xl_configs_run_as_documented() {
         .step("ps_before", "hyperxl ps --deployment shop --format json | grep -e '\"id\"' -e '\"name\"'")
         .step(
             "logs",
-            "for v in db cache web; do hyperxl logs shop-$v; done",
+            // `up` returns once each app started; its first line may still be on its way
+            // through the console to the log file (seen on a loaded machine): wait for it.
+            "for v in db cache web; do f=$HYPERXL_STATE_DIR/vms/$(hyperxl ps -q -f name=shop-$v)/console.log; for i in $(seq 60); do grep -q ready $f 2>/dev/null && break; sleep 0.5; done; hyperxl logs shop-$v; done",
         )
         .step(
             "edit",
