@@ -93,7 +93,10 @@ fn deployments_and_xl_configs_run_as_documented() {
              grep -q replica /tmp/edit/shop.toml && hyperxl up -d -f /tmp/edit/shop.toml",
         )
         .step("ps_after", "hyperxl ps --deployment shop --format json | grep -e '\"id\"' -e '\"name\"'")
-        .step("logs_db", "hyperxl logs shop-db")
+        .step(
+            "logs_db",
+            "f=$HYPERXL_STATE_DIR/vms/$(hyperxl ps -q -f name=shop-db)/console.log; for i in $(seq 60); do grep -q ready $f 2>/dev/null && break; sleep 0.5; done; hyperxl logs shop-db",
+        )
         .step("down", "hyperxl down -f /tmp/edit/shop.toml")
         .step("after_down", &format!("{LEFTOVERS}; ls $HYPERXL_STATE_DIR/deployments"))
         // Attached this time: `up` supervises in the foreground and says what happens.
