@@ -122,8 +122,12 @@ pub fn exists(name: &str) -> bool {
     check_name(name).is_ok() && std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Sets the interface up (and running), keeping its other flags.
-pub fn set_up(name: &str) -> Result<(), NetconfError> {
+/// Reads the interface's flags, lets `change` edit them, and writes them back.
+fn update_flags(
+    name: &str,
+    what: &str,
+    change: impl FnOnce(libc::c_short) -> libc::c_short,
+) -> Result<(), NetconfError> {
     let mut req = ifreq(name)?;
     ioctl(
         libc::SIOCGIFFLAGS,
@@ -132,8 +136,19 @@ pub fn set_up(name: &str) -> Result<(), NetconfError> {
     )?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(libc::SIOCSIFFLAGS, &mut req, format!("setting {name} up"))
+    req.ifr_ifru.ifru_flags = change(flags);
+    ioctl(
+        libc::SIOCSIFFLAGS,
+        &mut req,
+        format!("setting {name} {what}"),
+    )
+}
+
+/// Sets the interface up (and running), keeping its other flags.
+pub fn set_up(name: &str) -> Result<(), NetconfError> {
+    update_flags(name, "up", |f| {
+        f | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short
+    })
 }
 
 /// Gives the interface an IPv4 address with its prefix length.
@@ -184,46 +199,36 @@ pub fn add_default_route(gateway: Ipv4Addr) -> Result<(), NetconfError> {
 /// Creates a bridge (an existing one of that name is not an error).
 pub fn add_bridge(name: &str) -> Result<(), NetconfError> {
     check_name(name)?;
-    let cname = CString::new(name).map_err(|_| NetconfError::BadName(name.into()))?;
-    let sock = control_socket()?;
-    // SAFETY: SIOCBRADDBR takes a pointer to a NUL-terminated name, alive for the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDBR as _, cname.as_ptr()) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(sys(format!("creating bridge {name}"))(e));
+    match bridge_ioctl(SIOCBRADDBR, name) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+            Err(sys(format!("creating bridge {name}"))(e))
         }
+        _ => Ok(()),
+    }
+}
+
+/// Issues a bridge ioctl whose argument is the bridge's name.
+fn bridge_ioctl(request: libc::c_ulong, name: &str) -> io::Result<()> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let sock = control_socket().map_err(io::Error::other)?;
+    // SAFETY: SIOCBRADDBR/SIOCBRDELBR take a pointer to a NUL-terminated name, alive for
+    // the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, cname.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
 /// Sets an interface down, keeping its other flags.
 pub fn set_down(name: &str) -> Result<(), NetconfError> {
-    let mut req = ifreq(name)?;
-    ioctl(
-        libc::SIOCGIFFLAGS,
-        &mut req,
-        format!("reading {name}'s flags"),
-    )?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags & !(libc::IFF_UP as libc::c_short);
-    ioctl(libc::SIOCSIFFLAGS, &mut req, format!("setting {name} down"))
+    update_flags(name, "down", |f| f & !(libc::IFF_UP as libc::c_short))
 }
 
 /// Deletes a bridge (it must be down; this sets it down first).
 pub fn delete_bridge(name: &str) -> Result<(), NetconfError> {
     set_down(name)?;
-    let cname = CString::new(name).map_err(|_| NetconfError::BadName(name.into()))?;
-    let sock = control_socket()?;
-    // SAFETY: SIOCBRDELBR takes a pointer to a NUL-terminated name, alive for the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRDELBR as _, cname.as_ptr()) };
-    if rc < 0 {
-        return Err(sys(format!("deleting bridge {name}"))(
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    bridge_ioctl(SIOCBRDELBR, name).map_err(sys(format!("deleting bridge {name}")))
 }
 
 /// Renames an interface (it must be down).
