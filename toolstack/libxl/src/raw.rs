@@ -84,17 +84,7 @@ impl RawDomainConfig {
 
         let n = config.disks.len();
         if n > 0 {
-            // SAFETY: calloc either fails (NULL, handled) or returns zeroed
-            // memory for n disks; libxl_domain_config_dispose frees it with free().
-            let disks = unsafe { libc::calloc(n, std::mem::size_of::<sys::libxl_device_disk>()) }
-                .cast::<sys::libxl_device_disk>();
-            if disks.is_null() {
-                return Err(LibxlError::OutOfMemory);
-            }
-            for i in 0..n {
-                // SAFETY: i < n, so the pointer is inside the calloc'd array.
-                unsafe { sys::libxl_device_disk_init(disks.add(i)) };
-            }
+            let disks = device_array(n, sys::libxl_device_disk_init)?;
             d.disks = disks;
             d.num_disks = c_int_len(n)?;
             for (i, disk) in config.disks.iter().enumerate() {
@@ -117,17 +107,7 @@ impl RawDomainConfig {
 
         let n = config.nics.len();
         if n > 0 {
-            // SAFETY: calloc either fails (NULL, handled) or returns zeroed memory for n
-            // nics; libxl_domain_config_dispose frees it with free().
-            let nics = unsafe { libc::calloc(n, std::mem::size_of::<sys::libxl_device_nic>()) }
-                .cast::<sys::libxl_device_nic>();
-            if nics.is_null() {
-                return Err(LibxlError::OutOfMemory);
-            }
-            for i in 0..n {
-                // SAFETY: i < n, so the pointer is inside the calloc'd array.
-                unsafe { sys::libxl_device_nic_init(nics.add(i)) };
-            }
+            let nics = device_array(n, sys::libxl_device_nic_init)?;
             d.nics = nics;
             d.num_nics = c_int_len(n)?;
             for (i, nic) in config.nics.iter().enumerate() {
@@ -216,6 +196,22 @@ fn action(a: ShutdownAction) -> sys::libxl_action_on_shutdown {
         ShutdownAction::Restart => sys::LIBXL_ACTION_ON_SHUTDOWN_RESTART,
         ShutdownAction::Preserve => sys::LIBXL_ACTION_ON_SHUTDOWN_PRESERVE,
     }
+}
+
+/// A calloc'd array of `n` libxl device structs, each passed through libxl's `init`;
+/// `libxl_domain_config_dispose` frees it with free().
+fn device_array<T>(n: usize, init: unsafe extern "C" fn(*mut T)) -> Result<*mut T, LibxlError> {
+    // SAFETY: calloc either fails (NULL, handled) or returns zeroed memory for n Ts.
+    let array = unsafe { libc::calloc(n, std::mem::size_of::<T>()) }.cast::<T>();
+    if array.is_null() {
+        return Err(LibxlError::OutOfMemory);
+    }
+    for i in 0..n {
+        // SAFETY: i < n, so the pointer is inside the calloc'd array; init is libxl's
+        // initialiser for exactly this struct type.
+        unsafe { init(array.add(i)) };
+    }
+    Ok(array)
 }
 
 fn c_int_len(n: usize) -> Result<i32, LibxlError> {
