@@ -33,7 +33,8 @@ pub fn guest_dir() -> PathBuf {
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "pwd", "env", "sleep", "true", "false", "hostname", "ls", "head",
     "grep", "seq", "dd", "tr", "httpd", "wget", "ip", "nc", "ping", "mkdir", "kill", "timeout",
-    "ifconfig",
+    "ifconfig", "sync", "stat", "touch", "rm", "ln", "readlink", "wc", "chmod", "df", "tail",
+    "mount",
 ];
 
 struct Layer(tar::Builder<Vec<u8>>);
@@ -111,14 +112,32 @@ fn layer() -> io::Result<Vec<u8>> {
 
 /// Writes the `docker save` tarball of `demo:latest` to `path`.
 pub fn write_docker_save(path: &Path) -> io::Result<()> {
+    write_image(
+        path,
+        "demo:latest",
+        r#""Env":["PATH=/bin","FOO=image"],"Cmd":["sh","-c","echo image-cmd FOO=$FOO; pwd; id -un"],"WorkingDir":"/srv","User":"app""#,
+    )
+}
+
+/// Writes `demovol:latest`: the same layer, run as root, with `VOLUME /var/lib/x` (an
+/// image that asks for an anonymous volume).
+pub fn write_volume_image(path: &Path) -> io::Result<()> {
+    write_image(
+        path,
+        "demovol:latest",
+        r#""Env":["PATH=/bin"],"Cmd":["sh"],"Volumes":{"/var/lib/x":{}}"#,
+    )
+}
+
+fn write_image(path: &Path, tag: &str, config_body: &str) -> io::Result<()> {
     let layer = layer()?;
     let layer_id = sha(&layer);
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin","FOO=image"],"Cmd":["sh","-c","echo image-cmd FOO=$FOO; pwd; id -un"],"WorkingDir":"/srv","User":"app"}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_id}"]}},"history":[]}}"#
+        r#"{{"architecture":"amd64","os":"linux","config":{{{config_body}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_id}"]}},"history":[]}}"#
     );
     let config_id = sha(config.as_bytes());
     let manifest = format!(
-        r#"[{{"Config":"{config_id}.json","RepoTags":["demo:latest"],"Layers":["{layer_id}/layer.tar"]}}]"#
+        r#"[{{"Config":"{config_id}.json","RepoTags":["{tag}"],"Layers":["{layer_id}/layer.tar"]}}]"#
     );
     let mut files = BTreeMap::new();
     files.insert("manifest.json".to_string(), manifest.into_bytes());

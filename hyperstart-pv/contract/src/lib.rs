@@ -19,6 +19,7 @@
 pub mod env;
 pub mod exit;
 pub mod keys;
+pub mod mounts;
 pub mod net;
 pub mod path;
 pub mod spec;

@@ -57,6 +57,9 @@ pub enum SpecError {
     /// A hostname that is not a DNS name.
     #[error("invalid hostname {0:?}")]
     Hostname(String),
+    /// The extra mounts are invalid.
+    #[error("invalid mounts: {0}")]
+    Mounts(#[from] crate::mounts::MountError),
     /// A relative working directory or device path.
     #[error("{field} must be an absolute path, got {value:?}")]
     NotAbsolute {
@@ -166,6 +169,12 @@ pub struct Spec {
     /// The guest's network (`eth0`); none: only `lo` (`--network none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::Network>,
+    /// Volumes, host-directory snapshots and tmpfs mounted into the app's root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mounts::Mount>,
+    /// The app's root is remounted read-only once the mount points exist (`--read-only`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 impl Spec {
@@ -184,6 +193,8 @@ impl Spec {
             stop_grace_secs: DEFAULT_STOP_GRACE_SECS,
             terminal: false,
             network: None,
+            mounts: Vec::new(),
+            read_only: false,
         }
     }
 
@@ -230,6 +241,7 @@ impl Spec {
         if let Some(net) = &self.network {
             net.validate()?;
         }
+        crate::mounts::validate(&self.mounts)?;
         for r in &self.rlimits {
             if r.soft > r.hard {
                 return Err(SpecError::BadRlimit {

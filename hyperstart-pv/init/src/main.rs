@@ -56,7 +56,11 @@ fn run(status: &mut Status) -> Result<(), InitError> {
         &read_or_empty("/etc/passwd"),
         &read_or_empty("/etc/group"),
     )?;
+    mounts::extra(&spec)?;
     exec::ensure_workdir(&spec.working_dir)?;
+    if spec.read_only {
+        mounts::seal_root()?;
+    }
     supervise::install_signal_handlers();
 
     let prepared = exec::prepare(&spec, who);

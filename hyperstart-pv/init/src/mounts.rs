@@ -5,6 +5,7 @@ use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use hyperxl_contract::mounts::{self, Source};
 use hyperxl_contract::Spec;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -109,6 +110,24 @@ pub fn overlay_options() -> String {
     format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work")
 }
 
+fn read_or_empty(path: &str) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The size limit of the writable layer when it lives in memory: half of the guest's
+/// memory (tmpfs' own default) when there is plenty, a quarter in a small guest, so that
+/// an app filling its root gets ENOSPC rather than the OOM killer.
+pub fn upper_tmpfs_size(meminfo: &str) -> String {
+    let total_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    match total_kib {
+        Some(k) if k < 128 * 1024 => format!("{}k", (k / 4).max(4096)),
+        _ => "50%".to_string(),
+    }
+}
+
 /// Mounts the image read-only, a writable layer and the overlay at [`NEWROOT`].
 pub fn rootfs(spec: &Spec) -> Result<(), InitError> {
     // Generous: blkfront is slow to attach in the emulated test host.
@@ -141,7 +160,13 @@ pub fn rootfs(spec: &Spec) -> Result<(), InitError> {
             )
             .ctx(format!("mount scratch {} ({})", d.device, d.fstype))?;
         }
-        None => mount_fs("tmpfs", RW, "tmpfs", MsFlags::empty(), Some("mode=0755"))?,
+        None => {
+            let opts = format!(
+                "mode=0755,size={}",
+                upper_tmpfs_size(&read_or_empty("/proc/meminfo"))
+            );
+            mount_fs("tmpfs", RW, "tmpfs", MsFlags::empty(), Some(opts.as_str()))?
+        }
     }
     mkdir_p(&format!("{RW}/upper"))?;
     mkdir_p(&format!("{RW}/work"))?;
@@ -172,6 +197,67 @@ pub fn switch_root() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Mounts the spec's volumes, snapshots and tmpfs into the (already switched-to) root,
+/// parents first; each target is created if missing, resolved inside the guest's tree.
+pub fn extra(spec: &Spec) -> Result<(), InitError> {
+    let timeout = Duration::from_secs(30);
+    for m in mounts::mount_order(&spec.mounts) {
+        let target = mounts::normal_target(&m.target);
+        let mut flags = if m.readonly {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        match &m.source {
+            Source::Disk { device, fstype } => {
+                wait_for(&sysfs_block(device), timeout)?;
+                wait_for(device, timeout)?;
+                mkdir_p(target)?;
+                // A read-only device cannot replay a journal left by a VM killed while
+                // writing: mount what was committed.
+                let data = (m.readonly && fstype == "ext4").then_some("norecovery");
+                mount(
+                    Some(device.as_str()),
+                    target,
+                    Some(fstype.as_str()),
+                    flags,
+                    data,
+                )
+                .ctx(format!("mount {device} ({fstype}) on {target}"))?;
+            }
+            Source::Tmpfs { size, mode } => {
+                flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                let mut data = format!("mode={:o}", mode.unwrap_or(0o1777));
+                if let Some(size) = size {
+                    data.push_str(&format!(",size={size}"));
+                }
+                mkdir_p(target)?;
+                mount(
+                    Some("tmpfs"),
+                    target,
+                    Some("tmpfs"),
+                    flags,
+                    Some(data.as_str()),
+                )
+                .ctx(format!("mount tmpfs on {target}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--read-only`: the app's root becomes read-only (its mounts keep their own modes).
+pub fn seal_root() -> Result<(), InitError> {
+    mount(
+        NONE,
+        "/",
+        NONE,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        NONE,
+    )
+    .ctx("remount / read-only")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +266,14 @@ mod tests {
     fn sysfs_names() {
         assert_eq!(sysfs_block("/dev/xvda"), "/sys/block/xvda");
         assert_eq!(sysfs_block("/dev/xvdb"), "/sys/block/xvdb");
+    }
+
+    #[test]
+    fn upper_size() {
+        assert_eq!(upper_tmpfs_size("MemTotal:       24000 kB\n"), "6000k");
+        assert_eq!(upper_tmpfs_size("MemTotal:        8000 kB\n"), "4096k");
+        assert_eq!(upper_tmpfs_size("MemTotal:     1000000 kB\n"), "50%");
+        assert_eq!(upper_tmpfs_size(""), "50%");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cli;
 mod deploy;
 mod net;
 mod vm;
+mod volume;
 mod xlcfg;
 
 pub mod fuzzing;

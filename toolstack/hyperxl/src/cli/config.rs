@@ -19,6 +19,9 @@ pub const SPEC_LINE: &str = "# hyperxl-spec: ";
 pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     let (opts, flags) = run::launch_inputs(&args)?;
     let p = launch::prepare(state_dir, &opts, &flags)?;
+    if !p.storage.disks.is_empty() {
+        bail!("hyperxl config cannot express volumes (-v, --storage-opt, an image's VOLUME) as xl.cfg: use hyperxl run");
+    }
     let cfg = XlConfig {
         name: p.vm.domain_name(),
         pv: opts.pv,

@@ -25,6 +25,7 @@ mod run;
 mod save;
 mod stop;
 mod up;
+mod volume;
 mod wait;
 
 /// Run container images as Xen virtual machines.
@@ -67,7 +68,7 @@ pub enum Command {
     /// Start or update the VMs of a deployment file, in dependency order.
     Up(up::UpArgs),
     /// Stop and remove the VMs of a deployment file, in reverse order.
-    Down(up::FileArgs),
+    Down(up::DownArgs),
     /// Print the xl.cfg equivalent to a `run` (takes the same arguments).
     Config(run::RunArgs),
     /// Container specs for domains made with plain `xl create`.
@@ -100,6 +101,8 @@ pub enum Command {
     Port(port::PortArgs),
     /// Manage networks.
     Network(network::NetworkArgs),
+    /// Manage volumes.
+    Volume(volume::VolumeArgs),
 }
 
 impl Command {
@@ -140,5 +143,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Image(args) => image::run(&cli.state_dir, args),
         Command::Port(args) => port::run(&cli.state_dir, args),
         Command::Network(args) => network::run(&cli.state_dir, args),
+        Command::Volume(args) => volume::run(&cli.state_dir, args),
     }
 }

@@ -17,6 +17,9 @@ pub struct RmArgs {
     /// Destroy a running VM's domain first.
     #[arg(short, long)]
     pub force: bool,
+    /// Remove the VM's anonymous volumes too (named volumes are kept).
+    #[arg(short = 'v', long = "volumes")]
+    pub volumes: bool,
     /// VM names or ids.
     #[arg(required = true)]
     pub vms: Vec<String>,
@@ -52,9 +55,9 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
         // What a killed watcher could not tear down: the loop device, the network.
         if let Ok(vm) = vms.load(&vm.id) {
             crate::net::detach(state_dir, &vm);
-            if let Some(dev) = &vm.loop_device {
-                if !disk::wait_freed(dev, Duration::from_secs(3)) {
-                    disk::detach(dev, &vm.id, vm.disk_file.as_deref())?;
+            for (dev, file) in vm.loops() {
+                if !disk::wait_freed(&dev, Duration::from_secs(3)) {
+                    disk::detach(&dev, &vm.id, file.as_deref())?;
                 }
             }
         }
@@ -63,6 +66,9 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
                 "VM {} is running again: stop it first or use rm -f",
                 vm.name
             );
+        }
+        if args.volumes {
+            crate::volume::remove_anonymous(state_dir, &vms, &vm);
         }
         println!("{which}");
     }
@@ -111,6 +117,7 @@ mod tests {
                 dir.path(),
                 RmArgs {
                     force,
+                    volumes: false,
                     vms: vec![which.into()],
                 },
             )

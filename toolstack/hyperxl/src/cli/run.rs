@@ -93,6 +93,20 @@ pub struct RunArgs {
     /// The guest's hostname (default: the VM's name).
     #[arg(long = "hostname")]
     pub hostname: Option<String>,
+    /// Mount a volume: NAME:/PATH[:ro] (a named volume, made if missing), /PATH (a new
+    /// anonymous volume), or /HOST/DIR:/PATH:ro (a read-only snapshot of a dom0 directory).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:/PATH[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs: /PATH[:size=SIZE,mode=OCTAL].
+    #[arg(long = "tmpfs", value_name = "/PATH[:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Make the root filesystem read-only (volumes and --tmpfs keep their own modes).
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// size=SIZE: put the writable layer on a fresh scratch disk of SIZE (made by dom0,
+    /// deleted when the VM ends) instead of in guest memory.
+    #[arg(long = "storage-opt", value_name = "size=SIZE")]
+    pub storage_opt: Vec<String>,
     /// The image to run.
     pub image: String,
     /// Command and arguments (default: the image's Cmd).
@@ -140,6 +154,12 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         log: LogLimits::from_opts(&args.log_opt)?,
         labels: Default::default(),
         net: net_request(args)?,
+        storage: crate::volume::request::from_flags(
+            &args.volume,
+            &args.tmpfs,
+            args.read_only,
+            &args.storage_opt,
+        )?,
     };
     Ok((opts, flags))
 }

@@ -21,7 +21,18 @@ pub struct UpArgs {
     pub detach: bool,
 }
 
-/// Arguments of `hyperxl down` and `hyperxl supervise`.
+/// Arguments of `hyperxl down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// The deployment file.
+    #[arg(short = 'f', long = "file", default_value = "hyperxl.toml")]
+    pub file: PathBuf,
+    /// Remove the deployment's volumes too (its named and anonymous ones).
+    #[arg(short = 'v', long = "volumes")]
+    pub volumes: bool,
+}
+
+/// Arguments of `hyperxl supervise`.
 #[derive(Debug, Args)]
 pub struct FileArgs {
     /// The deployment file.
@@ -59,10 +70,13 @@ pub fn up(state_dir: &Path, args: UpArgs) -> anyhow::Result<u8> {
 
 /// Stops and removes the deployment's VMs in reverse dependency order: the VMs recorded
 /// with its label; the file gives only the name and the order (env files unread).
-pub fn down(state_dir: &Path, args: FileArgs) -> anyhow::Result<u8> {
+pub fn down(state_dir: &Path, args: DownArgs) -> anyhow::Result<u8> {
     let dep = Deployment::load_for_teardown(&args.file)?;
     let lock = apply::lock_deployment(state_dir, &dep.name)?;
     apply::down(state_dir, &dep, &mut std::io::stdout(), &lock)?;
+    if args.volumes {
+        apply::remove_volumes(state_dir, &dep.name, &mut std::io::stdout())?;
+    }
     Ok(0)
 }
 
@@ -105,7 +119,14 @@ mod tests {
         db.labels.insert(LABEL_VM.into(), "db".into());
         vms.create(&db).unwrap();
         // db.env was deleted after `up`.
-        down(&state_dir, FileArgs { file }).unwrap();
+        down(
+            &state_dir,
+            DownArgs {
+                file,
+                volumes: false,
+            },
+        )
+        .unwrap();
         assert!(vms.list().unwrap().is_empty());
     }
 }

@@ -69,12 +69,12 @@ fn launch_options(
     def: &VmDef,
     guest: &GuestFiles,
     net: crate::net::NetRequest,
-) -> LaunchOptions {
+) -> anyhow::Result<LaunchOptions> {
     let mut labels = def.labels.clone();
     labels.insert(LABEL_DEPLOYMENT.into(), dep.name.clone());
     labels.insert(LABEL_VM.into(), def.name.clone());
     labels.insert(LABEL_FINGERPRINT.into(), def.fingerprint());
-    LaunchOptions {
+    Ok(LaunchOptions {
         image: def.image.clone(),
         name: Some(vm_name(dep, def)),
         auto_remove: false,
@@ -87,7 +87,22 @@ fn launch_options(
         log: def.log,
         labels,
         net,
+        storage: def.storage(&dep.name)?,
+    })
+}
+
+/// `down --volumes`: removes the volumes made for deployment `dep` (labelled with it),
+/// once no VM uses them.
+pub fn remove_volumes(state_dir: &Path, dep: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let store = crate::volume::store::VolumeStore::open(state_dir)?;
+    let vms = VmStore::open(state_dir)?;
+    for v in store.list()? {
+        if v.labels.get(LABEL_DEPLOYMENT).is_some_and(|d| d == dep) {
+            crate::volume::remove_unused(&store, &vms, &v.name)?;
+            writeln!(out, "volume {}: removed", v.name)?;
+        }
     }
+    Ok(())
 }
 
 /// The network a deployment's VMs share: named after the deployment when that makes a
@@ -185,7 +200,7 @@ fn start(
     guest: &GuestFiles,
     old: Option<&VmState>,
 ) -> anyhow::Result<String> {
-    let opts = launch_options(dep, def, guest, net_request(state_dir, dep, def)?);
+    let opts = launch_options(dep, def, guest, net_request(state_dir, dep, def)?)?;
     let mut prepared = launch::prepare(state_dir, &opts, &def.run_flags())?;
     if let Some(old) = old {
         prepared = prepared.restart_of(old);

@@ -26,7 +26,7 @@ pub enum DeployError {
         /// 1-based line of the offending value.
         line: usize,
         /// What is wrong there.
-        problem: Problem,
+        problem: Box<Problem>,
     },
 }
 
@@ -121,6 +121,14 @@ pub enum Problem {
         vm: String,
         /// Why the mapping is refused.
         source: crate::net::publish::PublishError,
+    },
+    /// A `volumes`, `tmpfs` or `storage_size` entry that does not parse.
+    #[error("VM {vm:?}: {source}")]
+    Storage {
+        /// The VM.
+        vm: String,
+        /// Why it is refused.
+        source: Box<crate::volume::request::RequestError>,
     },
     /// A `network` other than "none".
     #[error("VM {vm:?}: network = {value:?}: only \"none\" is supported (the deployment's VMs share its own network)")]

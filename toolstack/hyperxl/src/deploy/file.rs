@@ -15,6 +15,11 @@
 //! depends_on = ["cache"]
 //! ports = ["8080:80"]           # as `run -p`
 //! network = "none"             # default: the deployment's own network
+//! volumes = ["data:/var/lib/db", "/srv/conf:/etc/app:ro"]  # as `run -v`; `data` is
+//!                              # the deployment's own volume SHOP_data
+//! tmpfs = ["/tmp:size=64m"]    # as `run --tmpfs`
+//! read_only = true             # as `run --read-only`
+//! storage_size = "2g"          # as `run --storage-opt size=2g`
 //!
 //! [vm.cache]
 //! image = "demo:latest"
@@ -94,6 +99,14 @@ pub struct VmDef {
     /// `network = "none"` leaves the VM without one; otherwise it joins the
     /// deployment's own network.
     pub no_network: bool,
+    /// `volumes`, as `run -v` (named volumes are scoped to the deployment).
+    pub volumes: Vec<String>,
+    /// `tmpfs`, as `run --tmpfs`.
+    pub tmpfs: Vec<String>,
+    /// `read_only`, as `run --read-only`.
+    pub read_only: bool,
+    /// `storage_size`, as `run --storage-opt size=`.
+    pub storage_size: Option<String>,
 }
 
 impl Deployment {
@@ -157,6 +170,10 @@ impl VmDef {
             depends_on: _,
             ports,
             no_network,
+            volumes,
+            tmpfs,
+            read_only,
+            storage_size,
         } = self;
         let canonical = Canonical {
             version: 1,
@@ -175,6 +192,10 @@ impl VmDef {
             labels,
             ports: (!ports.is_empty()).then_some(ports),
             no_network: no_network.then_some(true),
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+            read_only: read_only.then_some(true),
+            storage_size: storage_size.as_ref(),
         };
         // Plain strings, numbers and a map with string keys: serialising cannot fail.
         let json = serde_json::to_vec(&canonical).expect("a VM definition serialises to JSON");
@@ -192,6 +213,27 @@ impl VmDef {
             command: self.command.clone(),
             hostname: String::new(),
         }
+    }
+
+    /// Its storage request, named volumes scoped to deployment `dep` (`DEP_NAME`, as
+    /// compose does). The entries were checked when the file was parsed.
+    pub fn storage(
+        &self,
+        dep: &str,
+    ) -> Result<crate::volume::request::StorageRequest, crate::volume::request::RequestError> {
+        use crate::volume::request::{self, VolumeArg};
+        let opts: Vec<String> = self
+            .storage_size
+            .iter()
+            .map(|s| format!("size={s}"))
+            .collect();
+        let mut req = request::from_flags(&self.volumes, &self.tmpfs, self.read_only, &opts)?;
+        for v in &mut req.volumes {
+            if let VolumeArg::Named { name, .. } = v {
+                *name = format!("{dep}_{name}");
+            }
+        }
+        Ok(req)
     }
 }
 
@@ -219,6 +261,14 @@ struct Canonical<'a> {
     ports: Option<&'a Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     no_network: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volumes: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tmpfs: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_only: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage_size: Option<&'a String>,
 }
 
 /// A problem and the byte offset it is at.
@@ -238,7 +288,7 @@ impl Parser<'_> {
             .map_err(|(offset, problem)| DeployError::Invalid {
                 file: self.path.to_path_buf(),
                 line: line_at(self.text, offset),
-                problem,
+                problem: Box::new(problem),
             })
     }
 
@@ -387,6 +437,31 @@ impl Parser<'_> {
                 return Err((n.span().start, Problem::Network { vm, value }));
             }
         };
+        let storage_err = |at: usize, source| {
+            let vm = name.clone();
+            let source = Box::new(source);
+            (at, Problem::Storage { vm, source })
+        };
+        let mut volumes = Vec::new();
+        for v in raw.volumes {
+            crate::volume::request::parse_volume(v.get_ref())
+                .map_err(|e| storage_err(v.span().start, e))?;
+            volumes.push(v.into_inner());
+        }
+        let mut tmpfs = Vec::new();
+        for t in raw.tmpfs {
+            crate::volume::request::parse_tmpfs(t.get_ref())
+                .map_err(|e| storage_err(t.span().start, e))?;
+            tmpfs.push(t.into_inner());
+        }
+        let storage_size = match raw.storage_size {
+            Some(s) => {
+                crate::volume::request::parse_storage_opt(&format!("size={}", s.get_ref()))
+                    .map_err(|e| storage_err(s.span().start, e))?;
+                Some(s.into_inner())
+            }
+            None => None,
+        };
         Ok(VmDef {
             name,
             image,
@@ -404,6 +479,10 @@ impl Parser<'_> {
             depends_on,
             ports,
             no_network,
+            volumes,
+            tmpfs,
+            read_only: raw.read_only,
+            storage_size,
         })
     }
 

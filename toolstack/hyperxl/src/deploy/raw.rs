@@ -44,5 +44,12 @@ pub(super) struct RawVm {
     pub ports: Vec<Spanned<String>>,
     pub network: Option<Spanned<String>>,
     #[serde(default)]
+    pub volumes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tmpfs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub read_only: bool,
+    pub storage_size: Option<Spanned<String>>,
+    #[serde(default)]
     pub labels: BTreeMap<Spanned<String>, String>,
 }

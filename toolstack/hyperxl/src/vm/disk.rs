@@ -108,9 +108,12 @@ impl LoopInfo64 {
     }
 
     /// Read-only, auto-clearing, tagged with its VM.
-    fn ours(owner: &str) -> Self {
+    fn ours(owner: &str, readonly: bool) -> Self {
         let mut info = Self::zeroed();
-        info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        if readonly {
+            info.lo_flags |= LO_FLAGS_READ_ONLY;
+        }
         let tag = owner_tag(owner);
         let n = tag.len().min(LO_NAME_SIZE - 1);
         info.lo_file_name[..n].copy_from_slice(&tag.as_bytes()[..n]);
@@ -181,8 +184,8 @@ static NO_CONFIGURE: AtomicBool = AtomicBool::new(false);
 
 /// Binds `backing` to the free device `dev` for VM `owner`: one LOOP_CONFIGURE, or on
 /// an older kernel LOOP_SET_FD then LOOP_SET_STATUS64 (undone if the second fails).
-fn bind(dev: RawFd, backing: &File, owner: &str) -> io::Result<()> {
-    let info = LoopInfo64::ours(owner);
+fn bind(dev: RawFd, backing: &File, owner: &str, readonly: bool) -> io::Result<()> {
+    let info = LoopInfo64::ours(owner, readonly);
     if !NO_CONFIGURE.load(Ordering::Relaxed) {
         let config = LoopConfig {
             fd: backing.as_raw_fd() as u32,
@@ -226,16 +229,25 @@ impl LoopDisk {
     /// Several hyperxl processes may race for the same free device: the loser's attach
     /// fails with `EBUSY` and it asks for the next free one.
     pub fn attach(file: &Path, owner: &str) -> Result<Self, DiskError> {
+        Self::attach_mode(file, owner, true)
+    }
+
+    /// As [`LoopDisk::attach`], read-write unless `readonly` (a volume, a scratch disk).
+    pub fn attach_mode(file: &Path, owner: &str, readonly: bool) -> Result<Self, DiskError> {
         let control = LoopControl::open().map_err(DiskError::Control)?;
         let attach_err = |source| DiskError::Attach {
             path: file.to_path_buf(),
             source,
         };
-        let backing = File::open(file).map_err(attach_err)?;
+        let backing = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(file)
+            .map_err(attach_err)?;
         let mut attempts = 0;
         loop {
             let device = control.next_free().map_err(attach_err)?;
-            match bind(device.as_raw_fd(), &backing, owner) {
+            match bind(device.as_raw_fd(), &backing, owner, readonly) {
                 Ok(()) => {
                     let path = device
                         .path()

@@ -94,7 +94,7 @@ pub fn supervise(
     id: &str,
     domid: DomId,
     out: ConsoleOut,
-    disk: Option<LoopDisk>,
+    disks: Vec<LoopDisk>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<i32> {
     let grace = vm_stop_grace(vms, id);
@@ -113,7 +113,7 @@ pub fn supervise(
         super::timing::mark("unpause");
         best_effort(vms.update(id, |vm| vm.status = Status::Running));
         ready();
-        wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disk)
+        wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)
     })();
     // The domain is torn down by `finish`, which every caller runs next.
     // Let the console drain what the guest wrote before it powered off.
@@ -192,17 +192,19 @@ pub fn finish(
     }
     // With the domain gone: its rules and its address go too.
     crate::net::detach(vms.state_dir(), &vm);
-    if let Some(dev) = &vm.loop_device {
+    for (dev, file) in vm.loops() {
         // blkback closes the device shortly after the domain is gone; autoclear then
         // frees it. Wait for that so `--rm` really leaves nothing behind.
-        if !disk::wait_freed(dev, Duration::from_secs(3)) {
-            let _ = disk::detach(dev, id, vm.disk_file.as_deref());
+        if !disk::wait_freed(&dev, Duration::from_secs(3)) {
+            let _ = disk::detach(&dev, id, file.as_deref());
         }
     }
+    // The VM's own snapshots and scratch disk go with its run; volumes stay.
+    crate::volume::remove_private_files(&vm);
     let record = |vm: &mut state::VmState| {
         vm.status = Status::Exited;
         vm.domid = None;
-        vm.loop_device = None;
+        vm.clear_loops();
         vm.finished_at = Some(state::now());
         if STOP_SEEN.load(Ordering::SeqCst) {
             vm.stopped_by_user = true;
@@ -220,7 +222,9 @@ pub fn finish(
     let _ = std::fs::remove_file(&reserve);
     let recorded = if vm.auto_remove {
         let _ = vms.bury(&vm);
-        vms.remove(id)
+        let removed = vms.remove(id);
+        crate::volume::remove_anonymous(vms.state_dir(), vms, &vm);
+        removed
     } else {
         Ok(())
     };
@@ -239,7 +243,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
     grace: u32,
     vms: &VmStore,
     id: &str,
-    mut disk: Option<LoopDisk>,
+    mut disks: Vec<LoopDisk>,
 ) -> anyhow::Result<i32> {
     let mut stop_sent: Option<Instant> = None;
     let mut gone_at: Option<Instant> = None;
@@ -278,8 +282,8 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         if !started && read_guest_key(xs, domid.0, keys::status::STARTED).is_some() {
             started = true;
             super::timing::mark("boot-to-started");
-            // The guest mounted its rootfs: blkback holds the loop device now.
-            if let Some(d) = disk.take() {
+            // The guest mounted its disks: blkback holds the loop devices now.
+            for d in disks.drain(..) {
                 d.release();
             }
             best_effort(vms.update(id, |vm| vm.started_at = Some(state::now())));

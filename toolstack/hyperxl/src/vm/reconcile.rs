@@ -102,9 +102,10 @@ pub fn reconcile(
             // The domain is gone: autoclear frees the loop device once blkback lets go.
             // Only one left bound by an attach cut short (old kernels) is ours to free,
             // and the record must not point at a device that may be reused.
-            if let Some(dev) = vm.loop_device.take() {
-                let _ = disk::detach(&dev, &vm.id, vm.disk_file.as_deref());
+            for (dev, file) in vm.loops() {
+                let _ = disk::detach(&dev, &vm.id, file.as_deref());
             }
+            vm.clear_loops();
             vm.status = Status::Exited;
             vm.domid = None;
             vm.finished_at = Some(state::now());

@@ -144,6 +144,9 @@ pub struct VmState {
     /// Its network (address, vif, published ports); none with `--network none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::VmNet>,
+    /// Its extra disks: volumes, snapshots of host directories, a scratch disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::volume::AttachedDisk>,
 }
 
 impl VmState {
@@ -172,6 +175,28 @@ impl VmState {
             log: Default::default(),
             labels: BTreeMap::new(),
             network: None,
+            disks: Vec::new(),
+        }
+    }
+
+    /// Every loop device recorded for the VM (rootfs first), with the file bound to it.
+    pub fn loops(&self) -> Vec<(PathBuf, Option<PathBuf>)> {
+        let rootfs = self
+            .loop_device
+            .clone()
+            .map(|dev| (dev, self.disk_file.clone()));
+        let extra = self
+            .disks
+            .iter()
+            .filter_map(|d| Some((d.loop_device.clone()?, d.file.clone())));
+        rootfs.into_iter().chain(extra).collect()
+    }
+
+    /// Forgets the recorded loop devices (they may be reused by anyone once freed).
+    pub fn clear_loops(&mut self) {
+        self.loop_device = None;
+        for d in &mut self.disks {
+            d.loop_device = None;
         }
     }
 

@@ -1,0 +1,176 @@
+//! `hyperxl volume create|ls|inspect|rm|prune`: named volumes, ext4 filesystems dom0 makes
+//! on sparse files and attaches to VMs as extra disks (`run -v NAME:/path`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+
+use crate::vm::host::{reconcile_all, Host};
+use crate::vm::state::VmStore;
+use crate::volume::store::{self, VolumeStore};
+
+/// Arguments of `hyperxl volume`.
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    command: VolumeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Create a volume (an empty ext4 filesystem; sparse, it costs what is written).
+    Create {
+        /// Its size, e.g. 512m, 2g (at least 16m).
+        #[arg(long, default_value = "1g")]
+        size: String,
+        /// A label KEY=VALUE.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Its name (letters, digits, '_', '.', '-'; at most 64).
+        name: String,
+    },
+    /// List volumes.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show volumes as JSON: size, space used on dom0, the VMs that use them.
+    Inspect {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove volumes no VM uses (a VM that exists, running or not, uses its volumes).
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove the anonymous volumes no VM uses (with -a, every unused volume).
+    Prune {
+        /// Named volumes too.
+        #[arg(short, long)]
+        all: bool,
+    },
+}
+
+/// Runs `hyperxl volume ...`.
+pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
+    let store = VolumeStore::open(state_dir)?;
+    match args.command {
+        VolumeCommand::Create { size, labels, name } => {
+            let size = store::parse_size(&size)?;
+            let mut map = BTreeMap::new();
+            for l in labels {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                map.insert(k.to_string(), v.to_string());
+            }
+            let (_, made) = store.ensure(&name, size, false, map)?;
+            if !made {
+                bail!("volume {name:?} already exists");
+            }
+            println!("{name}");
+        }
+        VolumeCommand::Ls { quiet } => {
+            let vms = in_use(state_dir)?;
+            if !quiet {
+                println!("{:<34}  {:>9}  {:>9}  VMS", "NAME", "SIZE", "USED");
+            }
+            for v in store.list()? {
+                if quiet {
+                    println!("{}", v.name);
+                    continue;
+                }
+                let users = crate::volume::users(&vms, &v.name);
+                println!(
+                    "{:<34}  {:>9}  {:>9}  {}",
+                    v.name,
+                    human(v.size),
+                    human(store.allocated(&v.name)),
+                    users.join(",")
+                );
+            }
+        }
+        VolumeCommand::Inspect { names } => {
+            let vms = in_use(state_dir)?;
+            let mut out = Vec::new();
+            for name in names {
+                let v = store.load(&name)?;
+                out.push(serde_json::json!({
+                    "name": v.name,
+                    "size": v.size,
+                    "used_on_dom0": store.allocated(&v.name),
+                    "created_at": v.created_at,
+                    "anonymous": v.anonymous,
+                    "labels": v.labels,
+                    "file": store.data_file(&v.name),
+                    "vms": crate::volume::users(&vms, &v.name),
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        VolumeCommand::Rm { names } => {
+            let vms = VmStore::open(state_dir)?;
+            reconcile_all(&vms, &Host::connect())?;
+            for name in names {
+                crate::volume::remove_unused(&store, &vms, &name)?;
+                println!("{name}");
+            }
+        }
+        VolumeCommand::Prune { all } => {
+            let vm_store = VmStore::open(state_dir)?;
+            let vms = reconcile_all(&vm_store, &Host::connect())?;
+            let mut freed = 0;
+            for v in store.list()? {
+                if (all || v.anonymous) && crate::volume::users(&vms, &v.name).is_empty() {
+                    let bytes = store.allocated(&v.name);
+                    // Checked again under the lock: a `run` may have claimed it since.
+                    if crate::volume::remove_unused(&store, &vm_store, &v.name).is_ok() {
+                        println!("{}", v.name);
+                        freed += bytes;
+                    }
+                }
+            }
+            println!("Total reclaimed space: {}", human(freed));
+        }
+    }
+    Ok(0)
+}
+
+fn in_use(state_dir: &Path) -> anyhow::Result<Vec<crate::vm::state::VmState>> {
+    let vms = VmStore::open(state_dir)?;
+    Ok(reconcile_all(&vms, &Host::connect())?)
+}
+
+/// Bytes as Docker prints sizes: 1.5GB, 12MB, 3kB.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(1 << 30), "1.0GB");
+        assert_eq!(human(3 << 19), "1.5MB");
+    }
+}
