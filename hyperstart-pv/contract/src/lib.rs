@@ -18,6 +18,7 @@
 
 pub mod env;
 pub mod exit;
+pub mod job;
 pub mod keys;
 pub mod mounts;
 pub mod net;

@@ -95,7 +95,8 @@ pub fn normal_target(target: &str) -> &str {
     }
 }
 
-fn valid_device(device: &str) -> bool {
+/// Whether `device` is a guest block device dom0 attaches: `/dev/xvd[b-z]` or two letters.
+pub fn valid_device(device: &str) -> bool {
     device
         .strip_prefix("/dev/xvd")
         .is_some_and(|s| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_lowercase()))

@@ -57,6 +57,9 @@ pub enum SpecError {
     /// A hostname that is not a DNS name.
     #[error("invalid hostname {0:?}")]
     Hostname(String),
+    /// A job's device that is not a `/dev/xvd*` disk.
+    #[error("job device {0:?} is not a /dev/xvd* disk")]
+    JobDevice(String),
     /// The extra mounts are invalid.
     #[error("invalid mounts: {0}")]
     Mounts(#[from] crate::mounts::MountError),
@@ -175,6 +178,9 @@ pub struct Spec {
     /// The app's root is remounted read-only once the mount points exist (`--read-only`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// A job the init does itself instead of running `args` (dom0's helper VMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::job::Job>,
 }
 
 impl Spec {
@@ -195,6 +201,7 @@ impl Spec {
             network: None,
             mounts: Vec::new(),
             read_only: false,
+            job: None,
         }
     }
 
@@ -242,6 +249,15 @@ impl Spec {
             net.validate()?;
         }
         crate::mounts::validate(&self.mounts)?;
+        if let Some(job) = &self.job {
+            if let Some(bad) = job
+                .devices()
+                .into_iter()
+                .find(|d| !crate::mounts::valid_device(d))
+            {
+                return Err(SpecError::JobDevice(bad.to_string()));
+            }
+        }
         for r in &self.rlimits {
             if r.soft > r.hard {
                 return Err(SpecError::BadRlimit {

@@ -9,6 +9,7 @@
 mod console;
 mod error;
 mod exec;
+mod job;
 mod mounts;
 mod net;
 mod status;
@@ -43,6 +44,13 @@ fn run(status: &mut Status) -> Result<(), InitError> {
         None => unreachable!("status attached above"),
     };
     let spec = Spec::from_json(&raw)?;
+    if let Some(job) = &spec.job {
+        // A helper VM: the init does the work itself, no image, no app.
+        status.started();
+        job::run(job)?;
+        status.exited(0, None);
+        return Ok(());
+    }
 
     net::configure(&spec)?;
     mounts::rootfs(&spec)?;

@@ -31,7 +31,7 @@ pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
         memory_mib: opts.memory_mib,
         vcpus: opts.vcpus,
         disks: vec![XlDisk {
-            target: p.disk_file.clone(),
+            target: p.disk_file.clone().context("the VM has no rootfs disk")?,
             vdev: "xvda".into(),
             readonly: true,
         }],

@@ -110,7 +110,12 @@ impl Command {
     pub fn owns_a_vm(&self) -> bool {
         matches!(
             self,
-            Command::Run(_) | Command::Monitor(_) | Command::Up(_) | Command::Supervise(_)
+            Command::Run(_)
+                | Command::Monitor(_)
+                | Command::Up(_)
+                | Command::Supervise(_)
+                // export/import boot a helper VM and clean up a stream file.
+                | Command::Volume(_)
         )
     }
 }

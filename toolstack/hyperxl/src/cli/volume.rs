@@ -4,12 +4,21 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::state::VmStore;
 use crate::volume::store::{self, VolumeStore};
+use crate::volume::transfer::{self, HelperFiles};
+
+fn helper_files() -> HelperFiles {
+    let dir = crate::cli::run::guest_dir();
+    HelperFiles {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initramfs.cpio"),
+    }
+}
 
 /// Arguments of `hyperxl volume`.
 #[derive(Debug, Args)]
@@ -50,6 +59,25 @@ enum VolumeCommand {
         /// Volume names.
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Write a volume's tree as a tar archive (made by a helper VM: dom0 never mounts
+    /// the volume).
+    Export {
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// The volume.
+        name: String,
+    },
+    /// Unpack a tar archive into a volume, made if missing (by a helper VM).
+    Import {
+        /// The size of a volume made now.
+        #[arg(long, default_value = "1g")]
+        size: String,
+        /// The volume.
+        name: String,
+        /// The archive (default: stdin).
+        file: Option<std::path::PathBuf>,
     },
     /// Remove the anonymous volumes no VM uses (with -a, every unused volume).
     Prune {
@@ -121,6 +149,40 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
                 crate::volume::remove_unused(&store, &vms, &name)?;
                 println!("{name}");
             }
+        }
+        VolumeCommand::Export { output, name } => {
+            reconcile_all(&VmStore::open(state_dir)?, &Host::connect())?;
+            let files = helper_files();
+            match output {
+                Some(path) => {
+                    let mut f = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    transfer::export(state_dir, &name, &files, &mut f)?;
+                }
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        bail!("refusing to write a tar archive to a terminal: use -o FILE or a redirect");
+                    }
+                    transfer::export(state_dir, &name, &files, &mut std::io::stdout().lock())?;
+                }
+            }
+        }
+        VolumeCommand::Import { size, name, file } => {
+            let size = store::parse_size(&size)?;
+            store::validate_name(&name)?;
+            reconcile_all(&VmStore::open(state_dir)?, &Host::connect())?;
+            let files = helper_files();
+            let n = match file {
+                Some(path) => {
+                    let mut f = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    transfer::import(state_dir, &name, size, &files, &mut f)?
+                }
+                None => {
+                    transfer::import(state_dir, &name, size, &files, &mut std::io::stdin().lock())?
+                }
+            };
+            eprintln!("{name}: {n} bytes imported");
         }
         VolumeCommand::Prune { all } => {
             let vm_store = VmStore::open(state_dir)?;

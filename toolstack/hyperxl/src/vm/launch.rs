@@ -85,8 +85,8 @@ pub struct Prepared {
     pub vm: VmState,
     /// The container spec.
     pub spec: Spec,
-    /// The rootfs image file.
-    pub disk_file: PathBuf,
+    /// The rootfs image file (none: a helper VM, whose init runs a job and needs no image).
+    pub disk_file: Option<PathBuf>,
     opts: LaunchOptions,
     /// Start an exited VM again under its own record, instead of recording a new one.
     restart_of: Option<VmState>,
@@ -97,6 +97,62 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A helper VM of dom0's own (`volume export`/`import`): no image, no network, the
+    /// init runs `job` on `disks`; removed when it ends.
+    pub fn helper(
+        kind: &str,
+        job: hyperxl_contract::job::Job,
+        disks: Vec<crate::volume::AttachedDisk>,
+        kernel: PathBuf,
+        initrd: PathBuf,
+    ) -> anyhow::Result<Prepared> {
+        let id = state::new_id();
+        let name = format!("{kind}-{}", &id[..8]);
+        let mut spec = Spec::new(vec![format!("hyperxl-{kind}")]);
+        spec.job = Some(job);
+        spec.validate().context("building the helper's spec")?;
+        let mut vm = VmState::new(id, name, format!("(hyperxl {kind})"));
+        vm.command = spec.args.clone();
+        vm.auto_remove = true;
+        vm.disks = disks.clone();
+        vm.labels.insert("hyperxl.helper".into(), kind.to_string());
+        let opts = LaunchOptions {
+            image: vm.image.clone(),
+            name: Some(vm.name.clone()),
+            auto_remove: true,
+            memory_mib: 64,
+            vcpus: 1,
+            pv: false,
+            kernel,
+            initrd,
+            show_init_lines: false,
+            log: Default::default(),
+            labels: vm.labels.clone(),
+            net: Default::default(),
+            storage: Default::default(),
+        };
+        for (what, path) in [("kernel", &opts.kernel), ("initramfs", &opts.initrd)] {
+            if !path.is_file() {
+                bail!(
+                    "guest {what} {} not found (build it with scripts/build-guest)",
+                    path.display()
+                );
+            }
+        }
+        Ok(Prepared {
+            vm,
+            spec,
+            disk_file: None,
+            opts,
+            restart_of: None,
+            net: None,
+            storage: crate::volume::StoragePlan {
+                disks,
+                ..Default::default()
+            },
+        })
+    }
+
     /// Makes this a restart of `old` (a restart policy at work): same id, name and
     /// console log, one more in its restart count.
     pub fn restart_of(mut self, old: &VmState) -> Self {
@@ -192,7 +248,7 @@ pub fn prepare(
     Ok(Prepared {
         vm,
         spec,
-        disk_file,
+        disk_file: Some(disk_file),
         opts,
         restart_of: None,
         net,
@@ -203,15 +259,18 @@ pub fn prepare(
 /// The libxl domain config of a prepared VM whose rootfs is `disk`, on network `net`.
 pub fn domain_config(
     p: &Prepared,
-    disk: &Path,
+    rootfs: Option<&Path>,
     extra: &[crate::volume::AttachedDisk],
     net: Option<&crate::net::VmNet>,
 ) -> anyhow::Result<DomainConfig> {
-    let mut rootfs = Disk::new(disk, "xvda").readonly();
-    if let Some(script) = block_script() {
-        rootfs = rootfs.script(script);
-    }
     let mut builder = DomainConfig::builder(p.vm.domain_name());
+    if let Some(disk) = rootfs {
+        let mut rootfs = Disk::new(disk, "xvda").readonly();
+        if let Some(script) = block_script() {
+            rootfs = rootfs.script(script);
+        }
+        builder = builder.disk(rootfs);
+    }
     for d in extra {
         let dev = d
             .loop_device
@@ -245,7 +304,6 @@ pub fn domain_config(
         .cmdline(GUEST_CMDLINE)
         .memory_mib(p.opts.memory_mib)
         .vcpus(p.opts.vcpus)
-        .disk(rootfs)
         .build()
         .context("building the domain config")
 }
@@ -332,15 +390,19 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
             bail!("interrupted before the domain was created");
         }
         super::timing::mark("record");
-        let disk = LoopDisk::attach(&p.disk_file, &id)?;
-        vms.update(&id, |vm| {
-            vm.loop_device = Some(disk.path().to_path_buf());
-            vm.disk_file = Some(p.disk_file.clone());
-        })?;
-        let mut loops = vec![disk];
+        let mut loops = Vec::new();
+        if let Some(file) = &p.disk_file {
+            let disk = LoopDisk::attach(file, &id)?;
+            vms.update(&id, |vm| {
+                vm.loop_device = Some(disk.path().to_path_buf());
+                vm.disk_file = Some(file.clone());
+            })?;
+            loops.push(disk);
+        }
+        let rootfs = loops.first().map(|l| l.path().to_path_buf());
         let extra = attach_extra(vms, &id, p, &mut loops)?;
         super::timing::mark("disk-attach");
-        let config = domain_config(p, loops[0].path(), &extra, net.as_ref())?;
+        let config = domain_config(p, rootfs.as_deref(), &extra, net.as_ref())?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
         built = Some(domid);
         let recorded = vms.update(&id, |vm| vm.domid = Some(domid.0))?;
@@ -390,11 +452,21 @@ pub fn write_spec(domid: DomId, spec: &Spec) -> anyhow::Result<()> {
 
 /// Runs the VM attached: console on stdout, Ctrl-C stops it; returns the app's exit code.
 pub fn run_attached(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
-    let ctx = Context::new()?;
-    let booted = create(&ctx, vms, &p)?;
     let out = ConsoleOut::Attached {
         show_init_lines: p.opts.show_init_lines,
     };
+    run_watched(vms, p, out)
+}
+
+/// A helper VM (see [`Prepared::helper`]), watched by this process, its console only in
+/// its log; returns its exit code.
+pub fn run_helper(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
+    run_watched(vms, p, ConsoleOut::LogOnly)
+}
+
+fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut) -> anyhow::Result<i32> {
+    let ctx = Context::new()?;
+    let booted = create(&ctx, vms, &p)?;
     let result = monitor::supervise(
         &ctx,
         vms,

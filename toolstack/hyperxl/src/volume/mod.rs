@@ -14,6 +14,7 @@
 
 pub mod request;
 pub mod store;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub enum DiskKind {
     Snapshot,
     /// The writable layer's disk (`--storage-opt size=`), private to the VM.
     Scratch,
+    /// A raw tar stream disk of `volume export`/`import`; its owner removes it.
+    Stream,
 }
 
 /// One extra disk of a VM, as recorded.
@@ -313,6 +316,11 @@ pub fn materialize(
                 snapshot_dir(Path::new(&d.name), &out)?;
                 out
             }
+            // Made by `volume export`/`import` before the VM.
+            DiskKind::Stream => match &d.file {
+                Some(f) => f.clone(),
+                None => bail!("a stream disk without its file"),
+            },
             DiskKind::Scratch => {
                 let out = vm_dir.join("scratch.ext4");
                 let _ = std::fs::remove_file(&out);

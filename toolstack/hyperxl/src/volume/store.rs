@@ -173,6 +173,11 @@ impl VolumeStore {
             .ok_or_else(|| io_err("locking", &path)(io::ErrorKind::WouldBlock.into()))
     }
 
+    /// `STATE_DIR/volumes`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }

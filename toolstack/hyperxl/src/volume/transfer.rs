@@ -1,0 +1,206 @@
+//! `volume export` and `volume import`: a volume's tree as a tar stream, moved by a
+//! helper VM so dom0 never mounts or parses what a guest wrote.
+//!
+//! The helper VM boots the usual HyperKernel and init with no image and no network; its
+//! disks are the volume (read-write: an export's read-only mount then replays a journal
+//! a destroyed writer left) and a raw stream disk, a sparse file under the volume store.
+//! Export: the guest writes `header + tar` to the stream disk and dom0 copies the bytes
+//! the header announces (never more than the file holds) to the output. Import: dom0
+//! writes `header + input` and the guest unpacks it into the volume.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use hyperxl_contract::job::{parse_stream_header, stream_header, Job, STREAM_HEADER_LEN};
+
+use super::store::VolumeStore;
+use super::{AttachedDisk, DiskKind};
+use crate::vm::launch::{self, Prepared};
+use crate::vm::state::VmStore;
+
+/// The guest kernel and initramfs the helper VM boots.
+#[derive(Debug, Clone)]
+pub struct HelperFiles {
+    /// HyperKernel.
+    pub kernel: PathBuf,
+    /// The initramfs with hyperstart-pv.
+    pub initrd: PathBuf,
+}
+
+/// A stream file under the volume store, removed when dropped.
+struct StreamFile(PathBuf);
+
+impl StreamFile {
+    fn create(store_dir: &Path, size: u64) -> anyhow::Result<(StreamFile, File)> {
+        let path = store_dir.join(format!(".stream-{}", crate::vm::state::new_id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let stream = StreamFile(path);
+        file.set_len(size)
+            .with_context(|| format!("sizing {}", stream.0.display()))?;
+        Ok((stream, file))
+    }
+}
+
+impl Drop for StreamFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn disks(volume: &str, volume_file: PathBuf, stream: &Path, stream_ro: bool) -> Vec<AttachedDisk> {
+    vec![
+        AttachedDisk {
+            kind: DiskKind::Volume,
+            name: volume.to_string(),
+            target: None,
+            readonly: false,
+            vdev: "xvdb".into(),
+            file: Some(volume_file),
+            loop_device: None,
+            size: None,
+        },
+        AttachedDisk {
+            kind: DiskKind::Stream,
+            name: "stream".into(),
+            target: None,
+            readonly: stream_ro,
+            vdev: "xvdc".into(),
+            file: Some(stream.to_path_buf()),
+            loop_device: None,
+            size: None,
+        },
+    ]
+}
+
+fn run_job(vms: &VmStore, kind: &str, p: Prepared) -> anyhow::Result<()> {
+    // Ctrl-C stops the helper VM rather than leaving it behind.
+    crate::vm::monitor::install_stop_handlers();
+    let code = launch::run_helper(vms, p)?;
+    if code != 0 {
+        bail!("the {kind} helper VM failed (exit code {code}); its error is above");
+    }
+    Ok(())
+}
+
+/// Writes volume `name`'s tree as a tar stream to `out`; returns the bytes written.
+pub fn export(
+    state_dir: &Path,
+    name: &str,
+    files: &HelperFiles,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let store = VolumeStore::open(state_dir)?;
+    let volume = store.load(name)?;
+    let vms = VmStore::open(state_dir)?;
+    crate::volume::check_claims(
+        &vms.list()?,
+        "",
+        &disks(name, PathBuf::new(), Path::new(""), false),
+    )?;
+    // A tar of a tree is about its size on the filesystem, often less; headers and
+    // padding of many tiny files can add some: room for both, sparse.
+    let size = volume.size + volume.size / 8 + (16 << 20);
+    let (stream, _) = StreamFile::create(store.root(), size)?;
+    let job = Job::Export {
+        volume: "/dev/xvdb".into(),
+        stream: "/dev/xvdc".into(),
+    };
+    let p = Prepared::helper(
+        "export",
+        job,
+        disks(name, store.data_file(name), &stream.0, false),
+        files.kernel.clone(),
+        files.initrd.clone(),
+    )?;
+    run_job(&vms, "export", p)?;
+    let mut file = File::open(&stream.0).context("opening the stream")?;
+    let mut header = [0u8; STREAM_HEADER_LEN];
+    file.read_exact(&mut header)
+        .context("reading the stream header")?;
+    let len = announced(&header, size)?;
+    let copied = io::copy(&mut file.take(len), out).context("writing the archive")?;
+    out.flush().context("writing the archive")?;
+    Ok(copied)
+}
+
+/// The length a stream header written by the guest announces, believed only as far as
+/// the stream file of `size` bytes goes.
+fn announced(header: &[u8], size: u64) -> anyhow::Result<u64> {
+    let len = parse_stream_header(header).context("the helper VM wrote no stream header")?;
+    let avail = size.saturating_sub(STREAM_HEADER_LEN as u64);
+    if len > avail {
+        bail!("the helper VM announced {len} bytes, more than its stream disk holds");
+    }
+    Ok(len)
+}
+
+/// Unpacks the tar stream `input` into volume `name` (made with `size` if missing);
+/// returns the bytes read.
+pub fn import(
+    state_dir: &Path,
+    name: &str,
+    size: u64,
+    files: &HelperFiles,
+    input: &mut dyn Read,
+) -> anyhow::Result<u64> {
+    let store = VolumeStore::open(state_dir)?;
+    let vms = VmStore::open(state_dir)?;
+    crate::volume::check_claims(
+        &vms.list()?,
+        "",
+        &disks(name, PathBuf::new(), Path::new(""), false),
+    )?;
+    let (stream, mut file) = StreamFile::create(store.root(), 0)?;
+    file.seek(SeekFrom::Start(STREAM_HEADER_LEN as u64))?;
+    let len = io::copy(input, &mut file).context("reading the archive")?;
+    if len == 0 {
+        bail!("the archive is empty");
+    }
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&stream_header(len))?;
+    // A block device is whole sectors.
+    let total = (STREAM_HEADER_LEN as u64 + len).div_ceil(512) * 512;
+    file.set_len(total)?;
+    file.sync_all()?;
+    drop(file);
+    store.ensure(name, size, false, Default::default())?;
+    let job = Job::Import {
+        volume: "/dev/xvdb".into(),
+        stream: "/dev/xvdc".into(),
+    };
+    let p = Prepared::helper(
+        "import",
+        job,
+        disks(name, store.data_file(name), &stream.0, true),
+        files.kernel.clone(),
+        files.initrd.clone(),
+    )?;
+    run_job(&vms, "import", p)?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_written_header_is_bounded_by_the_file() {
+        assert_eq!(announced(&stream_header(1000), 2048).unwrap(), 1000);
+        assert_eq!(announced(&stream_header(1536), 2048).unwrap(), 1536);
+        assert!(announced(&stream_header(1537), 2048).is_err());
+        assert!(announced(&stream_header(u64::MAX), 2048).is_err());
+        assert!(announced(&stream_header(0), 100).is_ok());
+        assert!(announced(&[0u8; 512], 1 << 20).is_err());
+        assert!(announced(b"short", 1 << 20).is_err());
+    }
+}
