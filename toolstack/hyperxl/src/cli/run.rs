@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// anonymous volume), or /HOST/DIR:/PATH:ro (a read-only snapshot of a dom0 directory).
     #[arg(short = 'v', long = "volume", value_name = "SRC:/PATH[:ro]")]
     pub volume: Vec<String>,
+    /// Mount, in Docker's long form: type=volume|bind|tmpfs,source=..,target=..[,readonly]
+    /// (bind: read-only snapshots only), tmpfs-size=, tmpfs-mode=.
+    #[arg(long = "mount", value_name = "type=..,target=..")]
+    pub mount: Vec<String>,
     /// Mount a tmpfs: /PATH[:size=SIZE,mode=OCTAL].
     #[arg(long = "tmpfs", value_name = "/PATH[:OPTS]")]
     pub tmpfs: Vec<String>,
@@ -154,12 +158,13 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         log: LogLimits::from_opts(&args.log_opt)?,
         labels: Default::default(),
         net: net_request(args)?,
-        storage: crate::volume::request::from_flags(
-            &args.volume,
-            &args.tmpfs,
-            args.read_only,
-            &args.storage_opt,
-        )?,
+        storage: {
+            use crate::volume::request;
+            let mut req =
+                request::from_flags(&args.volume, &args.tmpfs, args.read_only, &args.storage_opt)?;
+            request::add_mounts(&mut req, &args.mount)?;
+            req
+        },
     };
     Ok((opts, flags))
 }

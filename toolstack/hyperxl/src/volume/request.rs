@@ -36,6 +36,14 @@ pub enum RequestError {
         /// Why.
         why: String,
     },
+    /// Malformed `--mount`.
+    #[error("invalid --mount {spec:?}: {why}")]
+    Mount {
+        /// The flag.
+        spec: String,
+        /// Why.
+        why: String,
+    },
     /// Malformed `--storage-opt`.
     #[error(
         "invalid --storage-opt {0:?}: the one option is size=SIZE (e.g. size=2g), at least 16m"
@@ -197,6 +205,64 @@ pub fn parse_tmpfs(spec: &str) -> Result<TmpfsArg, RequestError> {
     Ok(arg)
 }
 
+/// What one `--mount` stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountArg {
+    /// A `-v`.
+    Volume(VolumeArg),
+    /// A `--tmpfs`.
+    Tmpfs(TmpfsArg),
+}
+
+/// Parses one `--mount type=volume|bind|tmpfs,source=..,target=..[,readonly]` (Docker's
+/// long form) into the `-v` or `--tmpfs` it stands for.
+pub fn parse_mount(spec: &str) -> Result<MountArg, RequestError> {
+    let bad = |why: &str| RequestError::Mount {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
+    let (mut kind, mut source, mut target, mut readonly) = ("volume", None, None, false);
+    let (mut size, mut mode) = (None, None);
+    for field in spec.split(',') {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        match k {
+            "type" => kind = v,
+            "source" | "src" => source = Some(v),
+            "target" | "dst" | "destination" => target = Some(v),
+            "readonly" | "ro" => readonly = matches!(v, "" | "true" | "1"),
+            "tmpfs-size" => size = Some(v),
+            "tmpfs-mode" => mode = Some(v),
+            _ => return Err(bad(&format!("unknown field {k:?}"))),
+        }
+    }
+    let target = target.ok_or_else(|| bad("target= is missing"))?;
+    let ro = if readonly { ":ro" } else { "" };
+    match (kind, source) {
+        ("volume", Some(src)) if !src.is_empty() => {
+            parse_volume(&format!("{src}:{target}{ro}")).map(MountArg::Volume)
+        }
+        ("volume", _) => parse_volume(target).map(MountArg::Volume),
+        ("bind", Some(src)) if src.starts_with('/') => {
+            parse_volume(&format!("{src}:{target}{ro}")).map(MountArg::Volume)
+        }
+        ("bind", _) => Err(bad("a bind mount needs an absolute source=")),
+        ("tmpfs", None) => {
+            let mut opts = Vec::new();
+            if let Some(s) = size {
+                opts.push(format!("size={s}"));
+            }
+            if let Some(m) = mode {
+                opts.push(format!("mode={m}"));
+            }
+            parse_tmpfs(&format!("{target}:{}", opts.join(","))).map(MountArg::Tmpfs)
+        }
+        ("tmpfs", Some(_)) => Err(bad("a tmpfs has no source")),
+        (other, _) => Err(bad(&format!(
+            "unknown type {other:?} (volume, bind, tmpfs)"
+        ))),
+    }
+}
+
 /// Parses `--storage-opt size=SIZE`.
 pub fn parse_storage_opt(opt: &str) -> Result<u64, RequestError> {
     opt.strip_prefix("size=")
@@ -227,6 +293,17 @@ pub fn from_flags(
         read_only,
         scratch,
     })
+}
+
+/// Adds `--mount` entries to a request.
+pub fn add_mounts(req: &mut StorageRequest, mounts: &[String]) -> Result<(), RequestError> {
+    for m in mounts {
+        match parse_mount(m)? {
+            MountArg::Volume(v) => req.volumes.push(v),
+            MountArg::Tmpfs(t) => req.tmpfs.push(t),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -332,6 +409,60 @@ mod tests {
             "/:size=1m",
         ] {
             assert!(parse_tmpfs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mounts() {
+        assert_eq!(
+            parse_mount("type=volume,source=data,target=/d,readonly").unwrap(),
+            MountArg::Volume(VolumeArg::Named {
+                name: "data".into(),
+                target: "/d".into(),
+                readonly: true
+            })
+        );
+        assert_eq!(
+            parse_mount("src=data,dst=/d").unwrap(),
+            MountArg::Volume(VolumeArg::Named {
+                name: "data".into(),
+                target: "/d".into(),
+                readonly: false
+            })
+        );
+        assert_eq!(
+            parse_mount("type=volume,target=/d").unwrap(),
+            MountArg::Volume(VolumeArg::Anonymous {
+                target: "/d".into()
+            })
+        );
+        assert_eq!(
+            parse_mount("type=bind,source=/srv,target=/s,readonly=true").unwrap(),
+            MountArg::Volume(VolumeArg::HostDir {
+                host: "/srv".into(),
+                target: "/s".into()
+            })
+        );
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700").unwrap(),
+            MountArg::Tmpfs(TmpfsArg {
+                target: "/t".into(),
+                size: Some(1 << 20),
+                mode: Some(0o700)
+            })
+        );
+        assert!(matches!(
+            parse_mount("type=bind,source=/srv,target=/s"),
+            Err(RequestError::HostDirReadWrite(_))
+        ));
+        for bad in [
+            "type=nfs,target=/d",
+            "source=data",
+            "type=bind,source=rel,target=/d,ro",
+            "type=tmpfs,source=x,target=/t",
+            "type=volume,target=/d,bogus=1",
+        ] {
+            assert!(parse_mount(bad).is_err(), "{bad}");
         }
     }
 
