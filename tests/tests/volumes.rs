@@ -167,6 +167,7 @@ fn volumes_keep_data_and_stay_safe() {
                 try -v ./conf:/d:ro
                 try -v /no/such/dir:/d:ro
                 try -v a/b:/d
+                try -v /proc/self:/p:ro
                 try -v data:relative
                 try --tmpfs /x:size=lots
                 try --storage-opt size=1m
@@ -303,6 +304,7 @@ fn volumes_keep_data_and_stay_safe() {
         "a host directory must be an absolute path",
         "host directory /no/such/dir does not exist",
         "a host directory must be an absolute path",
+        "cannot be snapshotted",
         "invalid mount target \"relative\"",
         "invalid --tmpfs",
         "invalid --storage-opt",

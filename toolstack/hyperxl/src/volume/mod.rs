@@ -165,6 +165,14 @@ pub fn plan(
                     .ok()
                     .filter(|d| d.is_dir())
                     .with_context(|| format!("host directory {} does not exist", host.display()))?;
+                // Kernel filesystems would be read file by file (and /proc/kmsg blocks).
+                let system = ["/proc", "/sys", "/dev", "/run"];
+                if dir == Path::new("/") || system.iter().any(|s| dir.starts_with(s)) {
+                    bail!(
+                        "host directory {} cannot be snapshotted: it is / or under /proc, /sys, /dev or /run",
+                        dir.display()
+                    );
+                }
                 push(
                     DiskKind::Snapshot,
                     dir.to_string_lossy().into_owned(),
