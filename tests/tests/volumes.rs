@@ -168,6 +168,8 @@ fn volumes_keep_data_and_stay_safe() {
                 try -v /no/such/dir:/d:ro
                 try -v a/b:/d
                 try -v /proc/self:/p:ro
+                try -v data:/a -v data:/b
+                try -v data:/d:ro --tmpfs /d/tmp
                 try -v data:relative
                 try --tmpfs /x:size=lots
                 try --storage-opt size=1m
@@ -305,6 +307,8 @@ fn volumes_keep_data_and_stay_safe() {
         "host directory /no/such/dir does not exist",
         "a host directory must be an absolute path",
         "cannot be snapshotted",
+        "volume data is mounted twice",
+        "inside the read-only mount /d",
         "invalid mount target \"relative\"",
         "invalid --tmpfs",
         "invalid --storage-opt",

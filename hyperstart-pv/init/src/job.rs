@@ -79,22 +79,10 @@ fn export(stream: &str) -> Result<(), InitError> {
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Complete);
     tar.append_dir(".", VOL).ctx(what("the root directory"))?;
-    let mut names: Vec<_> = fs::read_dir(VOL)
-        .ctx(what("list the volume"))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        // mkfs's own directory, not the user's data.
-        .filter(|n| n != "lost+found")
-        .collect();
-    names.sort();
-    for name in names {
-        let path = Path::new(VOL).join(&name);
-        let meta = fs::symlink_metadata(&path).ctx(what("stat"))?;
-        let added = if meta.is_dir() {
-            tar.append_dir_all(&name, &path)
-        } else {
-            tar.append_path_with_name(&path, &name)
-        };
-        added.ctx(what(&format!("add {}", name.to_string_lossy())))?;
+    let mut sockets = 0u64;
+    add_tree(&mut tar, Path::new(VOL), Path::new(""), &mut sockets).ctx(what("add the tree"))?;
+    if sockets > 0 {
+        crate::console::say!("export: {sockets} sockets skipped (tar has no socket entries)");
     }
     let out = tar.into_inner().ctx(what("finish the archive"))?;
     let len = out.count;
@@ -107,6 +95,36 @@ fn export(stream: &str) -> Result<(), InitError> {
     dev.write_all(&stream_header(len))
         .ctx(what("write the header"))?;
     dev.sync_all().ctx(what("sync the stream disk"))?;
+    Ok(())
+}
+
+/// Adds `dir`'s entries under `rel`, sorted, without following symlinks; directories
+/// recursively; sockets (which tar cannot hold) are counted in `sockets` and skipped;
+/// mkfs's `lost+found` at the top is not the user's data.
+fn add_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    sockets: &mut u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut names: Vec<_> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|n| !(rel.as_os_str().is_empty() && n == "lost+found"))
+        .collect();
+    names.sort();
+    for name in names {
+        let (path, inner) = (dir.join(&name), rel.join(&name));
+        let kind = fs::symlink_metadata(&path)?.file_type();
+        if kind.is_socket() {
+            *sockets += 1;
+        } else if kind.is_dir() {
+            tar.append_dir(&inner, &path)?;
+            add_tree(tar, &path, &inner, sockets)?;
+        } else {
+            tar.append_path_with_name(&path, &inner)?;
+        }
+    }
     Ok(())
 }
 

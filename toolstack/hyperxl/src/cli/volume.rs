@@ -155,9 +155,20 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
             let files = helper_files();
             match output {
                 Some(path) => {
-                    let mut f = std::fs::File::create(&path)
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // The volume's data: readable by its owner alone, as the state dir.
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
-                    transfer::export(state_dir, &name, &files, &mut f)?;
+                    if let Err(e) = transfer::export(state_dir, &name, &files, &mut f) {
+                        drop(f);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e);
+                    }
                 }
                 None => {
                     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {

@@ -96,11 +96,17 @@ fn launch_options(
 pub fn remove_volumes(state_dir: &Path, dep: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let store = crate::volume::store::VolumeStore::open(state_dir)?;
     let vms = VmStore::open(state_dir)?;
+    let mut kept = Vec::new();
     for v in store.list()? {
         if v.labels.get(LABEL_DEPLOYMENT).is_some_and(|d| d == dep) {
-            crate::volume::remove_unused(&store, &vms, &v.name)?;
-            writeln!(out, "volume {}: removed", v.name)?;
+            match crate::volume::remove_unused(&store, &vms, &v.name) {
+                Ok(()) => writeln!(out, "volume {}: removed", v.name)?,
+                Err(e) => kept.push(format!("{e:#}")),
+            }
         }
+    }
+    if !kept.is_empty() {
+        bail!("some volumes were kept: {}", kept.join("; "));
     }
     Ok(())
 }
@@ -199,11 +205,16 @@ fn start(
     def: &VmDef,
     guest: &GuestFiles,
     old: Option<&VmState>,
+    replaced: Option<&VmState>,
 ) -> anyhow::Result<String> {
     let opts = launch_options(dep, def, guest, net_request(state_dir, dep, def)?)?;
     let mut prepared = launch::prepare(state_dir, &opts, &def.run_flags())?;
     if let Some(old) = old {
         prepared = prepared.restart_of(old);
+    }
+    if let Some(gone) = replaced {
+        // As compose keeps them on a recreate: the image's VOLUME data carries over.
+        crate::volume::keep_anonymous(&mut prepared.vm.disks, gone);
     }
     let id = launch::run_detached(state_dir, vms, prepared)?;
     let begun = Instant::now();
@@ -289,12 +300,12 @@ pub fn up(
             }
             Action::Start(ref name) | Action::Replace(ref name) => {
                 let Some(def) = def_of(name) else { continue };
-                let existed = current
-                    .get(name)
-                    .map(|vm| remove(&vms, &host, vm))
-                    .transpose()?
-                    .is_some();
-                start(state_dir, &vms, dep, def, guest, None)?;
+                let gone = current.get(name);
+                if let Some(vm) = gone {
+                    remove(&vms, &host, vm)?;
+                }
+                let existed = gone.is_some();
+                start(state_dir, &vms, dep, def, guest, None, gone)?;
                 writeln!(out, "{}: {}", vm_name(dep, def), outcome(&action, existed))?;
             }
         }
@@ -626,7 +637,7 @@ pub fn supervise(
                 if Instant::now() < when {
                     continue;
                 }
-                match start(state_dir, &vms, dep, def, guest, Some(vm)) {
+                match start(state_dir, &vms, dep, def, guest, Some(vm), None) {
                     Ok(_) => {
                         let _ = writeln!(out, "{}: restarted ({})", vm.name, vm.restart_count + 1);
                     }

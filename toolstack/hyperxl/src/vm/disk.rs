@@ -354,6 +354,14 @@ pub fn detach(device: &Path, owner: &str, backing: Option<&Path>) -> io::Result<
     Ok(true)
 }
 
+/// Whether `device` is still bound to VM `owner`'s file `backing` (someone, blkback,
+/// still holds it after an end).
+pub fn still_ours(device: &Path, owner: &str, backing: Option<&Path>) -> bool {
+    LoopDevice::open(device)
+        .ok()
+        .is_some_and(|dev| is_ours(dev.as_raw_fd(), owner, backing).unwrap_or(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

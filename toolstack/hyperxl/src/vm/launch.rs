@@ -331,8 +331,11 @@ fn attach_extra(
         return Ok(disks);
     }
     let dir = vms.dir(id);
-    crate::volume::materialize(vms.state_dir(), &dir, &mut disks, &p.storage.volume_labels)?;
+    let made =
+        crate::volume::materialize(vms.state_dir(), &dir, &mut disks, &p.storage.volume_labels);
+    // Recorded even on failure: what was made is then removed with the VM.
     vms.update(id, |vm| vm.disks = disks.clone())?;
+    made?;
     for i in 0..disks.len() {
         let file = disks[i].file.clone().context("a disk without its file")?;
         let l = LoopDisk::attach_mode(&file, id, disks[i].readonly)?;

@@ -196,11 +196,15 @@ pub fn finish(
         let (state_dir, vm) = (vms.state_dir().to_path_buf(), vm.clone());
         std::thread::spawn(move || crate::net::detach(&state_dir, &vm))
     };
+    let mut still_bound = Vec::new();
     for (dev, file) in vm.loops() {
         // blkback closes the device shortly after the domain is gone; autoclear then
         // frees it. Wait for that so `--rm` really leaves nothing behind.
         if !disk::wait_freed(&dev, Duration::from_secs(3)) {
             let _ = disk::detach(&dev, id, file.as_deref());
+            if disk::still_ours(&dev, id, file.as_deref()) {
+                still_bound.push(dev);
+            }
         }
     }
     let _ = net_gone.join();
@@ -209,7 +213,7 @@ pub fn finish(
     let record = |vm: &mut state::VmState| {
         vm.status = Status::Exited;
         vm.domid = None;
-        vm.clear_loops();
+        vm.clear_loops_except(&still_bound);
         vm.finished_at = Some(state::now());
         if STOP_SEEN.load(Ordering::SeqCst) {
             vm.stopped_by_user = true;

@@ -102,10 +102,14 @@ pub fn reconcile(
             // The domain is gone: autoclear frees the loop device once blkback lets go.
             // Only one left bound by an attach cut short (old kernels) is ours to free,
             // and the record must not point at a device that may be reused.
+            let mut still_bound = Vec::new();
             for (dev, file) in vm.loops() {
                 let _ = disk::detach(&dev, &vm.id, file.as_deref());
+                if disk::still_ours(&dev, &vm.id, file.as_deref()) {
+                    still_bound.push(dev);
+                }
             }
-            vm.clear_loops();
+            vm.clear_loops_except(&still_bound);
             vm.status = Status::Exited;
             vm.domid = None;
             vm.finished_at = Some(state::now());
@@ -126,14 +130,16 @@ pub fn reconcile(
             }
         });
         if let Ok(vm) = &updated {
-            // The domain is gone: so must its rules and its address be.
+            // The domain is gone: so must its rules, its address and its private disks.
             crate::net::detach(vms.state_dir(), vm);
+            crate::volume::remove_private_files(vm);
         }
         match updated {
             // Nobody is left to honour `--rm`: do it here, leaving the exit code.
             Ok(vm) if vm.auto_remove && !vm.status.can_stop() => {
                 let _ = vms.bury(&vm);
                 vms.remove(&vm.id)?;
+                crate::volume::remove_anonymous(vms.state_dir(), vms, &vm);
             }
             Ok(vm) => out.push(vm),
             // Removed meanwhile (`rm`, `--rm`): nothing to show.

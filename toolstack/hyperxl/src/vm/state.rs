@@ -192,11 +192,16 @@ impl VmState {
         rootfs.into_iter().chain(extra).collect()
     }
 
-    /// Forgets the recorded loop devices (they may be reused by anyone once freed).
-    pub fn clear_loops(&mut self) {
+    /// Forgets the recorded loop devices (they may be reused by anyone once freed) but
+    /// those in `kept` (still bound to this VM's
+    /// files: a read-write volume's device that blkback has not let go of keeps the
+    /// volume claimed, see `volume::check_claims`).
+    pub fn clear_loops_except(&mut self, kept: &[PathBuf]) {
         self.loop_device = None;
         for d in &mut self.disks {
-            d.loop_device = None;
+            if d.loop_device.as_ref().is_some_and(|l| !kept.contains(l)) {
+                d.loop_device = None;
+            }
         }
     }
 

@@ -165,11 +165,18 @@ pub fn plan(
                     .ok()
                     .filter(|d| d.is_dir())
                     .with_context(|| format!("host directory {} does not exist", host.display()))?;
-                // Kernel filesystems would be read file by file (and /proc/kmsg blocks).
+                // Kernel filesystems would be read file by file (and /proc/kmsg blocks);
+                // hyperxl's state holds other VMs' volumes and specs.
                 let system = ["/proc", "/sys", "/dev", "/run"];
-                if dir == Path::new("/") || system.iter().any(|s| dir.starts_with(s)) {
+                let state = std::fs::canonicalize(vms.state_dir())
+                    .unwrap_or_else(|_| vms.state_dir().to_path_buf());
+                if dir == Path::new("/")
+                    || system.iter().any(|s| dir.starts_with(s))
+                    || dir.starts_with(&state)
+                    || state.starts_with(&dir)
+                {
                     bail!(
-                        "host directory {} cannot be snapshotted: it is / or under /proc, /sys, /dev or /run",
+                        "host directory {} cannot be snapshotted: it is /, under /proc, /sys, /dev or /run, or holds hyperxl's state",
                         dir.display()
                     );
                 }
@@ -214,6 +221,31 @@ pub fn plan(
             d.size = Some(size);
         }
     }
+    // One volume, one block device: two attachments of one ext4 file would be two
+    // independent filesystems on the same blocks in the guest.
+    let mut names = std::collections::BTreeSet::new();
+    for d in disks
+        .iter()
+        .filter(|d| matches!(d.kind, DiskKind::Volume | DiskKind::Anonymous))
+    {
+        if !names.insert(d.name.as_str()) {
+            bail!("volume {} is mounted twice: mount it once", d.name);
+        }
+    }
+    // A mount point inside a read-only mount could not be made.
+    for inner in &targets {
+        if let Some(outer) = disks.iter().find(|d| {
+            d.readonly
+                && d.target
+                    .as_deref()
+                    .is_some_and(|t| Path::new(inner).starts_with(t) && t != inner)
+        }) {
+            bail!(
+                "{inner} is inside the read-only mount {}: its mount point cannot be made",
+                outer.target.as_deref().unwrap_or_default()
+            );
+        }
+    }
     hyperxl_contract::mounts::validate(&mounts_of(&disks, &tmpfs))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     check_claims(&vms.list()?, "", &disks)?;
@@ -232,11 +264,15 @@ pub fn check_claims(vms: &[VmState], me: &str, disks: &[AttachedDisk]) -> Result
         .iter()
         .filter(|d| matches!(d.kind, DiskKind::Volume | DiskKind::Anonymous))
     {
-        for vm in vms.iter().filter(|v| v.id != me && v.status.can_stop()) {
+        for vm in vms.iter().filter(|v| v.id != me) {
+            // A VM holds its volumes while it exists, and a writer's volume also while
+            // its loop device is still bound (blkback had not let go when it ended).
+            let holds =
+                |d: &AttachedDisk| vm.status.can_stop() || (!d.readonly && d.loop_device.is_some());
             let clash = vm
                 .disks
                 .iter()
-                .any(|d| d.is_volume(&want.name) && !(d.readonly && want.readonly));
+                .any(|d| d.is_volume(&want.name) && holds(d) && !(d.readonly && want.readonly));
             if clash {
                 return Err(VolumeError::InUse {
                     name: want.name.clone(),
@@ -312,6 +348,15 @@ pub fn materialize(
         return Ok(());
     }
     let volumes = VolumeStore::open(state_dir)?;
+    // Private files are named before they are made, so a failure half-way is cleaned
+    // up with the VM (`remove_private_files`).
+    for (i, d) in disks.iter_mut().enumerate() {
+        match d.kind {
+            DiskKind::Snapshot => d.file = Some(vm_dir.join(format!("snapshot-{i}.sqsh"))),
+            DiskKind::Scratch => d.file = Some(vm_dir.join("scratch.ext4")),
+            _ => {}
+        }
+    }
     for (i, d) in disks.iter_mut().enumerate() {
         let file = match d.kind {
             DiskKind::Volume | DiskKind::Anonymous => {
@@ -349,7 +394,14 @@ pub fn snapshot_dir(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("mksquashfs");
     cmd.arg(dir)
         .arg(out)
-        .args(["-noappend", "-no-xattrs", "-quiet", "-no-progress"])
+        // Mount points below the directory (a chroot's /proc) stay empty directories.
+        .args([
+            "-noappend",
+            "-no-xattrs",
+            "-one-file-system",
+            "-quiet",
+            "-no-progress",
+        ])
         .args(["-comp", "lz4"]);
     hyperxl_image::run::output(&mut cmd)
         .with_context(|| format!("making a snapshot of {}", dir.display()))?;

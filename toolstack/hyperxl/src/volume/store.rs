@@ -302,21 +302,27 @@ pub fn make_ext4(path: &Path, size: u64, label: &str) -> Result<(), VolumeError>
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err("creating", path))?;
-    file.set_len(size).map_err(io_err("sizing", path))?;
+    let sized = file.set_len(size).map_err(io_err("sizing", path));
     drop(file);
     let label: String = label.chars().take(16).collect();
-    let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-m", "0", "-L", &label])
-        .args([
-            "-E",
-            "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
-        ])
-        .arg(path);
-    hyperxl_image::run::output(&mut cmd).map_err(|source| VolumeError::Mkfs {
-        name: label.clone(),
-        source,
-    })?;
-    Ok(())
+    let made = sized.and_then(|()| {
+        let mut cmd = Command::new("mkfs.ext4");
+        cmd.args(["-q", "-F", "-m", "0", "-L", &label])
+            .args([
+                "-E",
+                "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
+            ])
+            .arg(path);
+        hyperxl_image::run::output(&mut cmd).map_err(|source| VolumeError::Mkfs {
+            name: label.clone(),
+            source,
+        })
+    });
+    if made.is_err() {
+        // Nothing half-made stays behind.
+        let _ = fs::remove_file(path);
+    }
+    made.map(drop)
 }
 
 #[cfg(test)]

@@ -35,7 +35,12 @@ struct StreamFile(PathBuf);
 
 impl StreamFile {
     fn create(store_dir: &Path, size: u64) -> anyhow::Result<(StreamFile, File)> {
-        let path = store_dir.join(format!(".stream-{}", crate::vm::state::new_id()));
+        sweep(store_dir);
+        let path = store_dir.join(format!(
+            ".stream-{}-{}",
+            std::process::id(),
+            crate::vm::state::new_id()
+        ));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -48,6 +53,27 @@ impl StreamFile {
         file.set_len(size)
             .with_context(|| format!("sizing {}", stream.0.display()))?;
         Ok((stream, file))
+    }
+}
+
+/// Removes stream files of processes that no longer run (a SIGKILLed export/import).
+fn sweep(store_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(store_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".stream-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -160,9 +186,11 @@ pub fn import(
         "",
         &disks(name, PathBuf::new(), Path::new(""), false),
     )?;
+    // Ctrl-C while the archive is read ends the copy; the stream file is then removed.
+    crate::vm::monitor::install_stop_handlers();
     let (stream, mut file) = StreamFile::create(store.root(), 0)?;
     file.seek(SeekFrom::Start(STREAM_HEADER_LEN as u64))?;
-    let len = io::copy(input, &mut file).context("reading the archive")?;
+    let len = copy_until_stopped(input, &mut file).context("reading the archive")?;
     if len == 0 {
         bail!("the archive is empty");
     }
@@ -173,20 +201,47 @@ pub fn import(
     file.set_len(total)?;
     file.sync_all()?;
     drop(file);
-    store.ensure(name, size, false, Default::default())?;
+    let (_, made) = store.ensure(name, size, false, Default::default())?;
     let job = Job::Import {
         volume: "/dev/xvdb".into(),
         stream: "/dev/xvdc".into(),
     };
-    let p = Prepared::helper(
+    let done = Prepared::helper(
         "import",
         job,
         disks(name, store.data_file(name), &stream.0, true),
         files.kernel.clone(),
         files.initrd.clone(),
-    )?;
-    run_job(&vms, "import", p)?;
+    )
+    .and_then(|p| run_job(&vms, "import", p));
+    if let Err(e) = done {
+        // A volume made for this import goes with it; an existing one keeps what the
+        // guest unpacked before it failed.
+        if made {
+            let _ = crate::volume::remove_unused(&store, &vms, name);
+        }
+        return Err(e);
+    }
     Ok(len)
+}
+
+/// `io::copy` that ends early, with an error, on a stop signal.
+fn copy_until_stopped(input: &mut dyn Read, out: &mut File) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        if crate::vm::monitor::stop_requested() {
+            bail!("interrupted");
+        }
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 #[cfg(test)]
