@@ -377,7 +377,6 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let booted = (|| {
         let mut spec = p.spec.clone();
         let mut net = None;
-        let mut pending_rules = None;
         if let Some(def) = &p.net {
             let prefer = p
                 .restart_of
@@ -385,10 +384,9 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
                 .and_then(|old| old.network.as_ref())
                 .filter(|n| n.network == def.name)
                 .map(|n| n.ip);
-            let (vm_net, guest, rules) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
+            let (vm_net, guest) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
             spec.network = Some(guest);
             net = Some(vm_net);
-            pending_rules = Some(rules);
         }
         super::timing::mark("network");
         vms.write_file(&id, "spec.json", spec.to_json()?.as_bytes())
@@ -419,10 +417,6 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         }
         write_spec(domid, &spec)?;
         super::timing::mark("xenstore");
-        if let Some(rules) = pending_rules.take() {
-            rules.wait()?;
-            super::timing::mark("network-rules");
-        }
         Ok(Booted {
             id: id.clone(),
             domid,
