@@ -102,6 +102,16 @@ impl From<io::Error> for HarnessError {
     }
 }
 
+/// The text after `key` on the first line of `text` that starts with it, trimmed (a
+/// step's `key=value` output); panics, naming the key and the text, if there is none.
+pub fn value(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {text:?}"))
+        .trim()
+        .to_string()
+}
+
 /// The repository's top directory.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

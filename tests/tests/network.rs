@@ -9,7 +9,7 @@
 
 use std::fs;
 
-use hyperxl_e2e::Batch;
+use hyperxl_e2e::{value, Batch};
 
 /// Shell helpers every step defines: `fetch URL` (body, or nothing after 5 s), `until_up
 /// URL` (waits up to 90 s for a server to answer), `domains` (hyperxl domains in
@@ -44,14 +44,6 @@ image = "demo"
 command = ["sh", "-c", "while :; do timeout 3 wget -q -O - http://web/; sleep 1; done"]
 depends_on = ["web"]
 "#;
-
-fn value(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {text:?}"))
-        .trim()
-        .to_string()
-}
 
 #[test]
 #[ignore = "boots the Xen test host (scripts/test runs it)"]

@@ -8,7 +8,7 @@
 
 use std::fs;
 
-use hyperxl_e2e::Batch;
+use hyperxl_e2e::{value, Batch};
 
 /// `domains`: hyperxl domains in `xl list`; `vols`: volumes by name, one line.
 const HELPERS: &str = r#"domains() { xl list | grep -c hyperxl-; }
@@ -28,14 +28,6 @@ n=$(cat /var/lib/db/starts 2>/dev/null || echo 0); n=$((n+1)); echo $n > /var/li
 if [ -e /var/lib/x/first ]; then echo anon-kept; else touch /var/lib/x/first; sync; echo first-run; exit 1; fi
 echo starts=$n; echo ready; sleep 1000"""]
 "#;
-
-fn value(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {text:?}"))
-        .trim()
-        .to_string()
-}
 
 #[test]
 #[ignore = "boots the Xen test host (scripts/test runs it)"]

@@ -66,16 +66,5 @@ pub fn run(state_dir: &Path, args: ImagesArgs) -> anyhow::Result<u8> {
 }
 
 fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
+    super::human_size(n, 1000)
 }

@@ -28,6 +28,24 @@ mod up;
 mod volume;
 mod wait;
 
+/// A size as Docker prints them (`512B`, `1.5MB`, `2.0GB`), in steps of `base`: 1000 for
+/// images (as `docker images`), 1024 for volumes (their sizes are set in binary units).
+fn human_size(bytes: u64, base: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let step = base as f64;
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= step && unit < UNITS.len() - 1 {
+        v /= step;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
 /// Run container images as Xen virtual machines.
 #[derive(Debug, Parser)]
 #[command(name = "hyperxl", version, about, long_about = None)]

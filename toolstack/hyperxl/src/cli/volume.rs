@@ -220,20 +220,9 @@ fn in_use(state_dir: &Path) -> anyhow::Result<Vec<crate::vm::state::VmState>> {
     Ok(reconcile_all(&vms, &Host::connect())?)
 }
 
-/// Bytes as Docker prints sizes: 1.5GB, 12MB, 3kB.
+/// Volume sizes in binary steps: a `--size 1g` volume shows as 1.0GB.
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.1}{}", UNITS[unit])
-    }
+    super::human_size(bytes, 1024)
 }
 
 #[cfg(test)]

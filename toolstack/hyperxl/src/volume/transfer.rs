@@ -108,7 +108,46 @@ fn disks(volume: &str, volume_file: PathBuf, stream: &Path, stream_ro: bool) -> 
     ]
 }
 
-fn run_job(vms: &VmStore, kind: &str, p: Prepared) -> anyhow::Result<()> {
+/// Fails early if a VM holds volume `name` (the helper claims it read-write); checked
+/// again, under the lock, when the helper's record is made.
+fn check_free(vms: &VmStore, name: &str) -> anyhow::Result<()> {
+    let wanted = disks(name, PathBuf::new(), Path::new(""), false);
+    crate::volume::check_claims(&vms.list()?, "", &wanted)?;
+    Ok(())
+}
+
+/// Boots the helper VM that exports volume `name` to the stream file, or imports the
+/// stream file into it (volume `xvdb`, stream `xvdc`, read-only for an import), and
+/// waits for it to succeed.
+fn run_job(
+    vms: &VmStore,
+    store: &VolumeStore,
+    name: &str,
+    stream: &Path,
+    export: bool,
+    files: &HelperFiles,
+) -> anyhow::Result<()> {
+    let (volume, stream_dev) = ("/dev/xvdb".to_string(), "/dev/xvdc".to_string());
+    let (kind, job) = if export {
+        let job = Job::Export {
+            volume,
+            stream: stream_dev,
+        };
+        ("export", job)
+    } else {
+        let job = Job::Import {
+            volume,
+            stream: stream_dev,
+        };
+        ("import", job)
+    };
+    let p = Prepared::helper(
+        kind,
+        job,
+        disks(name, store.data_file(name), stream, !export),
+        files.kernel.clone(),
+        files.initrd.clone(),
+    )?;
     // Ctrl-C stops the helper VM rather than leaving it behind.
     crate::vm::monitor::install_stop_handlers();
     let code = launch::run_helper(vms, p)?;
@@ -128,27 +167,12 @@ pub fn export(
     let store = VolumeStore::open(state_dir)?;
     let volume = store.load(name)?;
     let vms = VmStore::open(state_dir)?;
-    crate::volume::check_claims(
-        &vms.list()?,
-        "",
-        &disks(name, PathBuf::new(), Path::new(""), false),
-    )?;
+    check_free(&vms, name)?;
     // A tar of a tree is about its size on the filesystem, often less; headers and
     // padding of many tiny files can add some: room for both, sparse.
     let size = volume.size + volume.size / 8 + (16 << 20);
     let (stream, _) = StreamFile::create(store.root(), size)?;
-    let job = Job::Export {
-        volume: "/dev/xvdb".into(),
-        stream: "/dev/xvdc".into(),
-    };
-    let p = Prepared::helper(
-        "export",
-        job,
-        disks(name, store.data_file(name), &stream.0, false),
-        files.kernel.clone(),
-        files.initrd.clone(),
-    )?;
-    run_job(&vms, "export", p)?;
+    run_job(&vms, &store, name, &stream.0, true, files)?;
     let mut file = File::open(&stream.0).context("opening the stream")?;
     let mut header = [0u8; STREAM_HEADER_LEN];
     file.read_exact(&mut header)
@@ -181,11 +205,7 @@ pub fn import(
 ) -> anyhow::Result<u64> {
     let store = VolumeStore::open(state_dir)?;
     let vms = VmStore::open(state_dir)?;
-    crate::volume::check_claims(
-        &vms.list()?,
-        "",
-        &disks(name, PathBuf::new(), Path::new(""), false),
-    )?;
+    check_free(&vms, name)?;
     // Ctrl-C while the archive is read ends the copy; the stream file is then removed.
     crate::vm::monitor::install_stop_handlers();
     let (stream, mut file) = StreamFile::create(store.root(), 0)?;
@@ -202,18 +222,7 @@ pub fn import(
     file.sync_all()?;
     drop(file);
     let (_, made) = store.ensure(name, size, false, Default::default())?;
-    let job = Job::Import {
-        volume: "/dev/xvdb".into(),
-        stream: "/dev/xvdc".into(),
-    };
-    let done = Prepared::helper(
-        "import",
-        job,
-        disks(name, store.data_file(name), &stream.0, true),
-        files.kernel.clone(),
-        files.initrd.clone(),
-    )
-    .and_then(|p| run_job(&vms, "import", p));
+    let done = run_job(&vms, &store, name, &stream.0, false, files);
     if let Err(e) = done {
         // A volume made for this import goes with it; an existing one keeps what the
         // guest unpacked before it failed.
