@@ -13,9 +13,8 @@
 //! the staged blobs -> blobs, disk and record are committed. A pull that dies at any
 //! point leaves only files in `tmp/` (removed by `prune`), never a partial blob or record.
 
-use std::io::{IsTerminal, Read, Write};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
@@ -118,6 +117,26 @@ pub enum PullError {
     },
 }
 
+/// What a pull reports as it goes. The library draws nothing itself: the CLI turns
+/// these calls into Docker-style per-layer progress on a terminal, and a caller that
+/// wants silence passes no observer. Calls for different layers may come from
+/// different download threads at once.
+pub trait PullObserver: Send + Sync + std::fmt::Debug {
+    /// The image's layers, in manifest order: digest, declared size, and whether the
+    /// store already holds it (nothing is downloaded for those).
+    fn layers(&self, _layers: &[(Digest, u64, bool)]) {}
+    /// A layer's download (re)started: its byte count starts again at zero.
+    fn layer_started(&self, _layer: &Digest) {}
+    /// `n` more bytes of a layer arrived.
+    fn layer_bytes(&self, _layer: &Digest, _n: u64) {}
+    /// A layer is downloaded and verified against its digest.
+    fn layer_done(&self, _layer: &Digest) {}
+    /// Every layer is in; the read-only disk is being built from them.
+    fn building_disk(&self) {}
+    /// The pull ended (with success or not); nothing more will be reported.
+    fn finished(&self) {}
+}
+
 /// How to pull.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -131,8 +150,8 @@ pub struct PullOptions {
     pub parallel: usize,
     /// Attempts per request on transient failures.
     pub attempts: u32,
-    /// Show progress on stderr (a line that updates on a terminal, plain lines otherwise).
-    pub progress: bool,
+    /// Told about every step of the download (none: a silent pull).
+    pub observer: Option<Arc<dyn PullObserver>>,
 }
 
 impl PullOptions {
@@ -144,7 +163,7 @@ impl PullOptions {
             auth: AuthFiles::for_state_dir(state_dir),
             parallel: 4,
             attempts: 4,
-            progress: false,
+            observer: None,
         }
     }
 }
@@ -169,6 +188,15 @@ pub fn pull_if_missing(
 
 /// Pulls `r` into `store` and returns its record.
 pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRecord, PullError> {
+    let result = pull_inner(store, r, opts);
+    if let Some(o) = &opts.observer {
+        o.finished();
+    }
+    result
+}
+
+fn pull_inner(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRecord, PullError> {
+    let observer: &dyn PullObserver = opts.observer.as_deref().unwrap_or(&Silent);
     let reg = Registry::new(r, opts)?;
     let limits = store.limits().clone();
     let mut staging = store.stage()?;
@@ -214,7 +242,11 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
     let layers = layer_list(&manifest)?;
     let todo: Vec<&(Digest, u64, String)> =
         layers.iter().filter(|l| !staging.has_blob(&l.0)).collect();
-    let progress = Progress::new(opts.progress, todo.iter().map(|l| l.1).sum(), todo.len());
+    let listed: Vec<(Digest, u64, bool)> = layers
+        .iter()
+        .map(|l| (l.0.clone(), l.1, staging.has_blob(&l.0)))
+        .collect();
+    observer.layers(&listed);
     let queue = Mutex::new(todo.into_iter());
     let results = Mutex::new(Vec::new());
     let workers = opts.parallel.clamp(1, 16);
@@ -229,7 +261,7 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
                     Some(*size),
                     limits.max_blob_bytes,
                     store,
-                    &progress,
+                    observer,
                 );
                 let failed = r.is_err();
                 results.lock().expect("not poisoned").push(r);
@@ -239,7 +271,6 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
             });
         }
     });
-    progress.finish();
     for r in results.into_inner().expect("not poisoned") {
         let (d, _, tmp) = r?;
         staging.adopt(d, tmp);
@@ -260,6 +291,7 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<ImageRec
         created: config.created().clone(),
         source: "pull".into(),
     };
+    observer.building_disk();
     staging.prepare(std::slice::from_ref(&rec))?;
     staging.commit()?;
     Ok(rec)
@@ -396,7 +428,7 @@ fn fetch_blob(
     limit: u64,
     store: &Store,
 ) -> Result<Fetched, PullError> {
-    fetch_blob_progress(reg, d, size, limit, store, &Progress::new(false, 0, 0))
+    fetch_blob_progress(reg, d, size, limit, store, &Silent)
 }
 
 /// Downloads one blob into a staged file, verified; retried from scratch on transient
@@ -407,7 +439,7 @@ fn fetch_blob_progress(
     size: Option<u64>,
     limit: u64,
     store: &Store,
-    progress: &Progress,
+    observer: &dyn PullObserver,
 ) -> Result<Fetched, PullError> {
     if let Some(n) = size {
         if n > limit {
@@ -426,13 +458,15 @@ fn fetch_blob_progress(
         if !resp.status().is_success() {
             return Err(reg.status_error(&url, resp));
         }
+        observer.layer_started(d);
         let reader = Counting {
             inner: resp.into_body().into_reader(),
-            progress,
+            layer: d,
+            observer,
         };
         match store.write_temp_blob(reader, Some(d), size, limit, &format!("blob {d}")) {
             Ok((d, n, tmp)) => {
-                progress.done();
+                observer.layer_done(&d);
                 return Ok((d, n, tmp));
             }
             Err(StoreError::Io { .. }) | Err(StoreError::SizeMismatch { .. })
@@ -445,83 +479,23 @@ fn fetch_blob_progress(
     }
 }
 
+/// The observer of a pull nobody watches.
+#[derive(Debug)]
+struct Silent;
+
+impl PullObserver for Silent {}
+
+/// A blob's body, reporting each read to the observer.
 struct Counting<'p, R> {
     inner: R,
-    progress: &'p Progress,
+    layer: &'p Digest,
+    observer: &'p dyn PullObserver,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.progress.add(n as u64);
+        self.observer.layer_bytes(self.layer, n as u64);
         Ok(n)
-    }
-}
-
-/// Download progress on stderr: one updating line on a terminal, a line per finished
-/// layer otherwise.
-struct Progress {
-    enabled: bool,
-    tty: bool,
-    total: u64,
-    layers: usize,
-    state: Mutex<(u64, usize, std::time::Instant)>,
-}
-
-impl Progress {
-    fn new(enabled: bool, total: u64, layers: usize) -> Progress {
-        Progress {
-            enabled,
-            tty: std::io::stderr().is_terminal(),
-            total,
-            layers,
-            state: Mutex::new((0, 0, std::time::Instant::now())),
-        }
-    }
-
-    fn add(&self, n: u64) {
-        if !self.enabled {
-            return;
-        }
-        let mut s = self.state.lock().expect("not poisoned");
-        s.0 += n;
-        if self.tty && s.2.elapsed() > Duration::from_millis(100) {
-            s.2 = std::time::Instant::now();
-            let _ = write!(
-                std::io::stderr(),
-                "\rpulling: {} / {} MB, {}/{} layers ",
-                s.0 >> 20,
-                self.total >> 20,
-                s.1,
-                self.layers
-            );
-        }
-    }
-
-    fn done(&self) {
-        if !self.enabled {
-            return;
-        }
-        let mut s = self.state.lock().expect("not poisoned");
-        s.1 += 1;
-        if !self.tty {
-            eprintln!(
-                "pulled layer {}/{} ({} of {} bytes)",
-                s.1, self.layers, s.0, self.total
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if self.enabled && self.tty {
-            let s = self.state.lock().expect("not poisoned");
-            eprintln!(
-                "\rpulled: {} / {} MB, {}/{} layers ",
-                s.0 >> 20,
-                self.total >> 20,
-                s.1,
-                self.layers
-            );
-        }
     }
 }

@@ -249,6 +249,103 @@ fn second_pull_reuses_blobs_and_disk() {
     assert_eq!(store.records().unwrap().len(), 2);
 }
 
+/// Every event a pull reports, in order (bytes summed per layer).
+#[derive(Debug, Default)]
+struct Recorder(
+    std::sync::Mutex<Vec<String>>,
+    std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+);
+
+impl hyperxl_image::pull::PullObserver for Recorder {
+    fn layers(&self, layers: &[(hyperxl_image::digest::Digest, u64, bool)]) {
+        for (d, size, present) in layers {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("layer {d} {size} {present}"));
+        }
+    }
+    fn layer_started(&self, layer: &hyperxl_image::digest::Digest) {
+        self.1.lock().unwrap().insert(layer.to_string(), 0);
+    }
+    fn layer_bytes(&self, layer: &hyperxl_image::digest::Digest, n: u64) {
+        *self.1.lock().unwrap().entry(layer.to_string()).or_default() += n;
+    }
+    fn layer_done(&self, layer: &hyperxl_image::digest::Digest) {
+        let n = self.1.lock().unwrap()[&layer.to_string()];
+        self.0.lock().unwrap().push(format!("done {layer} {n}"));
+    }
+    fn building_disk(&self) {
+        self.0.lock().unwrap().push("disk".into());
+    }
+    fn finished(&self) {
+        self.0.lock().unwrap().push("finished".into());
+    }
+}
+
+/// The observer hears of every layer with its size, every byte of each download, the
+/// disk build and the end; a second pull of an image sharing layers reports them as
+/// present and downloads nothing.
+#[test]
+fn a_pull_reports_layers_bytes_and_the_disk_build() {
+    let reg = TestRegistry::start(false);
+    let img = TestImage::new(standard_layers());
+    reg.push_image("t/app", "1", &img, false);
+    let (_d, store, mut opts) = setup();
+    let rec = std::sync::Arc::new(Recorder::default());
+    opts.observer = Some(rec.clone());
+    let a = pull(&store, &r(&format!("{}/t/app:1", reg.host)), &opts).unwrap();
+    let events = rec.0.lock().unwrap().clone();
+    let n = a.layers.len();
+    assert!(n >= 2, "{events:?}");
+    for l in &a.layers {
+        assert!(
+            events.contains(&format!("layer {} {} false", l.digest, l.size)),
+            "{events:?}"
+        );
+        assert!(
+            events.contains(&format!("done {} {}", l.digest, l.size)),
+            "{events:?}"
+        );
+    }
+    assert_eq!(
+        &events[events.len() - 2..],
+        ["disk", "finished"],
+        "{events:?}"
+    );
+
+    let mut more = standard_layers();
+    more.push(Layer::new().file("extra", b"x").tar());
+    reg.push_image("t/app", "2", &TestImage::new(more), false);
+    let rec2 = std::sync::Arc::new(Recorder::default());
+    opts.observer = Some(rec2.clone());
+    let b = pull(&store, &r(&format!("{}/t/app:2", reg.host)), &opts).unwrap();
+    let events = rec2.0.lock().unwrap().clone();
+    for l in &b.layers[..n] {
+        assert!(
+            events.contains(&format!("layer {} {} true", l.digest, l.size)),
+            "{events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| e.starts_with(&format!("done {}", l.digest))),
+            "{events:?}"
+        );
+    }
+    let last = &b.layers[n];
+    assert!(
+        events.contains(&format!("done {} {}", last.digest, last.size)),
+        "{events:?}"
+    );
+
+    // A failed pull still ends with `finished`.
+    let rec3 = std::sync::Arc::new(Recorder::default());
+    opts.observer = Some(rec3.clone());
+    pull(&store, &r(&format!("{}/t/none:1", reg.host)), &opts).unwrap_err();
+    assert_eq!(*rec3.0.lock().unwrap(), ["finished"]);
+}
+
 #[test]
 fn concurrent_pulls_of_one_image_are_safe() {
     let reg = TestRegistry::start(false);

@@ -17,6 +17,7 @@ mod logs;
 mod monitor;
 mod network;
 mod port;
+mod progress;
 mod ps;
 mod pull;
 mod rm;

@@ -22,7 +22,7 @@ pub struct PullArgs {
     /// Parallel layer downloads.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Print no progress.
+    /// Show no progress (it is shown only when stderr is a terminal) and no digest.
     #[arg(short, long)]
     quiet: bool,
     #[command(flatten)]
@@ -35,7 +35,7 @@ pub fn run(state_dir: &Path, args: PullArgs) -> anyhow::Result<u8> {
     opts.platform = args.platform;
     opts.insecure = args.insecure;
     opts.parallel = args.parallel;
-    opts.progress = !args.quiet;
+    opts.observer = super::progress::observer(args.quiet);
     let rec = pull::pull(&store, &args.image, &opts)
         .with_context(|| format!("pulling {}", args.image.familiar()))?;
     if !args.quiet {

@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Run in the background: print the VM's id and leave a monitor process behind.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Show no pull progress (it is shown only on a terminal).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// Memory, e.g. 64m, 1g (default 128m).
     #[arg(short = 'm', long = "memory", default_value = "128m")]
     pub memory: String,
@@ -165,6 +168,7 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
             request::add_mounts(&mut req, &args.mount)?;
             req
         },
+        pull_observer: super::progress::observer(args.quiet),
     };
     Ok((opts, flags))
 }

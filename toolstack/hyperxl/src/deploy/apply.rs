@@ -87,6 +87,7 @@ fn launch_options(
         log: def.log,
         labels,
         net,
+        pull_observer: None,
         storage: def.storage(&dep.name)?,
     })
 }

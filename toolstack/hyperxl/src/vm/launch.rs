@@ -50,6 +50,8 @@ pub struct LaunchOptions {
     pub net: crate::net::NetRequest,
     /// Its storage (`-v`, `--tmpfs`, `--read-only`, `--storage-opt`).
     pub storage: crate::volume::request::StorageRequest,
+    /// Told about a pull of a missing image (none: a silent pull).
+    pub pull_observer: Option<std::sync::Arc<dyn hyperxl_image::pull::PullObserver>>,
 }
 
 /// The kernel command line of every hyperxl guest.
@@ -131,6 +133,7 @@ impl Prepared {
             log: Default::default(),
             labels: vm.labels.clone(),
             net: Default::default(),
+            pull_observer: None,
             storage: Default::default(),
         };
         for (what, path) in [("kernel", &opts.kernel), ("initramfs", &opts.initrd)] {
@@ -179,7 +182,9 @@ pub fn prepare(
         .parse()
         .with_context(|| format!("image {:?}", opts.image))?;
     let store = Store::open(state_dir).context("opening the image store")?;
-    pull::pull_if_missing(&store, &reference, &PullOptions::new(state_dir))
+    let mut pull_opts = PullOptions::new(state_dir);
+    pull_opts.observer = opts.pull_observer.clone();
+    pull::pull_if_missing(&store, &reference, &pull_opts)
         .with_context(|| format!("pulling {}", opts.image))?;
     let disk_file = store
         .ensure_disk(&reference)
