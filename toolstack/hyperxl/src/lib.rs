@@ -9,6 +9,7 @@
 mod cli;
 mod deploy;
 mod net;
+mod usage;
 mod vm;
 mod volume;
 mod xlcfg;
@@ -21,6 +22,12 @@ use clap::Parser;
 
 /// Exit status when hyperxl itself failed (as `docker run`).
 pub const EXIT_HYPERXL_FAILED: u8 = 125;
+
+/// The whole command-line interface as clap sees it: for man pages and completions
+/// generated at packaging time (`examples/gen-docs.rs`).
+pub fn command() -> clap::Command {
+    <cli::Cli as clap::CommandFactory>::command()
+}
 
 /// The `hyperxl` command: parses the arguments, runs the subcommand, and returns the
 /// process exit code.

@@ -149,6 +149,41 @@ impl Context {
         take_c_string(p).map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
+    /// The hypervisor's version and the host's memory and CPUs (what `xl info` opens
+    /// with).
+    pub fn host_info(&self) -> Result<HostInfo, LibxlError> {
+        // SAFETY: ctx is live; libxl returns a pointer into the context (valid while it
+        // lives, not to be freed) or NULL.
+        let v = unsafe { sys::libxl_get_version_info(self.ctx) };
+        // SAFETY: v is NULL or points to the context's libxl_version_info.
+        let v = unsafe { v.as_ref() }.ok_or(LibxlError::call("libxl_get_version_info", -1))?;
+        let extra = if v.xen_version_extra.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a non-NULL xen_version_extra is a NUL-terminated string owned by
+            // the context.
+            unsafe { CStr::from_ptr(v.xen_version_extra) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let mut p = sys::libxl_physinfo::default();
+        // SAFETY: p is writable memory for one libxl_physinfo.
+        unsafe { sys::libxl_physinfo_init(&mut p) };
+        // SAFETY: ctx is live and p initialised.
+        let rc = unsafe { sys::libxl_get_physinfo(self.ctx, &mut p) };
+        let page_kib = 4;
+        let info = HostInfo {
+            xen_version: format!("{}.{}{extra}", v.xen_version_major, v.xen_version_minor),
+            total_memory_kib: p.total_pages * page_kib,
+            free_memory_kib: p.free_pages * page_kib,
+            cpus: p.nr_cpus,
+        };
+        // SAFETY: p was initialised and is disposed exactly once.
+        unsafe { sys::libxl_physinfo_dispose(&mut p) };
+        check("libxl_get_physinfo", rc)?;
+        Ok(info)
+    }
+
     /// One domain's state; `Ok(None)` when it does not exist.
     pub fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, LibxlError> {
         self.query(domid, true)
@@ -335,4 +370,17 @@ mod tests {
         let err = Context::new().expect_err("no Xen, so no context");
         assert_eq!(err, LibxlError::XenUnavailable { path: PRIVCMD });
     }
+}
+
+/// What [`Context::host_info`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Xen's version, e.g. `4.17.6-pre`.
+    pub xen_version: String,
+    /// The host's memory, in KiB.
+    pub total_memory_kib: u64,
+    /// Memory no domain holds, in KiB (what new VMs can get).
+    pub free_memory_kib: u64,
+    /// Physical CPUs.
+    pub cpus: u32,
 }

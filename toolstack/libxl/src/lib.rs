@@ -42,7 +42,7 @@ pub use config::{
     ConfigError, Disk, DomainConfig, DomainConfigBuilder, DomainType, Nic, ShutdownAction,
     MAX_VCPUS,
 };
-pub use context::{Context, LogLevel, PRIVCMD};
+pub use context::{Context, HostInfo, LogLevel, PRIVCMD};
 pub use error::{ErrorCode, LibxlError};
 pub use ops::{DomId, DomainExit, DomainInfo, DomainOps, ShutdownReason};
 pub use raw::{domain_config_to_json, RawDomainConfig};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod completion;
 mod config;
 mod image;
 mod images;
@@ -25,7 +26,9 @@ mod rmi;
 mod run;
 mod save;
 mod stop;
+mod system;
 mod up;
+mod version;
 mod volume;
 mod wait;
 
@@ -98,7 +101,7 @@ pub enum Command {
     /// Watch a VM started with `run -d` (started by hyperxl itself).
     #[command(hide = true)]
     Monitor(monitor::MonitorArgs),
-    /// Show what this host offers: Xen presence, state dir.
+    /// Show what this host offers and holds: Xen, memory, VMs, networks, storage.
     Info(info::InfoArgs),
     /// Pull an image from a registry.
     Pull(pull::PullArgs),
@@ -122,6 +125,12 @@ pub enum Command {
     Network(network::NetworkArgs),
     /// Manage volumes.
     Volume(volume::VolumeArgs),
+    /// Disk usage (`system df`) and cleanup (`system prune`).
+    System(system::SystemArgs),
+    /// Show the versions of hyperxl and Xen.
+    Version(version::VersionArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion(completion::CompletionArgs),
 }
 
 impl Command {
@@ -168,5 +177,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Port(args) => port::run(&cli.state_dir, args),
         Command::Network(args) => network::run(&cli.state_dir, args),
         Command::Volume(args) => volume::run(&cli.state_dir, args),
+        Command::System(args) => system::run(&cli.state_dir, args),
+        Command::Version(args) => version::run(args),
+        Command::Completion(args) => completion::run(args),
     }
 }

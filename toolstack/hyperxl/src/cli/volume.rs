@@ -199,15 +199,9 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
             let vm_store = VmStore::open(state_dir)?;
             let vms = reconcile_all(&vm_store, &Host::connect())?;
             let mut freed = 0;
-            for v in store.list()? {
-                if (all || v.anonymous) && crate::volume::users(&vms, &v.name).is_empty() {
-                    let bytes = store.allocated(&v.name);
-                    // Checked again under the lock: a `run` may have claimed it since.
-                    if crate::volume::remove_unused(&store, &vm_store, &v.name).is_ok() {
-                        println!("{}", v.name);
-                        freed += bytes;
-                    }
-                }
+            for (name, bytes) in crate::volume::prune(&store, &vm_store, &vms, all)? {
+                println!("{name}");
+                freed += bytes;
             }
             println!("Total reclaimed space: {}", human(freed));
         }

@@ -64,20 +64,27 @@ pub struct LaunchOptions {
 /// run-to-run noise (medians 7.0 s off, 7.5 s on; emulated).
 pub const GUEST_CMDLINE: &str = "console=hvc0 quiet loglevel=1 xen_blkfront.feature_persistent=0";
 
-/// A hotplug step of ours next to this executable, if it is there.
+/// A hotplug step of ours: next to this executable (a build tree, a hand install), or
+/// in `../libexec/hyperxl/` beside its bin dir (the package: `/usr/bin/hyperxl`,
+/// `/usr/libexec/hyperxl/hyperxl-block`), if it is there.
 fn helper(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
-    let script = exe.parent()?.join(name);
-    script.is_file().then_some(script)
+    let bin = exe.parent()?;
+    [
+        bin.join(name),
+        bin.parent()?.join("libexec/hyperxl").join(name),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
 }
 
-/// The hotplug step for our loop devices: `hyperxl-block` next to this executable, or
+/// The hotplug step for our loop devices: `hyperxl-block` (see [`helper`]), or
 /// Xen's stock `block` script if it is missing (slower, same result).
 pub fn block_script() -> Option<PathBuf> {
     helper("hyperxl-block")
 }
 
-/// The hotplug step for vifs: `hyperxl-vif` next to this executable, or Xen's stock
+/// The hotplug step for vifs: `hyperxl-vif` (see [`helper`]), or Xen's stock
 /// `vif-bridge` (bash, iptables; slower) if it is missing.
 pub fn vif_script() -> Option<PathBuf> {
     helper("hyperxl-vif")

@@ -460,6 +460,27 @@ pub fn remove_unused(store: &VolumeStore, vms: &VmStore, name: &str) -> anyhow::
 }
 
 /// The VMs (by name) whose records use volume `name`.
+/// `volume prune`: removes the anonymous volumes (`all`: every volume) that no VM in
+/// `vms` uses; returns each removed name with the bytes its file held.
+pub fn prune(
+    store: &VolumeStore,
+    vm_store: &VmStore,
+    vms: &[VmState],
+    all: bool,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut removed = Vec::new();
+    for v in store.list()? {
+        if (all || v.anonymous) && users(vms, &v.name).is_empty() {
+            let bytes = store.allocated(&v.name);
+            // Checked again under the lock: a `run` may have claimed it since.
+            if remove_unused(store, vm_store, &v.name).is_ok() {
+                removed.push((v.name, bytes));
+            }
+        }
+    }
+    Ok(removed)
+}
+
 pub fn users(all: &[VmState], name: &str) -> Vec<String> {
     all.iter()
         .filter(|v| v.disks.iter().any(|d| d.is_volume(name)))

@@ -1,0 +1,233 @@
+//! `hyperxl system df|prune`: what hyperxl keeps on dom0's disk, and freeing what no VM
+//! needs, as `docker system df` and `docker system prune` do.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use hyperxl_image::{Reference, Store};
+
+use crate::net::store::{NetStore, DEFAULT_NETWORK};
+use crate::usage::{self, Row};
+use crate::vm::host::{reconcile_all, Host};
+use crate::vm::state::{Status, VmStore};
+use crate::volume::store::VolumeStore;
+
+/// Arguments of `hyperxl system`.
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    #[command(subcommand)]
+    command: SystemCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemCommand {
+    /// Show the disk space images, disks, VMs and volumes use.
+    Df {
+        /// Output format: `table` or `json`.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Remove exited VMs, unused networks, and unreferenced blobs and disks.
+    Prune {
+        /// Also remove every image no VM record uses.
+        #[arg(short, long)]
+        all: bool,
+        /// Also remove anonymous volumes no VM uses.
+        #[arg(long)]
+        volumes: bool,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+pub fn run(state_dir: &Path, args: SystemArgs) -> anyhow::Result<u8> {
+    match args.command {
+        SystemCommand::Df { format } => df(state_dir, &format),
+        SystemCommand::Prune {
+            all,
+            volumes,
+            force,
+        } => prune(state_dir, all, volumes, force),
+    }
+}
+
+fn df(state_dir: &Path, format: &str) -> anyhow::Result<u8> {
+    if !matches!(format, "table" | "json") {
+        anyhow::bail!("unknown --format {format:?} (expected table or json)");
+    }
+    let vm_store = VmStore::open(state_dir)?;
+    let vms = reconcile_all(&vm_store, &Host::connect())?;
+    let u = usage::measure(&vm_store, &vms)?;
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&u)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<10} {:>6} {:>7} {:>10} {:>16}",
+        "TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"
+    );
+    for (name, row) in [
+        ("Images", u.images),
+        ("Disks", u.disks),
+        ("VMs", u.vms),
+        ("Volumes", u.volumes),
+    ] {
+        println!(
+            "{:<10} {:>6} {:>7} {:>10} {:>16}",
+            name,
+            row.total,
+            row.active,
+            human(row.size),
+            reclaimable(row)
+        );
+    }
+    Ok(0)
+}
+
+/// `1.2MB (50%)`, as Docker's RECLAIMABLE column.
+fn reclaimable(row: Row) -> String {
+    let pct = (row.reclaimable * 100).checked_div(row.size).unwrap_or(0);
+    format!("{} ({pct}%)", human(row.reclaimable))
+}
+
+fn human(bytes: u64) -> String {
+    super::human_size(bytes, 1000)
+}
+
+fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Result<u8> {
+    if !force && !confirm(all, volumes)? {
+        eprintln!("hyperxl: nothing removed");
+        return Ok(1);
+    }
+    let vm_store = VmStore::open(state_dir)?;
+    let host = Host::connect();
+    let vms = reconcile_all(&vm_store, &host)?;
+    let mut freed = 0u64;
+
+    // Exited VMs, through `rm` itself (loop devices, leases and records all go).
+    let exited: Vec<String> = vms
+        .iter()
+        .filter(|v| v.status == Status::Exited)
+        .map(|v| v.id.clone())
+        .collect();
+    if !exited.is_empty() {
+        println!("Deleted VMs:");
+        freed += exited
+            .iter()
+            .map(|id| usage_of_vm(&vm_store, id))
+            .sum::<u64>();
+        super::rm::run(
+            state_dir,
+            super::rm::RmArgs {
+                force: false,
+                volumes: false,
+                vms: exited,
+            },
+        )?;
+        println!();
+    }
+    let vms = reconcile_all(&vm_store, &host)?;
+
+    // Networks without a VM (leases of ended VMs are swept first), never the default.
+    crate::net::sweep(&vm_store, &vms);
+    let nets = NetStore::open(state_dir)?;
+    let unused: Vec<String> = nets
+        .list()?
+        .into_iter()
+        .filter(|n| n.name != DEFAULT_NETWORK)
+        .filter(|n| nets.leases(&n.name).is_ok_and(|l| l.is_empty()))
+        .map(|n| n.name)
+        .collect();
+    if !unused.is_empty() {
+        println!("Deleted Networks:");
+        for name in unused {
+            crate::net::remove_network(state_dir, &name)?;
+            println!("{name}");
+        }
+        println!();
+    }
+
+    if volumes {
+        let store = VolumeStore::open(state_dir)?;
+        let removed = crate::volume::prune(&store, &vm_store, &vms, false)?;
+        if !removed.is_empty() {
+            println!("Deleted Volumes:");
+            for (name, bytes) in removed {
+                println!("{name}");
+                freed += bytes;
+            }
+            println!();
+        }
+    }
+
+    let store = Store::open(state_dir)?;
+    if all {
+        let used: Vec<_> = vms
+            .iter()
+            .filter_map(|v| v.image.parse::<Reference>().ok())
+            .filter_map(|r| store.record(&r).ok())
+            .map(|rec| rec.id)
+            .collect();
+        let unused: Vec<_> = store
+            .records()?
+            .into_iter()
+            .filter(|r| !used.contains(&r.id))
+            .collect();
+        if !unused.is_empty() {
+            println!("Deleted Images:");
+            for rec in unused {
+                store.remove(&rec.reference)?;
+                println!("untagged: {}", rec.reference.familiar());
+            }
+            println!();
+        }
+    }
+    let stats = store.prune()?;
+    freed += stats.bytes;
+    println!("Total reclaimed space: {}", human(freed));
+    Ok(0)
+}
+
+fn usage_of_vm(vm_store: &VmStore, id: &str) -> u64 {
+    std::fs::read_dir(vm_store.dir(id))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Docker's warning and question; only a `y` or `yes` answer goes on. Without a
+/// terminal to ask on, `-f` is needed.
+fn confirm(all: bool, volumes: bool) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        anyhow::bail!(
+            "system prune asks for confirmation on a terminal: use -f to prune without one"
+        );
+    }
+    let mut err = std::io::stderr();
+    writeln!(err, "WARNING! This will remove:")?;
+    writeln!(err, "  - all exited VMs")?;
+    writeln!(err, "  - all networks not used by at least one VM")?;
+    if volumes {
+        writeln!(err, "  - all anonymous volumes not used by at least one VM")?;
+    }
+    if all {
+        writeln!(
+            err,
+            "  - all images without at least one VM associated to them"
+        )?;
+    }
+    writeln!(err, "  - all blobs and disks no image refers to")?;
+    write!(err, "Are you sure you want to continue? [y/N] ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
