@@ -40,6 +40,13 @@ enum SystemCommand {
         #[arg(short, long)]
         force: bool,
     },
+    /// Bring the VM records in line with Xen (run at boot by hyperxl-reconcile.service).
+    ///
+    /// After a dom0 reboot or a crash, records may say a VM runs whose domain, loop
+    /// devices and vif are gone. Every command reconciles what it touches; this does it
+    /// for all VMs at once: ended VMs are marked exited (restart policies and `ps` see
+    /// the truth), their addresses and volume claims released.
+    Reconcile,
 }
 
 pub fn run(state_dir: &Path, args: SystemArgs) -> anyhow::Result<u8> {
@@ -50,6 +57,7 @@ pub fn run(state_dir: &Path, args: SystemArgs) -> anyhow::Result<u8> {
             volumes,
             force,
         } => prune(state_dir, all, volumes, force),
+        SystemCommand::Reconcile => reconcile(state_dir),
     }
 }
 
@@ -187,6 +195,24 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
     let stats = store.prune()?;
     freed += stats.bytes;
     println!("Total reclaimed space: {}", human(freed));
+    Ok(0)
+}
+
+fn reconcile(state_dir: &Path) -> anyhow::Result<u8> {
+    let vm_store = VmStore::open(state_dir)?;
+    let before = vm_store.list()?;
+    let vms = reconcile_all(&vm_store, &Host::connect())?;
+    crate::net::sweep(&vm_store, &vms);
+    let mut ended = 0;
+    for vm in &vms {
+        let was = before.iter().find(|b| b.id == vm.id).map(|b| b.status);
+        if was.is_some_and(|s| s.can_stop()) && !vm.status.can_stop() {
+            println!("{}: exited", vm.name);
+            ended += 1;
+        }
+    }
+    let running = vms.iter().filter(|v| v.status.can_stop()).count();
+    println!("{} VMs: {running} running, {ended} found ended", vms.len());
     Ok(0)
 }
 
