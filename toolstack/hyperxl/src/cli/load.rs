@@ -15,14 +15,21 @@ pub struct LoadArgs {
     /// Name for images the archive does not name (or to rename its only image).
     #[arg(short, long)]
     tag: Option<Reference>,
+    /// Show no progress (it is shown only when stderr is a terminal).
+    #[arg(short, long)]
+    quiet: bool,
     #[command(flatten)]
     limits: super::image::LimitArgs,
 }
 
 pub fn run(state_dir: &Path, args: LoadArgs) -> anyhow::Result<u8> {
     let store = super::image::open_store(state_dir)?.with_limits(args.limits.limits());
-    let loaded = hyperxl_image::load::load(&store, &args.input, args.tag.as_ref())
-        .with_context(|| format!("loading {}", args.input.display()))?;
+    let spinner = super::progress::spinner(args.quiet, "Loading the image and building its disk");
+    let loaded = hyperxl_image::load::load(&store, &args.input, args.tag.as_ref());
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let loaded = loaded.with_context(|| format!("loading {}", args.input.display()))?;
     for rec in loaded {
         println!("Loaded image: {} ({})", rec.reference.familiar(), rec.id);
     }

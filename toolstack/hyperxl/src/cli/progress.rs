@@ -23,6 +23,21 @@ pub fn observer(quiet: bool) -> Option<Arc<dyn PullObserver>> {
         .then(|| Arc::new(TerminalPull::new(ProgressDrawTarget::stderr())) as _)
 }
 
+/// A spinner with `what` and the time spent, on stderr when it is a terminal and
+/// `quiet` is off (long work with no byte count: a `load`, a disk build).
+pub fn spinner(quiet: bool, what: &str) -> Option<ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let s = ProgressBar::new_spinner();
+    s.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
+    );
+    s.set_message(what.to_string());
+    s.enable_steady_tick(Duration::from_millis(120));
+    Some(s)
+}
+
 /// The first 12 hex digits of a layer's digest, as Docker names layers.
 fn short(d: &Digest) -> String {
     d.hex().chars().take(12).collect()
@@ -105,9 +120,9 @@ impl PullObserver for TerminalPull {
     fn building_disk(&self) {
         let spinner = self.multi.add(ProgressBar::new_spinner());
         spinner.set_style(
-            ProgressStyle::with_template("{spinner} Building the read-only disk ({elapsed})")
-                .expect("a valid template"),
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
         );
+        spinner.set_message("Building the read-only disk");
         spinner.enable_steady_tick(Duration::from_millis(120));
         *self.disk.lock().expect("not poisoned") = Some(spinner);
     }
