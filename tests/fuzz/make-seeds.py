@@ -111,3 +111,25 @@ out("xenstore_wire", "errors", b"".join([
     frame(XS_ERROR, 6, b"EAGAIN\0"),
 ]))
 out("xenstore_wire", "oversized-header", struct.pack("<IIII", 2, 1, 0, 4097))
+
+
+def control(kind, payload):
+    return b"hx" + bytes([kind, 0]) + struct.pack("<I", len(payload)) + payload
+
+
+# A whole exec session, both directions, and a few broken frames.
+out("control_frame", "session", b"".join([
+    control(1, struct.pack("<H", 1)),
+    control(2, b'{"args":["sh","-c","exit 42"],"env":["A=b"],"user":"1234","workdir":"/tmp","tty":true,"rows":24,"cols":80}'),
+    control(3, b"hello\n"),
+    control(4, b""),
+    control(5, struct.pack("<HH", 50, 132)),
+    control(6, struct.pack("<i", 2)),
+    control(16, struct.pack("<I", 77)),
+    control(17, b"out\n"),
+    control(18, b"err\n"),
+    control(20, b"sh: not found"),
+    control(19, struct.pack("<i", 127)),
+]))
+out("control_frame", "oversized", b"hx" + bytes([17, 0]) + struct.pack("<I", 65537))
+out("control_frame", "bad-exec", control(2, b'{"args":[],"surprise":1}'))
