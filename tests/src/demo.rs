@@ -2,7 +2,7 @@
 //! `docker save` tarball of `demo:latest` built here, with no Docker engine.
 //!
 //! One layer: static busybox with a few applets, users root/nobody/app, `/srv`, and
-//! `/bin/xs` (the static xenstore tool `scripts/build-guest` builds) so tests can probe
+//! `/bin/xs` (the static xenstore tool `scripts/build-guest` builds; and `/bin/vchan-hostile`) so tests can probe
 //! from inside a guest what xenstore lets it do. The config sets Cmd, Env, WorkingDir
 //! and User, so a test can see each of them honoured.
 
@@ -85,14 +85,24 @@ fn layer() -> io::Result<Vec<u8>> {
             Some("busybox"),
         )?;
     }
-    let xs_path = guest_dir().join("xs");
-    let xs = fs::read(&xs_path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("{} (run scripts/build-guest): {e}", xs_path.display()),
-        )
-    })?;
-    l.add("bin/xs", tar::EntryType::Regular, 0o755, &xs, None)?;
+    // Static test tools scripts/build-guest builds: `xs` (xenstore) and `vchan-hostile`
+    // (a guest process that corrupts an exec session's ring).
+    for tool in ["xs", "vchan-hostile"] {
+        let path = guest_dir().join(tool);
+        let data = fs::read(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{} (run scripts/build-guest): {e}", path.display()),
+            )
+        })?;
+        l.add(
+            &format!("bin/{tool}"),
+            tar::EntryType::Regular,
+            0o755,
+            &data,
+            None,
+        )?;
+    }
     l.add(
         "etc/passwd",
         tar::EntryType::Regular,

@@ -10,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-link-lib=xenlight");
     println!("cargo:rustc-link-lib=xentoollog");
+    println!("cargo:rustc-link-lib=xenvchan");
 
     let target = bindgen::RustTarget::stable(80, 0).expect("valid Rust target");
     let bindings = bindgen::Builder::default()
@@ -25,6 +26,9 @@ fn main() {
         .prepend_enum_name(false)
         .allowlist_function("libxl_.*")
         .allowlist_function("xtl_.*")
+        .allowlist_function("libxenvchan_.*")
+        .allowlist_type("libxenvchan.*")
+        .allowlist_type("vchan_interface")
         .allowlist_type("libxl_.*")
         .allowlist_type("xentoollog_.*")
         .allowlist_var("LIBXL_.*")

@@ -7,3 +7,5 @@
 #include <libxl.h>
 #include <libxl_utils.h>
 #include <xentoollog.h>
+/* The control channel's dom0 end (issue 12): libxenvchan, LGPL-2.1+, in libxenmisc. */
+#include <libxenvchan.h>

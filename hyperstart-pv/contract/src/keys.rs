@@ -14,6 +14,10 @@
 pub const SPEC: &str = "hyperxl/spec";
 /// The contract's own shutdown request, written by dom0 (any non-empty value, e.g. `stop`).
 pub const SHUTDOWN: &str = "hyperxl/shutdown";
+/// Exec sessions: dom0 announces each one's vchan at `hyperxl/exec/<ID>` (`ring-ref`,
+/// `event-channel`, guest read-only); the guest connects and speaks
+/// [`crate::control`] on it. dom0 removes the directory when the session ends.
+pub const EXEC_DIR: &str = "hyperxl/exec";
 /// Xen's standard shutdown request key (`poweroff`, `halt`, `reboot`), as `xl shutdown`.
 pub const CONTROL_SHUTDOWN: &str = "control/shutdown";
 /// The guest's status directory (guest-writable `data/`).

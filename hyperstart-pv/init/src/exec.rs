@@ -108,6 +108,46 @@ pub fn prepare(spec: &Spec, user: ExecUser) -> Prepared {
     }
 }
 
+/// Builds argv/envp for a process an exec session starts: the app's environment with
+/// the request's entries over it, HOME for its user, its own working directory.
+pub fn prepare_exec(
+    req: &hyperxl_contract::control::ExecRequest,
+    app_env: &[String],
+    user: ExecUser,
+    workdir: &str,
+    rlimits: &[Rlimit],
+) -> Prepared {
+    let mut envv = app_env.to_vec();
+    env::replace_or_append(&mut envv, &req.env);
+    let envv = env::with_home(envv, &user.home);
+    Prepared {
+        argv: req.args.iter().map(|a| cstr(a)).collect(),
+        path_env: env::get(&envv, "PATH").map(str::to_string),
+        envp: envv.iter().map(|e| cstr(e)).collect(),
+        arg0: req.args[0].clone(),
+        workdir: workdir.to_string(),
+        user,
+        rlimits: rlimits.to_vec(),
+        terminal: false,
+    }
+}
+
+/// Where a started process's stdin, stdout and stderr go.
+#[derive(Debug, Clone, Copy)]
+pub enum Stdio {
+    /// The app: the console (and /dev/null or the console as stdin).
+    Console,
+    /// An exec session: these fds (pipe ends the session keeps the other ends of).
+    Fds {
+        /// stdin.
+        stdin: i32,
+        /// stdout.
+        stdout: i32,
+        /// stderr.
+        stderr: i32,
+    },
+}
+
 /// Formats the pipe message: `code` TAB `message`.
 pub fn encode_failure(code: i32, message: &str) -> String {
     format!("{code}\t{message}")
@@ -121,8 +161,26 @@ pub fn decode_failure(data: &str) -> (i32, String) {
     }
 }
 
-fn child(p: &Prepared) -> (i32, String) {
+fn child(p: &Prepared, stdio: Stdio) -> (i32, String) {
     let _ = setsid();
+    if let Stdio::Fds {
+        stdin,
+        stdout,
+        stderr,
+    } = stdio
+    {
+        // SAFETY: the fds are open pipe ends the parent passed in; dup2 onto 0..2.
+        let ok = unsafe {
+            libc::dup2(stdin, 0) >= 0 && libc::dup2(stdout, 1) >= 0 && libc::dup2(stderr, 2) >= 0
+        };
+        if !ok {
+            return (
+                exit::NOT_EXECUTABLE,
+                "dup2 of the session's pipes failed".into(),
+            );
+        }
+        return drop_privileges_and_exec(p);
+    }
     // Without a terminal the console must not become the app's controlling tty.
     let flags = if p.terminal { 0 } else { libc::O_NOCTTY };
     if let Ok(con) = OpenOptions::new()
@@ -143,6 +201,12 @@ fn child(p: &Prepared) -> (i32, String) {
             let _ = dup2(null.as_raw_fd(), 0);
         }
     }
+    drop_privileges_and_exec(p)
+}
+
+/// Limits, groups, uid/gid, working directory, PATH lookup, execve: what every started
+/// process goes through after its stdio is in place. Returns only on failure.
+fn drop_privileges_and_exec(p: &Prepared) -> (i32, String) {
     for r in &p.rlimits {
         if let Err(e) = setrlimit(resource(r.name), r.soft, r.hard) {
             return (exit::NOT_EXECUTABLE, format!("setrlimit {:?}: {e}", r.name));
@@ -171,13 +235,19 @@ fn child(p: &Prepared) -> (i32, String) {
 
 /// Forks and execs the app; waits until exec succeeded or failed.
 pub fn launch(p: &Prepared) -> Result<Launch, InitError> {
+    launch_with(p, Stdio::Console)
+}
+
+/// As [`launch`], with the given stdio.
+pub fn launch_with(p: &Prepared, stdio: Stdio) -> Result<Launch, InitError> {
     let (rd, wr): (OwnedFd, OwnedFd) = pipe2(OFlag::O_CLOEXEC).ctx("pipe")?;
-    // SAFETY: the init is single-threaded here (the shutdown watcher starts after the
-    // launch), so the child may allocate and call into libc freely.
+    // SAFETY: for the app the init is single-threaded here (the shutdown watcher starts
+    // after the launch); exec sessions fork from a thread, and the child still allocates:
+    // musl's fork resets its malloc lock in the child, so that is safe with musl.
     match unsafe { fork() }.ctx("fork")? {
         ForkResult::Child => {
             drop(rd);
-            let (code, msg) = child(p);
+            let (code, msg) = child(p, stdio);
             let mut w = std::fs::File::from(wr);
             let _ = w.write_all(encode_failure(code, &msg).as_bytes());
             drop(w);

@@ -12,6 +12,7 @@ mod exec;
 mod job;
 mod mounts;
 mod net;
+mod session;
 mod status;
 mod supervise;
 
@@ -77,6 +78,18 @@ fn run(status: &mut Status) -> Result<(), InitError> {
             status.started();
             supervise::set_main(pid, spec.stop_grace_secs);
             supervise::spawn_watcher(watch_xs);
+            match Xenstore::open_xenbus_at(dev) {
+                Ok(xs) => session::spawn_listener(
+                    xs,
+                    session::AppDefaults {
+                        env: spec.env.clone(),
+                        user: spec.user.clone(),
+                        workdir: spec.working_dir.clone(),
+                        rlimits: spec.rlimits.clone(),
+                    },
+                ),
+                Err(e) => say!("exec sessions are not available: {e}"),
+            }
             let code = supervise::reap_until(pid);
             say!("app exited with code {code}");
             status.exited(code, None);

@@ -152,7 +152,12 @@ pub fn reap_until(main: Pid) -> i32 {
                     return code;
                 }
             }
-            Ok(_) | Err(Errno::EINTR) => {}
+            Ok(ws) => {
+                if let (Some(pid), Some(code)) = (ws.pid(), exit_code(ws)) {
+                    crate::session::reaped(pid, code);
+                }
+            }
+            Err(Errno::EINTR) => {}
             Err(Errno::ECHILD) => {
                 say!("main process vanished without a status");
                 return exit::INIT_FAILED;

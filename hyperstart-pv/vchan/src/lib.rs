@@ -10,7 +10,7 @@
 //! read or write outside the rings.
 
 pub mod ring;
-mod sys;
+pub mod sys;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

@@ -34,6 +34,7 @@ mod context;
 mod error;
 mod ops;
 mod raw;
+mod vchan;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
@@ -46,3 +47,4 @@ pub use context::{Context, HostInfo, LogLevel, PRIVCMD};
 pub use error::{ErrorCode, LibxlError};
 pub use ops::{DomId, DomainExit, DomainInfo, DomainOps, ShutdownReason};
 pub use raw::{domain_config_to_json, RawDomainConfig};
+pub use vchan::{ClientState, VchanServer};

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod completion;
 mod config;
+mod exec;
 mod image;
 mod images;
 mod info;
@@ -73,6 +74,8 @@ pub struct Cli {
 pub enum Command {
     /// Run an image as a Xen VM; attached, exits with the app's exit code.
     Run(run::RunArgs),
+    /// Run a command in a running VM.
+    Exec(exec::ExecArgs),
     /// List VMs.
     Ps(ps::PsArgs),
     /// Stop running VMs gracefully (destroyed after a timeout).
@@ -152,6 +155,7 @@ impl Command {
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(&cli.state_dir, args),
+        Command::Exec(args) => exec::run(&cli.state_dir, args),
         Command::Ps(args) => ps::run(&cli.state_dir, args),
         Command::Rm(args) => rm::run(&cli.state_dir, args),
         Command::Stop(args) => stop::run(&cli.state_dir, args),

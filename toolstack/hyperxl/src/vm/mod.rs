@@ -3,6 +3,7 @@
 pub mod console;
 pub mod control;
 pub mod disk;
+pub mod exec;
 pub mod files;
 pub mod host;
 pub mod launch;

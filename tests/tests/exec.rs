@@ -1,0 +1,138 @@
+//! `hyperxl exec` in the Xen test host: processes in a running VM over the control
+//! channel (a vchan per session: dom0's libxenvchan, the init's own Rust client), with
+//! docker exec's exit codes, flags, separate stdout and stderr, stdin, concurrent
+//! sessions, no QEMU and nothing left in xenstore.
+
+use hyperxl_e2e::{value, Batch};
+
+#[test]
+#[ignore = "boots the Xen test host (scripts/test runs it)"]
+fn exec_runs_processes_in_a_running_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("demo.tar");
+    hyperxl_e2e::demo::write_docker_save(&image).unwrap();
+    let mut batch = Batch::new();
+    batch
+        .add(&image, "/images/demo.tar")
+        .step(
+            "start",
+            "hyperxl load -q -i /images/demo.tar >/dev/null && \
+             hyperxl run -d --name ex -m 64m --network none demo sh -c 'echo up; exec sleep 100000' >/dev/null && \
+             echo domid=$(hyperxl inspect ex | sed -n 's/.*\"domid\": *\\([0-9]*\\).*/\\1/p' | head -n1)",
+        )
+        .step("exit42", "hyperxl exec ex sh -c 'exit 42'; echo rc=$?")
+        .step("nosuch", "hyperxl exec ex nosuch-command; echo rc=$?")
+        .step(
+            "flags",
+            "hyperxl exec -u 1234 -w /tmp -e A=b ex sh -c 'id -u; pwd; echo $A'",
+        )
+        .step(
+            "split",
+            "hyperxl exec ex sh -c 'echo out1; echo err1 >&2; echo out2; printf err2 >&2' >/tmp/o 2>/tmp/e; \
+             echo rc=$?; \
+             echo out=$(md5sum </tmp/o | cut -c1-32) want_out=$(printf 'out1\\nout2\\n' | md5sum | cut -c1-32); \
+             echo err=$(md5sum </tmp/e | cut -c1-32) want_err=$(printf 'err1\\nerr2' | md5sum | cut -c1-32)",
+        )
+        .step("stdin", "printf 'hello\\n' | hyperxl exec -i ex cat")
+        .step("no_stdin", "printf 'ignored\\n' | hyperxl exec ex cat; echo rc=$?")
+        .step(
+            "big",
+            "head -c 20000000 /dev/urandom >/tmp/big; echo want=$(md5sum </tmp/big | cut -d' ' -f1); \
+             s=$(date +%s); echo got=$(hyperxl exec -i ex cat </tmp/big | md5sum | cut -d' ' -f1); \
+             echo secs=$(( $(date +%s) - s ))",
+        )
+        .step(
+            "concurrent",
+            "for i in 1 2 3 4; do (hyperxl exec ex sh -c \"sleep 1; echo s$i\" >/tmp/c$i; echo $? >/tmp/r$i; \
+               hyperxl exec ex sh -c \"exit $((10 + i))\"; echo $? >>/tmp/r$i) & done; wait; \
+             for i in 1 2 3 4; do echo \"c$i=$(cat /tmp/c$i) $(tr '\\n' ' ' </tmp/r$i)\"; done",
+        )
+        .step(
+            "detach_and_processes",
+            "hyperxl exec -d -u 0 ex sh -c 'sleep 1; echo detached >/tmp/d'; echo rc=$?; \
+             hyperxl exec ex sleep 3 & sleep 1; \
+             echo qemu=$(ps -o args | grep -c '[q]emu' || true); \
+             echo hyperxl_procs=$(ps -o args | grep '[h]yperxl' | grep -vc 'exec ex' || true); wait; \
+             sleep 2; hyperxl exec -u 0 ex cat /tmp/d",
+        )
+        .step(
+            "leftovers",
+            "d=$(hyperxl inspect ex | sed -n 's/.*\"domid\": *\\([0-9]*\\).*/\\1/p' | head -n1); \
+             echo sessions=$(xenstore-list /local/domain/$d/hyperxl/exec 2>/dev/null | wc -l)",
+        )
+        .step(
+            "hostile",
+            "hyperxl run -d -u 0 --name hx2 -m 64m --network none demo sh -c 'vchan-hostile 600; exec sleep 100000' >/dev/null; \
+             s=$(date +%s); hyperxl exec hx2 sleep 30; rc=$?; echo rc=$rc; echo secs=$(( $(date +%s) - s )); \
+             echo other=$(hyperxl exec ex echo fine); hyperxl rm -f hx2 >/dev/null",
+        )
+        .step(
+            "stopped",
+            "hyperxl stop ex >/dev/null; hyperxl exec ex true; echo rc=$?; hyperxl rm ex >/dev/null",
+        );
+    let run = batch.run().expect("test host runs the batch");
+
+    run["start"].assert_success("start");
+    assert_eq!(
+        value(&run["exit42"].stdout, "rc="),
+        "42",
+        "{}",
+        run["exit42"]
+    );
+    let n = &run["nosuch"];
+    assert_eq!(value(&n.stdout, "rc="), "127", "{n}");
+    assert!(n.stderr.contains("nosuch-command"), "{n}");
+    assert_eq!(
+        run["flags"].assert_success("flags").stdout,
+        "1234\n/tmp\nb\n"
+    );
+    let s = &run["split"].stdout;
+    assert_eq!(value(s, "rc="), "0", "{s}");
+    let line = |key: &str| {
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let pair = |l: String| {
+        let mut it = l
+            .split_whitespace()
+            .map(|w| w.split_once('=').unwrap().1.to_string());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let (got, want) = pair(line("out="));
+    assert_eq!(got, want, "stdout byte for byte: {s}");
+    let (got, want) = pair(line("err="));
+    assert_eq!(got, want, "stderr byte for byte: {s}");
+    assert_eq!(run["stdin"].assert_success("stdin").stdout, "hello\n");
+    assert_eq!(run["no_stdin"].stdout, "rc=0\n", "{}", run["no_stdin"]);
+    let b = &run["big"].stdout;
+    eprintln!("20 MB through exec -i cat: {b}");
+    assert_eq!(value(b, "got="), value(b, "want="), "{}", run["big"]);
+    let c = &run["concurrent"].stdout;
+    for i in 1..=4 {
+        assert_eq!(
+            value(c, &format!("c{i}=")),
+            format!("s{i} 0 {}", 10 + i),
+            "{c}"
+        );
+    }
+    let d = &run["detach_and_processes"];
+    assert_eq!(value(&d.stdout, "rc="), "0", "{d}");
+    assert_eq!(value(&d.stdout, "qemu="), "0", "{d}");
+    // Only the VM's watcher (its monitor): no process per VM or session beyond it.
+    assert_eq!(value(&d.stdout, "hyperxl_procs="), "1", "{d}");
+    assert!(d.stdout.ends_with("detached\n"), "{d}");
+    assert_eq!(value(&run["leftovers"].stdout, "sessions="), "0");
+    // A guest process corrupting its session's ring: exec ends with one clear line long
+    // before the process would have, and another VM's exec is unaffected.
+    let h = &run["hostile"];
+    assert_eq!(value(&h.stdout, "rc="), "125", "{h}");
+    assert!(h.stderr.contains("corrupted"), "{h}");
+    let secs: u64 = value(&h.stdout, "secs=").parse().unwrap();
+    assert!(secs < 30, "{h}");
+    assert_eq!(value(&h.stdout, "other="), "fine", "{h}");
+    let st = &run["stopped"];
+    assert_eq!(value(&st.stdout, "rc="), "125", "{st}");
+    assert!(st.stderr.contains("is not running"), "{st}");
+}
