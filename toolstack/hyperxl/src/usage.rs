@@ -44,13 +44,7 @@ pub fn measure(vm_store: &VmStore, vms: &[VmState]) -> anyhow::Result<Usage> {
     let state_dir = vm_store.state_dir();
     let store = Store::open(state_dir)?;
     let records = store.records()?;
-    // The images VM records name, by id.
-    let active_ids: HashSet<Digest> = vms
-        .iter()
-        .filter_map(|v| v.image.parse::<Reference>().ok())
-        .filter_map(|r| store.record(&r).ok())
-        .map(|rec| rec.id)
-        .collect();
+    let active_ids = images_in_use(&store, vms);
     let ids: HashSet<&Digest> = records.iter().map(|r| &r.id).collect();
     let kept_blobs: HashSet<String> = records
         .iter()
@@ -107,6 +101,15 @@ pub fn measure(vm_store: &VmStore, vms: &[VmState]) -> anyhow::Result<Usage> {
     Ok(u)
 }
 
+/// The ids of the stored images that VM records name (what `system prune -a` keeps).
+pub fn images_in_use(store: &Store, vms: &[VmState]) -> HashSet<Digest> {
+    vms.iter()
+        .filter_map(|v| v.image.parse::<Reference>().ok())
+        .filter_map(|r| store.record(&r).ok())
+        .map(|rec| rec.id)
+        .collect()
+}
+
 /// The regular files directly in `dir`: name and length (none if it does not exist).
 fn files(dir: &Path) -> Vec<(String, u64)> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -123,7 +126,7 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
 }
 
 /// Bytes of the regular files under `dir`, symlinks not followed.
-fn tree_size(dir: &Path) -> u64 {
+pub fn tree_size(dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };

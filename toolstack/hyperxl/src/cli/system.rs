@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use hyperxl_image::{Reference, Store};
+use hyperxl_image::Store;
 
 use crate::net::store::{NetStore, DEFAULT_NETWORK};
 use crate::usage::{self, Row};
@@ -124,7 +124,7 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
         println!("Deleted VMs:");
         freed += exited
             .iter()
-            .map(|id| usage_of_vm(&vm_store, id))
+            .map(|id| usage::tree_size(&vm_store.dir(id)))
             .sum::<u64>();
         super::rm::run(
             state_dir,
@@ -172,12 +172,7 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
 
     let store = Store::open(state_dir)?;
     if all {
-        let used: Vec<_> = vms
-            .iter()
-            .filter_map(|v| v.image.parse::<Reference>().ok())
-            .filter_map(|r| store.record(&r).ok())
-            .map(|rec| rec.id)
-            .collect();
+        let used = usage::images_in_use(&store, &vms);
         let unused: Vec<_> = store
             .records()?
             .into_iter()
@@ -214,18 +209,6 @@ fn reconcile(state_dir: &Path) -> anyhow::Result<u8> {
     let running = vms.iter().filter(|v| v.status.can_stop()).count();
     println!("{} VMs: {running} running, {ended} found ended", vms.len());
     Ok(0)
-}
-
-fn usage_of_vm(vm_store: &VmStore, id: &str) -> u64 {
-    std::fs::read_dir(vm_store.dir(id))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Docker's warning and question; only a `y` or `yes` answer goes on. Without a
