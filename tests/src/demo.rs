@@ -34,7 +34,7 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "pwd", "env", "sleep", "true", "false", "hostname", "ls", "head",
     "grep", "seq", "dd", "tr", "httpd", "wget", "ip", "nc", "ping", "mkdir", "kill", "timeout",
     "ifconfig", "sync", "stat", "touch", "rm", "ln", "readlink", "wc", "chmod", "df", "tail",
-    "mount", "md5sum", "chown",
+    "mount", "md5sum", "chown", "pidof", "yes", "stty", "tty",
 ];
 
 struct Layer(tar::Builder<Vec<u8>>);

@@ -1,7 +1,7 @@
 //! `hyperxl exec` in the Xen test host: processes in a running VM over the control
 //! channel (a vchan per session: dom0's libxenvchan, the init's own Rust client), with
-//! docker exec's exit codes, flags, separate stdout and stderr, stdin, concurrent
-//! sessions, no QEMU and nothing left in xenstore.
+//! docker exec's exit codes, flags, separate stdout and stderr, stdin, a terminal with
+//! resize and ^C, signals, concurrent sessions, no QEMU and nothing left in xenstore.
 
 use hyperxl_e2e::{value, Batch};
 
@@ -54,6 +54,33 @@ fn exec_runs_processes_in_a_running_vm() {
              echo qemu=$(ps -o args | grep -c '[q]emu' || true); \
              echo hyperxl_procs=$(ps -o args | grep '[h]yperxl' | grep -vc 'exec ex' || true); wait; \
              sleep 2; hyperxl exec -u 0 ex cat /tmp/d",
+        )
+        .step(
+            "tty",
+            // A real terminal around hyperxl (script(1)), keys typed with pauses: the
+            // guest's tty, its size at start and after a resize of ours, ^C reaching
+            // the foreground job and not the shell, exit 3.
+            "{ sleep 4; printf 'tty\\r'; sleep 2; printf 'stty size\\r'; sleep 2; \
+               for p in $(ps -o pid,args | grep '[h]yperxl exec -it ex sh' | awk '{print $1}'); do \
+                 t=$(readlink /proc/$p/fd/0); case $t in /dev/pts/*) break;; esac; done; \
+               stty -F $t rows 33 cols 101; sleep 2; printf 'stty size\\r'; sleep 2; \
+               printf 'sleep 100; echo slept\\r'; sleep 3; printf '\\003'; sleep 2; \
+               printf 'echo alive\\r'; sleep 2; printf 'exit 3\\r'; sleep 4; } | \
+             script -qfec 'stty rows 20 cols 70; hyperxl exec -it ex sh' /tmp/tty.log >/dev/null; \
+             echo rc=$?; \
+             tr -d '\\r' </tmp/tty.log",
+        )
+        .step(
+            "signals",
+            "hyperxl exec ex sh -c 'grep SigIgn /proc/self/status; grep SigIgn /proc/$(pidof sleep)/status'; \
+             hyperxl exec ex sleep 100 & p=$!; sleep 4; kill -INT $p; wait $p; echo int_rc=$?; \
+             { hyperxl exec ex yes; echo $? >/tmp/yrc; } | head -n1 >/dev/null; echo pipe_rc=$(cat /tmp/yrc); \
+             sleep 1; echo yes_left=$(hyperxl exec ex sh -c 'pidof yes || echo none'); \
+             d=$(hyperxl inspect ex | sed -n 's/.*\"domid\": *\\([0-9]*\\).*/\\1/p' | head -n1); \
+             hyperxl exec ex sleep 100 & p=$!; sleep 4; kill -9 $p; wait $p 2>/dev/null; \
+             echo killed_left=$(xenstore-list /local/domain/$d/hyperxl/exec 2>/dev/null | wc -l); \
+             hyperxl exec ex true; \
+             echo after_sweep=$(xenstore-list /local/domain/$d/hyperxl/exec 2>/dev/null | wc -l)",
         )
         .step(
             "leftovers",
@@ -123,6 +150,34 @@ fn exec_runs_processes_in_a_running_vm() {
     // Only the VM's watcher (its monitor): no process per VM or session beyond it.
     assert_eq!(value(&d.stdout, "hyperxl_procs="), "1", "{d}");
     assert!(d.stdout.ends_with("detached\n"), "{d}");
+    // -it: the guest's own terminal, our size followed, ^C for the job, not the shell.
+    let t = &run["tty"];
+    assert_eq!(value(&t.stdout, "rc="), "3", "{t}");
+    assert!(t.stdout.contains("/dev/pts/"), "{t}");
+    assert!(
+        t.stdout.contains("\n20 70\n"),
+        "size at start not sent: {t}"
+    );
+    assert!(t.stdout.contains("\n33 101\n"), "resize not followed: {t}");
+    assert!(t.stdout.contains("alive"), "^C did not reach sleep: {t}");
+    assert!(!t.stdout.lines().any(|l| l == "slept"), "{t}");
+    // Processes start with no ignored signals (the init ignores SIGPIPE); ^C reaches
+    // the process (130); a closed stdout ends exec as SIGPIPE would (141) and ends the
+    // process; a killed exec's session is swept by the next one.
+    let g = &run["signals"];
+    for line in g.stdout.lines().filter(|l| l.starts_with("SigIgn")) {
+        assert!(line.ends_with("0000000000000000"), "ignored signals: {g}");
+    }
+    assert_eq!(
+        g.stdout.lines().filter(|l| l.starts_with("SigIgn")).count(),
+        2,
+        "{g}"
+    );
+    assert_eq!(value(&g.stdout, "int_rc="), "130", "{g}");
+    assert_eq!(value(&g.stdout, "pipe_rc="), "141", "{g}");
+    assert_eq!(value(&g.stdout, "yes_left="), "none", "{g}");
+    assert_eq!(value(&g.stdout, "killed_left="), "1", "{g}");
+    assert_eq!(value(&g.stdout, "after_sweep="), "0", "{g}");
     assert_eq!(value(&run["leftovers"].stdout, "sessions="), "0");
     // A guest process corrupting its session's ring: exec ends with one clear line long
     // before the process would have, and another VM's exec is unaffected.

@@ -59,6 +59,10 @@ pub struct ExecRequest {
     /// The terminal's width at start (with `tty`).
     #[serde(default)]
     pub cols: u16,
+    /// Start the process detached from the session (`exec -d`): its stdin, stdout and
+    /// stderr are `/dev/null`, and the session ends once it started.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 impl ExecRequest {
@@ -322,6 +326,7 @@ mod tests {
             tty: true,
             rows: 24,
             cols: 80,
+            detach: false,
         }
     }
 

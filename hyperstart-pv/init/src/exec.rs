@@ -13,6 +13,7 @@ use hyperxl_contract::user::ExecUser;
 use hyperxl_contract::{env, exit, Rlimit, RlimitName, Spec};
 use nix::fcntl::OFlag;
 use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{
     dup2, execve, fork, pipe2, setgid, setgroups, setsid, setuid, ForkResult, Gid, Pid, Uid,
 };
@@ -146,6 +147,12 @@ pub enum Stdio {
         /// stderr.
         stderr: i32,
     },
+    /// An exec session with a terminal: the pty's slave end becomes stdin, stdout,
+    /// stderr and the controlling terminal of the process (a session leader).
+    Pty {
+        /// The slave end.
+        slave: i32,
+    },
 }
 
 /// Formats the pipe message: `code` TAB `message`.
@@ -163,20 +170,40 @@ pub fn decode_failure(data: &str) -> (i32, String) {
 
 fn child(p: &Prepared, stdio: Stdio) -> (i32, String) {
     let _ = setsid();
-    if let Stdio::Fds {
-        stdin,
-        stdout,
-        stderr,
-    } = stdio
-    {
-        // SAFETY: the fds are open pipe ends the parent passed in; dup2 onto 0..2.
+    // The init ignores SIGPIPE (Rust's runtime does) and an ignored signal survives
+    // execve: give the process the default back, or `yes | head -1` would never end
+    // with SIGPIPE. The mask is inherited too: start with nothing blocked.
+    // SAFETY: SIG_DFL installs no handler; this is the forked child, one thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let fds = match stdio {
+        Stdio::Console => None,
+        Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => Some((stdin, stdout, stderr)),
+        Stdio::Pty { slave } => {
+            // SAFETY: slave is an open pty end; this child is a session leader without
+            // a controlling terminal (setsid above), so TIOCSCTTY gives it this one.
+            if unsafe { libc::ioctl(slave, libc::TIOCSCTTY as _, 0) } < 0 {
+                return (
+                    exit::NOT_EXECUTABLE,
+                    format!("TIOCSCTTY: {}", std::io::Error::last_os_error()),
+                );
+            }
+            Some((slave, slave, slave))
+        }
+    };
+    if let Some((stdin, stdout, stderr)) = fds {
+        // SAFETY: the fds are open ends the parent passed in; dup2 onto 0..2.
         let ok = unsafe {
             libc::dup2(stdin, 0) >= 0 && libc::dup2(stdout, 1) >= 0 && libc::dup2(stderr, 2) >= 0
         };
         if !ok {
             return (
                 exit::NOT_EXECUTABLE,
-                "dup2 of the session's pipes failed".into(),
+                "dup2 of the session's stdio failed".into(),
             );
         }
         return drop_privileges_and_exec(p);

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,6 +26,7 @@ use hyperxl_contract::{exit, keys, user, Rlimit};
 use hyperxl_vchan::Vchan;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
 use xenstore_wire::{Transport, Xenstore};
@@ -36,6 +38,8 @@ use crate::exec::{self, Launch, Stdio};
 const MAX_SESSIONS: usize = 64;
 /// How long a new session may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the listener looks for sessions that waited for a free slot.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a session's process inherits from the app.
 #[derive(Debug, Clone)]
@@ -68,27 +72,34 @@ pub fn reaped(pid: Pid, code: i32) {
 /// Watches [`keys::EXEC_DIR`] on its own xenstore connection and serves new sessions.
 pub fn spawn_listener<T: Transport + Send + 'static>(mut xs: Xenstore<T>, app: AppDefaults) {
     let app = Arc::new(app);
-    thread::spawn(move || {
+    let listener = thread::Builder::new().name("exec-listener".into());
+    let started = listener.spawn(move || {
         if let Err(e) = xs.watch(keys::EXEC_DIR, "exec") {
             say!("cannot watch {}: {e}", keys::EXEC_DIR);
             return;
         }
         let live = Arc::new(AtomicUsize::new(0));
         let mut seen = BTreeSet::new();
+        // Set when a session had to wait for a free slot: look again in a while even if
+        // xenstore says nothing (a session ending writes nothing there).
+        let mut waiting = false;
         loop {
-            match xs.next_watch_event(None) {
-                Ok(_) => {}
-                Err(e) => {
-                    say!("exec watch failed: {e}");
-                    return;
-                }
+            let timeout = waiting.then_some(RESCAN_INTERVAL);
+            if let Err(e) = xs.next_watch_event(timeout) {
+                say!("exec watch failed: {e}");
+                return;
             }
+            waiting = false;
             let ids = xs.directory(keys::EXEC_DIR).unwrap_or_default();
             // Forget sessions dom0 removed (their ids may not come back, but the set
             // must not grow without bound).
             seen.retain(|id| ids.contains(id));
             for id in ids {
-                if seen.contains(&id) || live.load(Ordering::SeqCst) >= MAX_SESSIONS {
+                if seen.contains(&id) {
+                    continue;
+                }
+                if live.load(Ordering::SeqCst) >= MAX_SESSIONS {
+                    waiting = true;
                     continue;
                 }
                 let base = format!("{}/{id}", keys::EXEC_DIR);
@@ -105,16 +116,25 @@ pub fn spawn_listener<T: Transport + Send + 'static>(mut xs: Xenstore<T>, app: A
                 };
                 seen.insert(id.clone());
                 live.fetch_add(1, Ordering::SeqCst);
-                let (app, live) = (app.clone(), live.clone());
-                thread::spawn(move || {
+                let (app, slot) = (app.clone(), live.clone());
+                let session = thread::Builder::new().name(format!("exec-{id}"));
+                let spawned = session.spawn(move || {
                     if let Err(e) = serve(ring_ref, port, &app) {
                         say!("exec session {id}: {e}");
                     }
-                    live.fetch_sub(1, Ordering::SeqCst);
+                    slot.fetch_sub(1, Ordering::SeqCst);
                 });
+                if let Err(e) = spawned {
+                    // No thread: dom0 times out on this session; the init lives on.
+                    say!("cannot start an exec session: {e}");
+                    live.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         }
     });
+    if let Err(e) = started {
+        say!("cannot start the exec listener: {e}");
+    }
 }
 
 /// One session, from connect to the process's exit code.
@@ -131,6 +151,109 @@ fn serve(ring_ref: u32, port: u32, app: &AppDefaults) -> Result<(), String> {
     });
     let req = s.request()?;
     s.run(req, app)
+}
+
+/// A session process's stdio: what the process gets, and the ends the session keeps.
+struct Io {
+    /// What the process's stdin, stdout and stderr become.
+    child: Stdio,
+    /// The process's ends, closed here once it started.
+    child_ends: Vec<OwnedFd>,
+    /// The session's ends: stdin's writer, then stdout's and stderr's readers (a pty's
+    /// master serves as both stdin and the one output). Empty when detached.
+    ours: Vec<OwnedFd>,
+}
+
+impl Io {
+    /// Three pipes: stdout and stderr stay apart.
+    fn pipes() -> Result<Self, String> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        Ok(Self {
+            child: Stdio::Fds {
+                stdin: stdin_r.as_raw_fd(),
+                stdout: stdout_w.as_raw_fd(),
+                stderr: stderr_w.as_raw_fd(),
+            },
+            child_ends: vec![stdin_r, stdout_w, stderr_w],
+            ours: vec![stdin_w, stdout_r, stderr_r],
+        })
+    }
+
+    /// A pseudo-terminal of `rows` x `cols` (0: the kernel's default); the process gets
+    /// the slave as its controlling terminal, so the tty's line discipline turns dom0's
+    /// ^C into SIGINT for the foreground job.
+    fn pty(rows: u16, cols: u16) -> Result<Self, String> {
+        let err =
+            |what: &str, e: &dyn std::fmt::Display| format!("a terminal for exec: {what}: {e}");
+        // CLOEXEC at open: other sessions fork concurrently and must not inherit it.
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .map_err(|e| err("/dev/ptmx", &e))?;
+        grantpt(&master).map_err(|e| err("grantpt", &e))?;
+        unlockpt(&master).map_err(|e| err("unlockpt", &e))?;
+        let name = ptsname_r(&master).map_err(|e| err("ptsname", &e))?;
+        let slave: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&name)
+            .map_err(|e| err(&name, &e))?
+            .into();
+        let dup = || {
+            master
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| err("dup", &e))
+        };
+        let (input, output) = (dup()?, dup()?);
+        set_window_size(&input, rows, cols);
+        Ok(Self {
+            child: Stdio::Pty {
+                slave: slave.as_raw_fd(),
+            },
+            child_ends: vec![slave],
+            ours: vec![input, output],
+        })
+    }
+
+    /// `/dev/null` for all three (`exec -d`).
+    fn detached() -> Result<Self, String> {
+        let null: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?
+            .into();
+        let fd = null.as_raw_fd();
+        Ok(Self {
+            child: Stdio::Fds {
+                stdin: fd,
+                stdout: fd,
+                stderr: fd,
+            },
+            child_ends: vec![null],
+            ours: Vec::new(),
+        })
+    }
+}
+
+/// Sets a pty's window size (the kernel sends SIGWINCH to its foreground job).
+fn set_window_size(master: &impl AsRawFd, rows: u16, cols: u16) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call; the
+    // fd is an open pty master.
+    let _ = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ as _, &size) };
 }
 
 struct Session {
@@ -242,12 +365,6 @@ impl Session {
 
     /// Starts the process and serves its stdio until it exited and dom0 has its code.
     fn run(&mut self, req: ExecRequest, app: &AppDefaults) -> Result<(), String> {
-        if req.tty {
-            return self.fail(
-                exit::NOT_EXECUTABLE,
-                "a tty for exec is not supported by this init yet",
-            );
-        }
         let who = req.user.clone().unwrap_or_else(|| app.user.clone());
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let user = match user::resolve(&who, &read("/etc/passwd"), &read("/etc/group")) {
@@ -256,23 +373,28 @@ impl Session {
         };
         let workdir = req.workdir.clone().unwrap_or_else(|| app.workdir.clone());
         let prepared = exec::prepare_exec(&req, &app.env, user, &workdir, &app.rlimits);
-        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-        let (stdin_r, stdin_w) = pipe()?;
-        let (stdout_r, stdout_w) = pipe()?;
-        let (stderr_r, stderr_w) = pipe()?;
-        let (exit_r, exit_w) = pipe()?;
-        let stdio = Stdio::Fds {
-            stdin: stdin_r.as_raw_fd(),
-            stdout: stdout_w.as_raw_fd(),
-            stderr: stderr_w.as_raw_fd(),
+        let io = if req.detach {
+            Io::detached()
+        } else if req.tty {
+            Io::pty(req.rows, req.cols)
+        } else {
+            Io::pipes()
         };
+        let io = match io {
+            Ok(io) => io,
+            Err(e) => return self.fail(exit::NOT_EXECUTABLE, &e),
+        };
+        let (exit_r, exit_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let pid = {
             // Held until the pid is registered: the reaper takes this lock before it
-            // looks a reaped pid up, so a quick exit cannot be missed.
+            // looks a reaped pid up, so a quick exit cannot be missed. Holding it also
+            // keeps other sessions from forking while this one's fds are being set up.
             let mut waiters = WAITERS.lock().unwrap_or_else(|e| e.into_inner());
-            match exec::launch_with(&prepared, stdio).map_err(|e| e.to_string())? {
+            match exec::launch_with(&prepared, io.child).map_err(|e| e.to_string())? {
                 Launch::Running(pid) => {
-                    waiters.insert(pid.as_raw(), exit_w);
+                    if !req.detach {
+                        waiters.insert(pid.as_raw(), exit_w);
+                    }
                     pid
                 }
                 Launch::Failed { code, message, .. } => {
@@ -281,14 +403,18 @@ impl Session {
                 }
             }
         };
-        drop((stdin_r, stdout_w, stderr_w));
-        for fd in [&stdout_r, &stderr_r, &stdin_w, &exit_r] {
-            let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-        }
+        drop(io.child_ends);
         self.queue(&Frame::Started {
             pid: pid.as_raw() as u32,
         });
-        self.serve_process(pid, stdin_w, [stdout_r, stderr_r], exit_r)
+        if req.detach {
+            // The process is on its own (the reaper reaps it); free the slot now.
+            return self.flush();
+        }
+        for fd in io.ours.iter().chain([&exit_r]) {
+            let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        }
+        self.serve_process(pid, io.ours, exit_r, req.tty)
     }
 
     fn fail(&mut self, code: i32, message: &str) -> Result<(), String> {
@@ -312,14 +438,15 @@ impl Session {
     fn serve_process(
         &mut self,
         pid: Pid,
-        stdin: OwnedFd,
-        outputs: [OwnedFd; 2],
+        ours: Vec<OwnedFd>,
         exit_r: OwnedFd,
+        tty: bool,
     ) -> Result<(), String> {
-        let mut stdin = Some(std::fs::File::from(stdin));
+        let mut ours = ours.into_iter().map(std::fs::File::from);
+        let mut stdin = ours.next();
         let mut stdin_pending: Vec<u8> = Vec::new();
         let mut close_stdin = false;
-        let mut outs: [Option<std::fs::File>; 2] = outputs.map(|f| Some(std::fs::File::from(f)));
+        let mut outs: [Option<std::fs::File>; 2] = [ours.next(), ours.next()];
         let mut exit_r = std::fs::File::from(exit_r);
         let mut code: Option<i32> = None;
         let mut buf = vec![0u8; 32 * 1024];
@@ -337,7 +464,11 @@ impl Session {
                             let _ = kill(pid, sig);
                         }
                     }
-                    Frame::Resize { .. } => {}
+                    Frame::Resize { rows, cols } => {
+                        if let (true, Some(w)) = (tty, stdin.as_ref()) {
+                            set_window_size(w, rows, cols);
+                        }
+                    }
                     other => return Err(format!("unexpected frame {} in a session", other.kind())),
                 }
             }
@@ -359,6 +490,13 @@ impl Session {
                 }
             } else {
                 stdin_pending.clear();
+            }
+            // Its exit code first: output read after it is known is all there is.
+            if code.is_none() {
+                let mut c = [0u8; 4];
+                if exit_r.read_exact(&mut c).is_ok() {
+                    code = Some(i32::from_le_bytes(c));
+                }
             }
             // The process's output, while dom0 keeps up (bounded backlog).
             for (i, out) in outs.iter_mut().enumerate() {
@@ -384,14 +522,15 @@ impl Session {
                 }
             }
             if self.dom0_gone {
-                // `exec -d`, or dom0 went away: the process runs on, its output dropped.
+                // dom0 went away (its exec was interrupted): the process runs on, its
+                // output dropped, until it ends.
                 self.outbuf.clear();
             }
-            if code.is_none() {
-                let mut c = [0u8; 4];
-                if exit_r.read_exact(&mut c).is_ok() {
-                    code = Some(i32::from_le_bytes(c));
-                }
+            // A pty's output has no end of its own while a background job still holds
+            // the terminal: once the process exited and the pty is read empty, that is
+            // the end (as docker exec -t).
+            if tty && code.is_some() && outs[0].is_some() && self.outbuf.len() < 2 * MAX_PAYLOAD {
+                outs[0] = None;
             }
             if let (Some(c), [None, None]) = (code, &outs) {
                 self.queue(&Frame::Exit(c));

@@ -1,5 +1,6 @@
 //! `hyperxl exec VM CMD...`: run a process in a running VM, as `docker exec`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -16,7 +17,8 @@ pub struct ExecArgs {
     /// Keep stdin open and pass it to the process.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Give the process a terminal (not supported yet).
+    /// Give the process a terminal in the VM (with -i: this terminal in raw mode, its
+    /// size followed; stdout and stderr are then one stream).
     #[arg(short, long)]
     pub tty: bool,
     /// Start the process and return; its output is dropped.
@@ -42,26 +44,37 @@ pub struct ExecArgs {
 }
 
 pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
+    if args.detach && (args.interactive || args.tty) {
+        bail!("exec -d does not go with -i or -t");
+    }
+    if args.tty && args.interactive && !std::io::stdin().is_terminal() {
+        bail!("exec -it: the input device is not a terminal (drop -t to pipe stdin)");
+    }
+    let mut env = Vec::new();
     if args.tty {
-        bail!("exec -t (a terminal in the VM) is not supported yet; use -i without -t");
+        // As docker exec -t: a terminal type the VM's programs can use, unless -e says.
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        env.push(format!("TERM={term}"));
     }
-    if args.detach && args.interactive {
-        bail!("exec -d and -i do not go together");
-    }
-    let mut env = args.env.clone();
+    env.extend(args.env.iter().cloned());
     for file in &args.env_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading env file {}", file.display()))?;
         env.extend(spec::parse_env_file(&text));
     }
+    let (rows, cols) = match args.tty {
+        true => exec::window_size().unwrap_or((0, 0)),
+        false => (0, 0),
+    };
     let request = ExecRequest {
         args: args.command.clone(),
         env: spec::resolve_env(&env),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
-        tty: false,
-        rows: 0,
-        cols: 0,
+        tty: args.tty,
+        rows,
+        cols,
+        detach: args.detach,
     };
     if let Err(e) = request.validate() {
         match e {
@@ -72,7 +85,6 @@ pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
     let opts = ExecOptions {
         request,
         interactive: args.interactive,
-        detach: args.detach,
     };
     let code = exec::exec(state_dir, &args.vm, &opts)?;
     // Exit codes are 0..=255 on the way out, as a shell sees them.

@@ -147,6 +147,8 @@ impl Command {
                 | Command::Supervise(_)
                 // export/import boot a helper VM and clean up a stream file.
                 | Command::Volume(_)
+                // exec removes its session from xenstore and restores the terminal.
+                | Command::Exec(_)
         )
     }
 }

@@ -7,8 +7,9 @@
 //! read ([`VchanServer::check`]), frames are decoded from a buffer of at most one
 //! header and one payload, and a session whose guest stops answering ends with an error.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -18,6 +19,9 @@ use hyperxl_contract::control::{
 use hyperxl_contract::keys;
 use libxl::{ClientState, VchanServer};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+use xenstore_wire::Xenstore;
 
 use super::host::{reconcile_all, Host};
 use super::state::VmStore;
@@ -32,12 +36,101 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// What `hyperxl exec` asks for.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// The process.
+    /// The process (with `tty` and `detach` as the user asked).
     pub request: ExecRequest,
     /// Pass our stdin to it (`-i`); otherwise it reads EOF at once.
     pub interactive: bool,
-    /// Start it and return (`-d`): its output is dropped.
-    pub detach: bool,
+}
+
+/// The last stop signal (SIGINT, SIGTERM, SIGHUP) that reached `hyperxl exec`, not yet
+/// handled; 0 if none.
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+/// Set by SIGWINCH: the terminal changed size.
+static RESIZED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGWINCH {
+        RESIZED.store(true, Ordering::SeqCst);
+    } else {
+        SIGNALLED.store(sig, Ordering::SeqCst);
+    }
+}
+
+/// Catches the stop signals (forwarded to the process, as `docker run`'s sig-proxy) and
+/// SIGWINCH, without SA_RESTART so that poll(2) returns at once.
+fn install_signal_handlers() {
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGWINCH,
+    ] {
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe.
+        let _ = unsafe { sigaction(s, &act) };
+    }
+}
+
+/// The local terminal's size (rows, columns), from stdout, stdin or stderr.
+pub fn window_size() -> Option<(u16, u16)> {
+    [1, 0, 2].into_iter().find_map(|fd| {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize through the pointer, valid for the call;
+        // on a descriptor that is not a terminal it fails and writes nothing.
+        let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0;
+        (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+    })
+}
+
+/// Our stdin in raw mode (keys, ^C included, go to the VM's terminal as they are typed),
+/// restored when dropped.
+struct RawTerminal {
+    saved: Termios,
+}
+
+impl RawTerminal {
+    fn enter() -> anyhow::Result<Self> {
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).context("reading the terminal's settings")?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).context("setting the terminal raw")?;
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Removes sessions left in VM `domid`'s xenstore by `hyperxl exec` processes that are
+/// gone (killed before they could clean up): a session's id starts with its pid.
+fn sweep_stale_sessions(domid: u32) {
+    let Ok(mut xs) = Xenstore::open_default() else {
+        return;
+    };
+    let base = format!("{}/{}", keys::domain_path(domid), keys::EXEC_DIR);
+    for id in xs.directory(&base).unwrap_or_default() {
+        let pid = id.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        let gone = pid.is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                == Err(nix::errno::Errno::ESRCH)
+        });
+        if gone {
+            let _ = xs.rm(&format!("{base}/{id}"));
+        }
+    }
 }
 
 /// Runs `opts` in VM `which`; returns the process's exit code.
@@ -59,7 +152,8 @@ pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> any
         _ => bail!("VM {} is not running", vm.name),
     };
     let ctx = libxl::Context::new().context("connecting to libxl")?;
-    let id = &super::state::new_id()[..12];
+    sweep_stale_sessions(domid);
+    let id = format!("{}-{}", std::process::id(), &super::state::new_id()[..8]);
     let path = format!("{}/{}/{id}", keys::domain_path(domid), keys::EXEC_DIR);
     let server = VchanServer::new(domid, &path, RING_BYTES, RING_BYTES)
         .with_context(|| format!("setting up the control channel to VM {}", vm.name))?;
@@ -68,6 +162,7 @@ pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> any
         inbuf: Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD),
         outbuf: Vec::new(),
     };
+    install_signal_handlers();
     s.connect(&ctx, domid, &vm.name)?;
     s.queue(&Frame::Hello {
         version: CONTROL_VERSION,
@@ -198,15 +293,37 @@ impl Client {
         name: &str,
         opts: &ExecOptions,
     ) -> anyhow::Result<i32> {
+        let tty = opts.request.tty;
+        let detach = opts.request.detach;
         let stdin = std::io::stdin();
         let mut stdin_open = opts.interactive;
+        // Raw only when the keys come from a terminal (the CLI checked that for -it).
+        let _raw = (tty && opts.interactive)
+            .then(RawTerminal::enter)
+            .transpose()?;
         let mut out = std::io::stdout().lock();
         let mut err = std::io::stderr();
         let mut error: Option<String> = None;
         let mut hello = false;
+        let hello_deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut forwarded = false;
         let mut last_check = Instant::now();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
+            let sig = SIGNALLED.swap(0, Ordering::SeqCst);
+            if sig != 0 {
+                if forwarded {
+                    bail!("exec interrupted; the process may still run in VM {name}");
+                }
+                // The first one goes to the process; a second one stops waiting.
+                forwarded = true;
+                self.queue(&Frame::Signal(sig))?;
+            }
+            if RESIZED.swap(false, Ordering::SeqCst) && tty {
+                if let Some((rows, cols)) = window_size() {
+                    self.queue(&Frame::Resize { rows, cols })?;
+                }
+            }
             let drained = self.pump()?;
             let mut decoded = false;
             while let Some(f) = self.next_frame()? {
@@ -217,15 +334,20 @@ impl Client {
                         bail!("VM {name} speaks control protocol {version}, this hyperxl {CONTROL_VERSION}")
                     }
                     _ if !hello => bail!("VM {name} sent a frame before its hello"),
-                    Frame::Started { .. } if opts.detach => return Ok(0),
+                    Frame::Started { .. } if detach => return Ok(0),
                     Frame::Started { .. } => {}
                     Frame::Stdout(d) => {
-                        out.write_all(&d)?;
-                        out.flush()?;
+                        if let Err(e) = out.write_all(&d).and_then(|()| out.flush()) {
+                            return self.stdout_failed(e);
+                        }
                     }
-                    Frame::Stderr(d) => err.write_all(&d)?,
+                    Frame::Stderr(d) => {
+                        // With a terminal, stderr shares it (and the raw mode).
+                        let _ = err.write_all(&d);
+                    }
                     Frame::Error(m) => error = Some(super::host::terminal_safe(&m)),
                     Frame::Exit(code) => {
+                        drop(_raw);
                         if let Some(m) = error {
                             eprintln!("hyperxl: {m}");
                         }
@@ -234,19 +356,28 @@ impl Client {
                     other => bail!("VM {name} sent an unexpected frame (kind {})", other.kind()),
                 }
             }
-            // Our stdin, while the VM keeps up.
-            if stdin_open && self.outbuf.len() < 2 * MAX_PAYLOAD {
-                let ready = self.wait(Some(stdin.as_fd()), Duration::ZERO)?;
-                if ready {
-                    let n = stdin.lock().read(&mut buf).unwrap_or(0);
-                    if n == 0 {
+            if !hello && Instant::now() > hello_deadline {
+                bail!(
+                    "VM {name} connected but did not answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                );
+            }
+            // Our stdin, while the VM keeps up (polled alone: the vchan's event is taken
+            // only where the ring is read right after).
+            if stdin_open && self.outbuf.len() < 2 * MAX_PAYLOAD && readable(stdin.as_fd()) {
+                match stdin.lock().read(&mut buf) {
+                    Ok(0) => {
                         stdin_open = false;
                         self.queue(&Frame::CloseStdin)?;
-                    } else {
-                        self.queue(&Frame::Stdin(buf[..n].to_vec()))?;
                     }
-                    continue;
+                    Ok(n) => self.queue(&Frame::Stdin(buf[..n].to_vec()))?,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        stdin_open = false;
+                        self.queue(&Frame::CloseStdin)?;
+                    }
                 }
+                continue;
             }
             if self.server.client() == ClientState::Gone {
                 // Whatever it left was read above; with no complete frame left, it ended
@@ -271,4 +402,21 @@ impl Client {
             self.wait(extra, Duration::from_millis(1000))?;
         }
     }
+
+    /// Our stdout went away (`hyperxl exec VM cmd | head -1`): the process gets SIGPIPE
+    /// as it would in a pipeline, and exec ends as a shell reports that (128 + 13).
+    fn stdout_failed(&mut self, e: std::io::Error) -> anyhow::Result<i32> {
+        if e.kind() != ErrorKind::BrokenPipe {
+            return Err(e).context("writing the process's output");
+        }
+        self.queue(&Frame::Signal(libc::SIGPIPE))?;
+        let _ = self.pump();
+        Ok(128 + libc::SIGPIPE)
+    }
+}
+
+/// Whether `fd` can be read without blocking (or is at its end).
+fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
