@@ -65,12 +65,16 @@ fn hostile_guests_cannot_hurt_dom0() {
             "hyperxl run --rm -e X=$(printf '%05000d' 0) demo true; echo rc=$?",
         )
         .step("after_big_env", LEFTOVERS)
-        // Defect 1: 64 KiB chunks without a newline, for 30 s.
+        // Defect 1: 64 KiB chunks without a newline, for 30 s. A PV guest: a PVH guest
+        // flooding its console at full speed has frozen the emulated machine about one
+        // run in two (QEMU 7.2's TCG, nested SVM: the CPU stuck right after the guest's
+        // `vmmcall` in xen_hypercall_amd, no dom0 heartbeat; scripts/xen-testhost
+        // prints where a frozen CPU is). The console path in dom0 is the same for both.
         .step(
             "flood",
             &format!(
                 "{MONITOR_PID}; {LOG_BYTES}
-                 hyperxl run -d --name flood --log-opt max-size=1m --log-opt max-file=2 demo \
+                 hyperxl run -d --name flood --type pv --log-opt max-size=1m --log-opt max-file=2 demo \
                    sh -c 'while :; do head -c 65536 /dev/zero | tr \"\\0\" A; done' >/dev/null || exit 1
                  pid=$(monitor_pid flood)
                  sleep 5; r1=$(awk '/VmRSS/ {{print $2}}' /proc/$pid/status)
