@@ -1,7 +1,8 @@
 //! `hyperxl exec` in the Xen test host: processes in a running VM over the control
 //! channel (a vchan per session: dom0's libxenvchan, the init's own Rust client), with
 //! docker exec's exit codes, flags, separate stdout and stderr, stdin, a terminal with
-//! resize and ^C, signals, concurrent sessions, no QEMU and nothing left in xenstore.
+//! resize and ^C, signals, concurrent sessions, `run -i`, no QEMU and nothing left in
+//! xenstore.
 
 use hyperxl_e2e::{value, Batch};
 
@@ -92,6 +93,15 @@ fn exec_runs_processes_in_a_running_vm() {
             "hyperxl run -d -u 0 --name hx2 -m 64m --network none demo sh -c 'vchan-hostile 600; exec sleep 100000' >/dev/null; \
              s=$(date +%s); hyperxl exec hx2 sleep 30; rc=$?; echo rc=$rc; echo secs=$(( $(date +%s) - s )); \
              echo other=$(hyperxl exec ex echo fine); hyperxl rm -f hx2 >/dev/null",
+        )
+        .step(
+            "run_i",
+            // run -i: our stdin to the app's (EOF closes it), and an app that never reads.
+            "echo one=$(printf 'x' | hyperxl run -i --rm -m 64m --network none demo wc -c | tr -d '\r'); \
+             head -c 3000000 /dev/urandom >/tmp/r; echo want=$(md5sum </tmp/r | cut -d' ' -f1); \
+             echo got=$(hyperxl run -i --rm -m 64m --network none demo md5sum </tmp/r | tr -d '\r' | cut -d' ' -f1); \
+             echo hi | hyperxl run -i --rm -m 64m --network none demo true; echo unread_rc=$?; \
+             hyperxl run -d -i demo true; echo detach_rc=$?",
         )
         .step(
             "stopped",
@@ -187,6 +197,12 @@ fn exec_runs_processes_in_a_running_vm() {
     let secs: u64 = value(&h.stdout, "secs=").parse().unwrap();
     assert!(secs < 30, "{h}");
     assert_eq!(value(&h.stdout, "other="), "fine", "{h}");
+    let r = &run["run_i"];
+    assert_eq!(value(&r.stdout, "one="), "1", "{r}");
+    assert_eq!(value(&r.stdout, "got="), value(&r.stdout, "want="), "{r}");
+    assert_eq!(value(&r.stdout, "unread_rc="), "0", "{r}");
+    assert_eq!(value(&r.stdout, "detach_rc="), "125", "{r}");
+    assert!(r.stderr.contains("do not go together"), "{r}");
     let st = &run["stopped"];
     assert_eq!(value(&st.stdout, "rc="), "125", "{st}");
     assert!(st.stderr.contains("is not running"), "{st}");

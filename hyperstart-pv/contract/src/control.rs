@@ -63,6 +63,11 @@ pub struct ExecRequest {
     /// stderr are `/dev/null`, and the session ends once it started.
     #[serde(default)]
     pub detach: bool,
+    /// Start nothing: attach the session to the app's stdin (`run -i`). Stdin frames go
+    /// to the app, CloseStdin closes its stdin, and the session ends with Exit(0) once
+    /// that happened (or the app stopped reading). `args` is empty.
+    #[serde(default)]
+    pub attach: bool,
 }
 
 impl ExecRequest {
@@ -73,7 +78,11 @@ impl ExecRequest {
             kind: KIND_EXEC,
             reason: reason.to_string(),
         };
-        if self.args.is_empty() || self.args[0].is_empty() {
+        if self.attach {
+            if !self.args.is_empty() || self.tty || self.detach {
+                return Err(bad("an attach session starts no process"));
+            }
+        } else if self.args.is_empty() || self.args[0].is_empty() {
             return Err(bad("no command"));
         }
         if self.args.len() > MAX_ARGS || self.env.len() > MAX_ARGS {
@@ -327,6 +336,7 @@ mod tests {
             rows: 24,
             cols: 80,
             detach: false,
+            attach: false,
         }
     }
 
@@ -438,5 +448,18 @@ mod tests {
         let mut req = exec();
         req.args.clear();
         assert!(Frame::Exec(req).encode(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn an_attach_session_starts_no_process() {
+        let mut req = exec();
+        req.attach = true;
+        assert!(req.validate().is_err(), "attach with a command");
+        req.args.clear();
+        req.tty = false;
+        assert!(req.validate().is_ok());
+        let mut buf = Vec::new();
+        Frame::Exec(req.clone()).encode(&mut buf).unwrap();
+        assert_eq!(decode(&buf).unwrap().unwrap().0, Frame::Exec(req));
     }
 }

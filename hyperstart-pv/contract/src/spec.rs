@@ -169,6 +169,10 @@ pub struct Spec {
     /// The app runs with a terminal (adds `TERM=xterm` in [`crate::env::merge`]).
     #[serde(default)]
     pub terminal: bool,
+    /// The app's stdin is a pipe that dom0 feeds through an attach session (`run -i`);
+    /// otherwise it is `/dev/null`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
     /// The guest's network (`eth0`); none: only `lo` (`--network none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::Network>,
@@ -198,6 +202,7 @@ impl Spec {
             scratch: None,
             stop_grace_secs: DEFAULT_STOP_GRACE_SECS,
             terminal: false,
+            open_stdin: false,
             network: None,
             mounts: Vec::new(),
             read_only: false,

@@ -136,8 +136,12 @@ pub fn prepare_exec(
 /// Where a started process's stdin, stdout and stderr go.
 #[derive(Debug, Clone, Copy)]
 pub enum Stdio {
-    /// The app: the console (and /dev/null or the console as stdin).
-    Console,
+    /// The app: the console for stdout and stderr; stdin is `stdin` (the pipe of
+    /// `run -i`), else the console with a terminal, else /dev/null.
+    Console {
+        /// The read end of the app's stdin pipe.
+        stdin: Option<i32>,
+    },
     /// An exec session: these fds (pipe ends the session keeps the other ends of).
     Fds {
         /// stdin.
@@ -177,7 +181,7 @@ fn child(p: &Prepared, stdio: Stdio) -> (i32, String) {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let fds = match stdio {
-        Stdio::Console => None,
+        Stdio::Console { .. } => None,
         Stdio::Fds {
             stdin,
             stdout,
@@ -223,7 +227,14 @@ fn child(p: &Prepared, stdio: Stdio) -> (i32, String) {
             let _ = dup2(fd, 0);
         }
     }
-    if !p.terminal {
+    if let Stdio::Console { stdin: Some(fd) } = stdio {
+        if dup2(fd, 0).is_err() {
+            return (
+                exit::NOT_EXECUTABLE,
+                "dup2 of the app's stdin failed".into(),
+            );
+        }
+    } else if !p.terminal {
         if let Ok(null) = OpenOptions::new().read(true).open("/dev/null") {
             let _ = dup2(null.as_raw_fd(), 0);
         }
@@ -260,12 +271,8 @@ fn drop_privileges_and_exec(p: &Prepared) -> (i32, String) {
     (exit::for_exec_errno(e as i32), format!("exec {path}: {e}"))
 }
 
-/// Forks and execs the app; waits until exec succeeded or failed.
-pub fn launch(p: &Prepared) -> Result<Launch, InitError> {
-    launch_with(p, Stdio::Console)
-}
-
-/// As [`launch`], with the given stdio.
+/// Forks and execs a process (the app, or an exec session's) with `stdio`; waits until
+/// exec succeeded or failed.
 pub fn launch_with(p: &Prepared, stdio: Stdio) -> Result<Launch, InitError> {
     let (rd, wr): (OwnedFd, OwnedFd) = pipe2(OFlag::O_CLOEXEC).ctx("pipe")?;
     // SAFETY: for the app the init is single-threaded here (the shutdown watcher starts
@@ -368,7 +375,7 @@ mod launch_tests {
                 .map(|g| g.as_raw())
                 .collect();
         }
-        launch(&p).unwrap()
+        launch_with(&p, Stdio::Console { stdin: None }).unwrap()
     }
 
     #[test]

@@ -17,11 +17,14 @@ mod status;
 mod supervise;
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use hyperxl_contract::{keys, user, Spec, State};
+use nix::fcntl::OFlag;
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::wait::waitpid;
+use nix::unistd::pipe2;
 use xenstore_wire::Xenstore;
 
 use crate::console::say;
@@ -73,7 +76,20 @@ fn run(status: &mut Status) -> Result<(), InitError> {
     supervise::install_signal_handlers();
 
     let prepared = exec::prepare(&spec, who);
-    match exec::launch(&prepared)? {
+    // `run -i`: the app reads a pipe whose other end an attach session feeds.
+    let stdin = match spec.open_stdin {
+        true => Some(pipe2(OFlag::O_CLOEXEC).ctx("pipe")?),
+        false => None,
+    };
+    let stdio = exec::Stdio::Console {
+        stdin: stdin.as_ref().map(|(r, _)| r.as_raw_fd()),
+    };
+    let launched = exec::launch_with(&prepared, stdio)?;
+    if let Some((r, w)) = stdin {
+        drop(r);
+        session::set_app_stdin(w);
+    }
+    match launched {
         Launch::Running(pid) => {
             status.started();
             supervise::set_main(pid, spec.stop_grace_secs);

@@ -54,6 +54,14 @@ pub struct AppDefaults {
     pub rlimits: Vec<Rlimit>,
 }
 
+/// The write end of the app's stdin (`run -i`), until an attach session takes it.
+static APP_STDIN: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// Keeps the write end of the app's stdin pipe for the attach session (`run -i`).
+pub fn set_app_stdin(fd: OwnedFd) {
+    *APP_STDIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+}
+
 /// Session processes by pid, with the pipe their exit code goes to.
 static WAITERS: Mutex<BTreeMap<i32, OwnedFd>> = Mutex::new(BTreeMap::new());
 
@@ -365,6 +373,9 @@ impl Session {
 
     /// Starts the process and serves its stdio until it exited and dom0 has its code.
     fn run(&mut self, req: ExecRequest, app: &AppDefaults) -> Result<(), String> {
+        if req.attach {
+            return self.attach_stdin();
+        }
         let who = req.user.clone().unwrap_or_else(|| app.user.clone());
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let user = match user::resolve(&who, &read("/etc/passwd"), &read("/etc/group")) {
@@ -415,6 +426,61 @@ impl Session {
             let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         }
         self.serve_process(pid, io.ours, exit_r, req.tty)
+    }
+
+    /// `run -i`: dom0's Stdin frames go to the app's stdin until CloseStdin (then the
+    /// app reads EOF) or until the app stops reading; then Exit(0). Only one session
+    /// ever gets the pipe.
+    fn attach_stdin(&mut self) -> Result<(), String> {
+        let taken = APP_STDIN.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(fd) = taken else {
+            return self.fail(
+                exit::NOT_EXECUTABLE,
+                "the app's stdin is not open (run without -i) or already attached",
+            );
+        };
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        let mut stdin = Some(std::fs::File::from(fd));
+        let mut pending: Vec<u8> = Vec::new();
+        let mut close = false;
+        self.queue(&Frame::Started { pid: 0 });
+        loop {
+            let drained = self.pump_vchan()?;
+            while pending.is_empty() && !close {
+                match self.next_frame()? {
+                    Some(Frame::Stdin(d)) => pending = d,
+                    Some(Frame::CloseStdin) => close = true,
+                    Some(Frame::Signal(_) | Frame::Resize { .. }) => {}
+                    Some(other) => {
+                        return Err(format!("unexpected frame {} in a session", other.kind()))
+                    }
+                    None => break,
+                }
+            }
+            if let Some(w) = stdin.as_mut() {
+                match w.write(&pending) {
+                    Ok(n) => {
+                        pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // The app closed its stdin or ended: nothing more can go in.
+                    Err(_) => stdin = None,
+                }
+            }
+            if stdin.is_none() || (close && pending.is_empty()) || self.dom0_gone {
+                drop(stdin);
+                self.queue(&Frame::Exit(0));
+                return self.flush();
+            }
+            if !drained && pending.is_empty() {
+                continue; // more frames wait in the ring: no event will say so
+            }
+            let mut extra = Vec::new();
+            if let Some(w) = stdin.as_ref().filter(|_| !pending.is_empty()) {
+                extra.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+            }
+            self.wait(&extra, Duration::from_millis(1000))?;
+        }
     }
 
     fn fail(&mut self, code: i32, message: &str) -> Result<(), String> {

@@ -75,6 +75,7 @@ pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
         rows,
         cols,
         detach: args.detach,
+        attach: false,
     };
     if let Err(e) = request.validate() {
         match e {

@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Run in the background: print the VM's id and leave a monitor process behind.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Keep stdin open: what this process reads goes to the app's stdin (EOF closes it).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Show no pull progress (it is shown only on a terminal).
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -143,6 +146,7 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         entrypoint: args.entrypoint.clone(),
         command: args.command.clone(),
         hostname: args.hostname.clone().unwrap_or_default(),
+        open_stdin: args.interactive,
     };
     let dir = guest_dir();
     let opts = LaunchOptions {
@@ -218,6 +222,9 @@ pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
 /// Runs the VM; returns the app's exit code.
 pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     crate::vm::timing::start();
+    if args.detach && args.interactive {
+        anyhow::bail!("run -d and -i do not go together: nothing would feed the app's stdin");
+    }
     let (opts, flags) = launch_inputs(&args)?;
     let vms = VmStore::open(state_dir)?;
     // As every command: first make the records agree with Xen (a VM that ended unwatched
@@ -235,7 +242,7 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
         println!("{id}");
         return Ok(0);
     }
-    let code = launch::run_attached(&vms, prepared)?;
+    let code = launch::run_attached(&vms, prepared, args.interactive)?;
     Ok(exit_status(code))
 }
 

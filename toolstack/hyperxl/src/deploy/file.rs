@@ -212,6 +212,7 @@ impl VmDef {
             entrypoint: self.entrypoint.clone(),
             command: self.command.clone(),
             hostname: String::new(),
+            open_stdin: false,
         }
     }
 

@@ -138,7 +138,40 @@ pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> any
     let vms = VmStore::open(state_dir)?;
     let host = Host::connect();
     reconcile_all(&vms, &host)?;
-    let mut vm = vms.find(which)?;
+    let vm = vms.find(which)?;
+    install_signal_handlers();
+    run_session(&vms, vm, opts)
+}
+
+/// `run -i`: feeds our stdin to the app of VM `id` (which this process watches) over an
+/// attach session, until EOF or until the app stops reading; signals stay with `run`.
+pub fn attach_stdin(state_dir: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    let vms = VmStore::open(state_dir)?;
+    let vm = vms.load(id)?;
+    let request = ExecRequest {
+        args: Vec::new(),
+        env: Vec::new(),
+        user: None,
+        workdir: None,
+        tty: false,
+        rows: 0,
+        cols: 0,
+        detach: false,
+        attach: true,
+    };
+    let opts = ExecOptions {
+        request,
+        interactive: true,
+    };
+    run_session(&vms, vm, &opts).map(drop)
+}
+
+/// One session with `vm`'s init, once its app runs; returns the exit code it reports.
+fn run_session(
+    vms: &VmStore,
+    mut vm: super::state::VmState,
+    opts: &ExecOptions,
+) -> anyhow::Result<i32> {
     // A VM just started with `run -d` may still be booting: its init listens for
     // sessions once the app runs, so wait for that (as long as a boot may take).
     let deadline = Instant::now() + START_TIMEOUT;
@@ -162,7 +195,6 @@ pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> any
         inbuf: Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD),
         outbuf: Vec::new(),
     };
-    install_signal_handlers();
     s.connect(&ctx, domid, &vm.name)?;
     s.queue(&Frame::Hello {
         version: CONTROL_VERSION,

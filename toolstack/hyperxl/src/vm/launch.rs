@@ -468,22 +468,36 @@ pub fn write_spec(domid: DomId, spec: &Spec) -> anyhow::Result<()> {
 }
 
 /// Runs the VM attached: console on stdout, Ctrl-C stops it; returns the app's exit code.
-pub fn run_attached(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
+/// With `stdin`, a thread feeds this process's stdin to the app's (`run -i`) over an
+/// attach session once the app runs.
+pub fn run_attached(vms: &VmStore, p: Prepared, stdin: bool) -> anyhow::Result<i32> {
     let out = ConsoleOut::Attached {
         show_init_lines: p.opts.show_init_lines,
     };
-    run_watched(vms, p, out)
+    run_watched(vms, p, out, stdin)
 }
 
 /// A helper VM (see [`Prepared::helper`]), watched by this process, its console only in
 /// its log; returns its exit code.
 pub fn run_helper(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
-    run_watched(vms, p, ConsoleOut::LogOnly)
+    run_watched(vms, p, ConsoleOut::LogOnly, false)
 }
 
-fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut) -> anyhow::Result<i32> {
+fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, stdin: bool) -> anyhow::Result<i32> {
     let ctx = Context::new()?;
     let booted = create(&ctx, vms, &p)?;
+    if stdin {
+        let (state_dir, id) = (vms.state_dir().to_path_buf(), booted.id.clone());
+        let feeder = std::thread::Builder::new().name("stdin".into());
+        let spawned = feeder.spawn(move || {
+            if let Err(e) = super::exec::attach_stdin(&state_dir, &id) {
+                eprintln!("hyperxl: the app's stdin: {e:#}");
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("hyperxl: the app's stdin: {e}");
+        }
+    }
     let result = monitor::supervise(
         &ctx,
         vms,

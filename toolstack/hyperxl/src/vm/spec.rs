@@ -19,6 +19,8 @@ pub struct RunFlags {
     pub command: Vec<String>,
     /// The guest's hostname.
     pub hostname: String,
+    /// `run -i`: the app's stdin is fed from dom0.
+    pub open_stdin: bool,
 }
 
 /// Errors building the spec.
@@ -68,6 +70,7 @@ pub fn build(config: &ImageConfiguration, flags: &RunFlags) -> Result<Spec, Spec
     }
     let image_user = image.and_then(|c| c.user().clone());
     spec.user = flags.user.clone().or(image_user).unwrap_or_default();
+    spec.open_stdin = flags.open_stdin;
     spec.validate()?;
     Ok(spec)
 }
