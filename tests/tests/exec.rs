@@ -75,6 +75,7 @@ fn exec_runs_processes_in_a_running_vm() {
             "signals",
             "hyperxl exec ex sh -c 'grep SigIgn /proc/self/status; grep SigIgn /proc/$(pidof sleep)/status'; \
              hyperxl exec ex sleep 100 & p=$!; sleep 4; kill -INT $p; wait $p; echo int_rc=$?; \
+             hyperxl exec -i ex sleep 100 </dev/zero & p=$!; sleep 5; kill -INT $p; wait $p; echo unread_int_rc=$?; \
              { hyperxl exec ex yes; echo $? >/tmp/yrc; } | head -n1 >/dev/null; echo pipe_rc=$(cat /tmp/yrc); \
              sleep 1; echo yes_left=$(hyperxl exec ex sh -c 'pidof yes || echo none'); \
              d=$(hyperxl inspect ex | sed -n 's/.*\"domid\": *\\([0-9]*\\).*/\\1/p' | head -n1); \
@@ -92,7 +93,10 @@ fn exec_runs_processes_in_a_running_vm() {
             "hostile",
             "hyperxl run -d -u 0 --name hx2 -m 64m --network none demo sh -c 'vchan-hostile 600; exec sleep 100000' >/dev/null; \
              s=$(date +%s); hyperxl exec hx2 sleep 30; rc=$?; echo rc=$rc; echo secs=$(( $(date +%s) - s )); \
-             echo other=$(hyperxl exec ex echo fine); hyperxl rm -f hx2 >/dev/null",
+             echo other=$(hyperxl exec ex echo fine); hyperxl rm -f hx2 >/dev/null; \
+             hyperxl run -d -u 0 --name hx3 -m 64m --network none demo sh -c 'vchan-hostile 600 --hangup; exec sleep 100000' >/dev/null; \
+             s=$(date +%s); timeout 90 hyperxl exec -i hx3 cat </dev/zero >/dev/null; echo hangup_rc=$?; \
+             echo hangup_secs=$(( $(date +%s) - s )); hyperxl rm -f hx3 >/dev/null",
         )
         .step(
             "run_i",
@@ -184,6 +188,9 @@ fn exec_runs_processes_in_a_running_vm() {
         "{g}"
     );
     assert_eq!(value(&g.stdout, "int_rc="), "130", "{g}");
+    // A signal reaches a process that reads none of the stdin sent to it (stdin is
+    // flow-controlled, so the Signal frame never waits behind it).
+    assert_eq!(value(&g.stdout, "unread_int_rc="), "130", "{g}");
     assert_eq!(value(&g.stdout, "pipe_rc="), "141", "{g}");
     assert_eq!(value(&g.stdout, "yes_left="), "none", "{g}");
     assert_eq!(value(&g.stdout, "killed_left="), "1", "{g}");
@@ -197,6 +204,12 @@ fn exec_runs_processes_in_a_running_vm() {
     let secs: u64 = value(&h.stdout, "secs=").parse().unwrap();
     assert!(secs < 30, "{h}");
     assert_eq!(value(&h.stdout, "other="), "fine", "{h}");
+    // A guest that hangs its session up without an exit code, while dom0 has endless
+    // stdin to send: exec ends at once with one line (it once spun on its stdin).
+    assert_eq!(value(&h.stdout, "hangup_rc="), "125", "{h}");
+    assert!(h.stderr.contains("without an exit code"), "{h}");
+    let secs: u64 = value(&h.stdout, "hangup_secs=").parse().unwrap();
+    assert!(secs < 60, "{h}");
     let r = &run["run_i"];
     assert_eq!(value(&r.stdout, "one="), "1", "{r}");
     assert_eq!(value(&r.stdout, "got="), value(&r.stdout, "want="), "{r}");

@@ -8,6 +8,12 @@
 //! answers [`Frame::Started`] (or [`Frame::Error`] then [`Frame::Exit`] with 126/127),
 //! and the streams flow until [`Frame::Exit`].
 //!
+//! Stdin is flow-controlled: dom0 may have at most [`STDIN_WINDOW`] bytes of
+//! [`Frame::Stdin`] sent and not yet handed to the process; the guest returns credit
+//! with [`Frame::StdinWindow`] as the process reads. So the guest can always decode
+//! everything dom0 sent within a bounded buffer, and a [`Frame::Signal`] or
+//! [`Frame::Resize`] is never stuck behind stdin a process does not read.
+//!
 //! Wire format: an 8-byte header, then the payload.
 //!
 //! | bytes | field |
@@ -26,11 +32,14 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks.
-pub const CONTROL_VERSION: u16 = 1;
+pub const CONTROL_VERSION: u16 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 /// The largest payload a frame may carry (stream data is sent in chunks of at most this).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// The most stdin bytes dom0 may have sent and not yet had returned by
+/// [`Frame::StdinWindow`] (what the guest buffers for a process at most).
+pub const STDIN_WINDOW: usize = 2 * MAX_PAYLOAD;
 /// The most arguments, and environment entries, an exec may carry.
 pub const MAX_ARGS: usize = 4096;
 const MAGIC: [u8; 2] = *b"hx";
@@ -146,6 +155,9 @@ pub enum Frame {
     /// guest -> dom0, last: the exit code (128 + N for a signal, 126/127 when the
     /// command could not run).
     Exit(i32),
+    /// guest -> dom0: the process took this many more stdin bytes; dom0 may send as
+    /// many more (see [`STDIN_WINDOW`]).
+    StdinWindow(u32),
     /// guest -> dom0: why the request failed (one line, before its [`Frame::Exit`]).
     Error(String),
 }
@@ -161,6 +173,7 @@ const KIND_STDOUT: u8 = 17;
 const KIND_STDERR: u8 = 18;
 const KIND_EXIT: u8 = 19;
 const KIND_ERROR: u8 = 20;
+const KIND_STDIN_WINDOW: u8 = 21;
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +215,7 @@ impl Frame {
             Frame::Stderr(_) => KIND_STDERR,
             Frame::Exit(_) => KIND_EXIT,
             Frame::Error(_) => KIND_ERROR,
+            Frame::StdinWindow(_) => KIND_STDIN_WINDOW,
         }
     }
 
@@ -218,7 +232,7 @@ impl Frame {
             Frame::CloseStdin => Vec::new(),
             Frame::Resize { rows, cols } => [rows.to_le_bytes(), cols.to_le_bytes()].concat(),
             Frame::Signal(n) | Frame::Exit(n) => n.to_le_bytes().to_vec(),
-            Frame::Started { pid } => pid.to_le_bytes().to_vec(),
+            Frame::Started { pid } | Frame::StdinWindow(pid) => pid.to_le_bytes().to_vec(),
             Frame::Error(text) => text.as_bytes().to_vec(),
         };
         if payload.len() > MAX_PAYLOAD {
@@ -317,6 +331,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         KIND_ERROR => Frame::Error(
             String::from_utf8(payload.to_vec()).map_err(|_| bad("error text is not UTF-8"))?,
         ),
+        KIND_STDIN_WINDOW => {
+            let p = fixed(4)?;
+            Frame::StdinWindow(u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
+        }
         other => return Err(FrameError::UnknownKind(other)),
     };
     Ok(Some((frame, total)))
@@ -359,6 +377,7 @@ mod tests {
             Frame::Stderr(vec![b'x'; MAX_PAYLOAD]),
             Frame::Exit(-1),
             Frame::Exit(127),
+            Frame::StdinWindow(65536),
             Frame::Error("sh: not found".into()),
         ]
     }

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hyperxl_contract::control::{
-    self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD,
+    self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
 };
 use hyperxl_contract::{exit, keys, user, Rlimit};
 use hyperxl_vchan::Vchan;
@@ -264,6 +264,86 @@ fn set_window_size(master: &impl AsRawFd, rows: u16, cols: u16) {
     let _ = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ as _, &size) };
 }
 
+/// dom0's stdin on its way to a process: what dom0 sent that the process has not read
+/// yet (at most [`STDIN_WINDOW`]: dom0 sends no more than the window we returned), and
+/// how much the process took since we last said so.
+struct StdinPump {
+    writer: Option<std::fs::File>,
+    pending: Vec<u8>,
+    closing: bool,
+    /// Bytes the process took, not yet returned to dom0 as window.
+    owed: usize,
+}
+
+impl StdinPump {
+    fn new(writer: Option<std::fs::File>) -> Self {
+        Self {
+            writer,
+            pending: Vec::new(),
+            closing: false,
+            owed: 0,
+        }
+    }
+
+    /// One Stdin frame. Once the process closed its stdin the bytes are dropped and no
+    /// window comes back for them, so dom0 stops reading its own stdin.
+    fn data(&mut self, d: Vec<u8>) -> Result<(), String> {
+        if self.pending.len() + d.len() > STDIN_WINDOW {
+            return Err("dom0 sent more stdin than its window".into());
+        }
+        if self.writer.is_some() {
+            self.pending.extend_from_slice(&d);
+        }
+        Ok(())
+    }
+
+    /// CloseStdin: the process reads EOF once it read what is pending.
+    fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Writes what the process takes without blocking.
+    fn push(&mut self) {
+        let Some(w) = self.writer.as_mut() else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match w.write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.owed += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // It closed its stdin or ended: nothing more can go in.
+                Err(_) => {
+                    self.writer = None;
+                    self.pending.clear();
+                    return;
+                }
+            }
+        }
+        if self.closing && self.pending.is_empty() {
+            self.writer = None;
+        }
+    }
+
+    /// Window to return to dom0: in chunks, or all of it once the process caught up.
+    fn credit(&mut self) -> Option<Frame> {
+        let due = self.owed >= MAX_PAYLOAD / 2 || (self.owed > 0 && self.pending.is_empty());
+        due.then(|| Frame::StdinWindow(std::mem::take(&mut self.owed) as u32))
+    }
+
+    /// The writer to wait on, while bytes wait for it.
+    fn poll_fd(&self) -> Option<PollFd<'_>> {
+        self.writer
+            .as_ref()
+            .filter(|_| !self.pending.is_empty())
+            .map(|w| PollFd::new(w.as_fd(), PollFlags::POLLOUT))
+    }
+}
+
 struct Session {
     vchan: Vchan,
     /// Bytes read from dom0, not yet decoded.
@@ -440,45 +520,31 @@ impl Session {
             );
         };
         let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-        let mut stdin = Some(std::fs::File::from(fd));
-        let mut pending: Vec<u8> = Vec::new();
-        let mut close = false;
+        let mut stdin = StdinPump::new(Some(std::fs::File::from(fd)));
         self.queue(&Frame::Started { pid: 0 });
         loop {
             let drained = self.pump_vchan()?;
-            while pending.is_empty() && !close {
-                match self.next_frame()? {
-                    Some(Frame::Stdin(d)) => pending = d,
-                    Some(Frame::CloseStdin) => close = true,
-                    Some(Frame::Signal(_) | Frame::Resize { .. }) => {}
-                    Some(other) => {
-                        return Err(format!("unexpected frame {} in a session", other.kind()))
-                    }
-                    None => break,
+            while let Some(f) = self.next_frame()? {
+                match f {
+                    Frame::Stdin(d) => stdin.data(d)?,
+                    Frame::CloseStdin => stdin.close(),
+                    Frame::Signal(_) | Frame::Resize { .. } => {}
+                    other => return Err(format!("unexpected frame {} in a session", other.kind())),
                 }
             }
-            if let Some(w) = stdin.as_mut() {
-                match w.write(&pending) {
-                    Ok(n) => {
-                        pending.drain(..n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    // The app closed its stdin or ended: nothing more can go in.
-                    Err(_) => stdin = None,
-                }
+            stdin.push();
+            if let Some(f) = stdin.credit() {
+                self.queue(&f);
             }
-            if stdin.is_none() || (close && pending.is_empty()) || self.dom0_gone {
+            if stdin.writer.is_none() || self.dom0_gone {
                 drop(stdin);
                 self.queue(&Frame::Exit(0));
                 return self.flush();
             }
-            if !drained && pending.is_empty() {
+            if !drained {
                 continue; // more frames wait in the ring: no event will say so
             }
-            let mut extra = Vec::new();
-            if let Some(w) = stdin.as_ref().filter(|_| !pending.is_empty()) {
-                extra.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
-            }
+            let extra: Vec<_> = stdin.poll_fd().into_iter().collect();
             self.wait(&extra, Duration::from_millis(1000))?;
         }
     }
@@ -509,53 +575,39 @@ impl Session {
         tty: bool,
     ) -> Result<(), String> {
         let mut ours = ours.into_iter().map(std::fs::File::from);
-        let mut stdin = ours.next();
-        let mut stdin_pending: Vec<u8> = Vec::new();
-        let mut close_stdin = false;
+        let mut stdin = StdinPump::new(ours.next());
         let mut outs: [Option<std::fs::File>; 2] = [ours.next(), ours.next()];
         let mut exit_r = std::fs::File::from(exit_r);
         let mut code: Option<i32> = None;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let _ = self.pump_vchan()?;
-            // dom0's frames, one stdin chunk at a time (bounded: nothing more is
-            // decoded while a chunk waits for the process to read it).
-            while stdin_pending.is_empty() {
-                let Some(f) = self.next_frame()? else { break };
+            // Everything dom0 sent is decoded (its stdin is bounded by the window), so a
+            // Signal or Resize never waits behind stdin the process does not read.
+            while let Some(f) = self.next_frame()? {
                 match f {
-                    Frame::Stdin(d) => stdin_pending = d,
-                    Frame::CloseStdin => close_stdin = true,
-                    Frame::Signal(n) => {
+                    Frame::Stdin(d) => stdin.data(d)?,
+                    Frame::CloseStdin => stdin.close(),
+                    // Not once it was reaped: its pid may be another process's by now.
+                    Frame::Signal(n) if code.is_none() => {
                         if let Ok(sig) = Signal::try_from(n) {
                             let _ = kill(pid, sig);
                         }
                     }
+                    Frame::Signal(_) => {}
                     Frame::Resize { rows, cols } => {
-                        if let (true, Some(w)) = (tty, stdin.as_ref()) {
-                            set_window_size(w, rows, cols);
+                        // The pty's master: stdin's end, or (stdin closed) the output's.
+                        let master = stdin.writer.as_ref().or(outs[0].as_ref());
+                        if let (true, Some(m)) = (tty, master) {
+                            set_window_size(m, rows, cols);
                         }
                     }
                     other => return Err(format!("unexpected frame {} in a session", other.kind())),
                 }
             }
-            if let Some(w) = stdin.as_mut() {
-                if !stdin_pending.is_empty() {
-                    match w.write(&stdin_pending) {
-                        Ok(n) => {
-                            stdin_pending.drain(..n);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => {
-                            stdin_pending.clear();
-                            stdin = None;
-                        }
-                    }
-                }
-                if close_stdin && stdin_pending.is_empty() {
-                    stdin = None;
-                }
-            } else {
-                stdin_pending.clear();
+            stdin.push();
+            if let Some(f) = stdin.credit() {
+                self.queue(&f);
             }
             // Its exit code first: output read after it is known is all there is.
             if code.is_none() {
@@ -603,7 +655,7 @@ impl Session {
                 return self.flush();
             }
             let drained = self.pump_vchan()?;
-            if !drained && stdin_pending.is_empty() && !self.dom0_gone {
+            if !drained && !self.dom0_gone {
                 continue; // more frames wait in the ring: no event will say so
             }
             let room = self.outbuf.len() < 2 * MAX_PAYLOAD;
@@ -614,9 +666,7 @@ impl Session {
             if code.is_none() {
                 extra.push(PollFd::new(exit_r.as_fd(), PollFlags::POLLIN));
             }
-            if let Some(w) = stdin.as_ref().filter(|_| !stdin_pending.is_empty()) {
-                extra.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
-            }
+            extra.extend(stdin.poll_fd());
             self.wait(&extra, Duration::from_millis(1000))?;
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hyperxl_contract::control::{
-    self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD,
+    self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
 };
 use hyperxl_contract::keys;
 use libxl::{ClientState, VchanServer};
@@ -176,6 +176,7 @@ fn run_session(
     // sessions once the app runs, so wait for that (as long as a boot may take).
     let deadline = Instant::now() + START_TIMEOUT;
     while vm.status.can_stop() && vm.started_at.is_none() && Instant::now() < deadline {
+        interrupted()?;
         std::thread::sleep(Duration::from_millis(200));
         vm = vms.load(&vm.id)?;
     }
@@ -259,6 +260,7 @@ impl Client {
             if !matches!(ctx.domain_info(libxl::DomId(domid)), Ok(Some(_))) {
                 bail!("VM {name} stopped");
             }
+            interrupted()?;
             self.wait(None, Duration::from_millis(500))?;
         }
     }
@@ -329,6 +331,8 @@ impl Client {
         let detach = opts.request.detach;
         let stdin = std::io::stdin();
         let mut stdin_open = opts.interactive;
+        // Stdin bytes the guest still has room for (it returns them as its process reads).
+        let mut window = STDIN_WINDOW;
         // Raw only when the keys come from a terminal (the CLI checked that for -it).
         let _raw = (tty && opts.interactive)
             .then(RawTerminal::enter)
@@ -377,6 +381,9 @@ impl Client {
                         // With a terminal, stderr shares it (and the raw mode).
                         let _ = err.write_all(&d);
                     }
+                    Frame::StdinWindow(n) => {
+                        window = window.saturating_add(n as usize).min(STDIN_WINDOW);
+                    }
                     Frame::Error(m) => error = Some(super::host::terminal_safe(&m)),
                     Frame::Exit(code) => {
                         drop(_raw);
@@ -394,23 +401,6 @@ impl Client {
                     CONNECT_TIMEOUT.as_secs()
                 );
             }
-            // Our stdin, while the VM keeps up (polled alone: the vchan's event is taken
-            // only where the ring is read right after).
-            if stdin_open && self.outbuf.len() < 2 * MAX_PAYLOAD && readable(stdin.as_fd()) {
-                match stdin.lock().read(&mut buf) {
-                    Ok(0) => {
-                        stdin_open = false;
-                        self.queue(&Frame::CloseStdin)?;
-                    }
-                    Ok(n) => self.queue(&Frame::Stdin(buf[..n].to_vec()))?,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        stdin_open = false;
-                        self.queue(&Frame::CloseStdin)?;
-                    }
-                }
-                continue;
-            }
             if self.server.client() == ClientState::Gone {
                 // Whatever it left was read above; with no complete frame left, it ended
                 // without an exit code.
@@ -427,10 +417,32 @@ impl Client {
                     bail!("VM {name} stopped during the exec");
                 }
             }
+            // Our stdin, as far as the guest's window allows (polled alone: the vchan's
+            // event is taken only where the ring is read right after).
+            let want_stdin = stdin_open && window > 0;
+            if want_stdin && readable(stdin.as_fd()) {
+                let room = buf.len().min(window);
+                match stdin.lock().read(&mut buf[..room]) {
+                    Ok(0) => {
+                        stdin_open = false;
+                        self.queue(&Frame::CloseStdin)?;
+                    }
+                    Ok(n) => {
+                        window -= n;
+                        self.queue(&Frame::Stdin(buf[..n].to_vec()))?;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        stdin_open = false;
+                        self.queue(&Frame::CloseStdin)?;
+                    }
+                }
+                continue;
+            }
             if !drained && decoded {
                 continue; // more is waiting in the ring: no event will say so
             }
-            let extra = (stdin_open && self.outbuf.len() < 2 * MAX_PAYLOAD).then(|| stdin.as_fd());
+            let extra = want_stdin.then(|| stdin.as_fd());
             self.wait(extra, Duration::from_millis(1000))?;
         }
     }
@@ -444,6 +456,14 @@ impl Client {
         self.queue(&Frame::Signal(libc::SIGPIPE))?;
         let _ = self.pump();
         Ok(128 + libc::SIGPIPE)
+    }
+}
+
+/// Fails if a stop signal came before there was a process to forward it to.
+fn interrupted() -> anyhow::Result<()> {
+    match SIGNALLED.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        sig => bail!("interrupted by signal {sig} before the process started"),
     }
 }
 
