@@ -41,8 +41,8 @@ pub mod registry;
 pub mod run;
 pub mod save;
 pub mod store;
-pub mod targuard;
-pub mod text;
+pub use hyperxl_tarcopy::guard as targuard;
+pub use hyperxl_tarcopy::text;
 
 pub use digest::{Digest, DigestError};
 pub use disk::DiskError;

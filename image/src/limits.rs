@@ -49,6 +49,16 @@ pub struct Limits {
 
 const GIB: u64 = 1 << 30;
 
+impl Limits {
+    /// The tar metadata record limits ([`crate::targuard`]) of these limits.
+    pub fn records(&self) -> crate::targuard::RecordLimits {
+        crate::targuard::RecordLimits {
+            name: self.max_name_record_bytes,
+            pax: self.max_pax_bytes,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -26,7 +26,7 @@ use crate::layer::Limited;
 use crate::limits::Limits;
 use crate::reference::{Reference, ReferenceError};
 use crate::store::{ImageRecord, LayerRecord, Staging, Store, StoreError};
-use crate::targuard::{Guard, HeaderError, RecordLimits};
+use crate::targuard::{Guard, HeaderError};
 use crate::text::sanitise;
 
 /// Why a load failed.
@@ -335,7 +335,7 @@ fn archive_pass(
     let hit = Rc::new(Cell::new(false));
     let limit = archive_limit(limits);
     let stream = Limited::new(stream, limit, hit.clone());
-    let mut ar = tar::Archive::new(Guard::new(stream, RecordLimits::of(limits)));
+    let mut ar = tar::Archive::new(Guard::new(stream, limits.records()));
     let err = |e| {
         if hit.get() {
             SpoolError::TooLarge(limit)

@@ -61,16 +61,6 @@ pub struct RecordLimits {
     pub pax: u64,
 }
 
-impl RecordLimits {
-    /// The record limits of `limits`.
-    pub fn of(limits: &crate::Limits) -> RecordLimits {
-        RecordLimits {
-            name: limits.max_name_record_bytes,
-            pax: limits.max_pax_bytes,
-        }
-    }
-}
-
 /// Wraps a tar stream; see the module docs.
 pub struct Guard<R> {
     inner: R,

@@ -21,7 +21,7 @@ use super::{LayerInput, MergeError};
 use crate::digest::HashingReader;
 use crate::layer::{self, Limited};
 use crate::limits::{DevicePolicy, Limits};
-use crate::targuard::{Guard, HeaderError, RecordLimits};
+use crate::targuard::{Guard, HeaderError};
 
 /// Where a regular file's data is: the layer and the entry's index in its tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -238,7 +238,7 @@ fn apply_entries<R: Read>(
     limits: &Limits,
 ) -> Result<(), MergeError> {
     let tar_err = |source| tar_error(layer, source);
-    let mut archive = tar::Archive::new(Guard::new(stream, RecordLimits::of(limits)));
+    let mut archive = tar::Archive::new(Guard::new(stream, limits.records()));
     let mut seen = Seen::new();
     for (index, entry) in archive.entries().map_err(tar_err)?.enumerate() {
         let mut entry = entry.map_err(tar_err)?;
