@@ -133,3 +133,20 @@ out("control_frame", "session", b"".join([
 ]))
 out("control_frame", "oversized", b"hx" + bytes([17, 0]) + struct.pack("<I", 65537))
 out("control_frame", "bad-exec", control(2, b'{"args":[],"surprise":1}'))
+
+
+# hyperxl cp streams: a tree as the init packs it, and the hostile shapes dom0 refuses.
+out("copy_unpack", "tree.tar", tar([
+    ("t/", "dir", None, None),
+    ("t/a", "file", b"alpha\n", None),
+    ("t/sub/", "dir", None, None),
+    ("t/sub/b", "file", b"beta\n", None),
+    ("t/link", "sym", "/etc/passwd", None),
+    ("t/up", "sym", "../../x", None),
+], fmt=tarfile.GNU_FORMAT))
+out("copy_unpack", "through-link.tar", tar([
+    ("t/", "dir", None, None),
+    ("t/l", "sym", "..", None),
+    ("t/l/x", "file", b"x", None),
+    ("t/h", "hard", "t/a", None),
+]))

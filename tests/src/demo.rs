@@ -129,6 +129,103 @@ pub fn write_docker_save(path: &Path) -> io::Result<()> {
     )
 }
 
+/// Writes `scratch:latest`: one static binary (busybox, with no applet links: no `sh`,
+/// no `tar` on PATH), run as `busybox sleep`, and files for `hyperxl cp` to fetch:
+/// `/data` (a 0600 file, a directory with an executable, a set-uid file, a symlink
+/// pointing out of the tree), plus what a guest needs to subvert its own copy helper:
+/// `/hostile.tar` (a stream whose second entry climbs out with `..`) and `/evil.sh`,
+/// which prints it.
+pub fn write_scratch_image(path: &Path) -> io::Result<()> {
+    let mut l = Layer(tar::Builder::new(Vec::new()));
+    for d in ["bin", "data", "data/sub"] {
+        l.add(d, tar::EntryType::Directory, 0o755, b"", None)?;
+    }
+    let busybox = fs::read("/bin/busybox")
+        .map_err(|e| io::Error::new(e.kind(), format!("/bin/busybox (busybox-static): {e}")))?;
+    l.add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        &busybox,
+        None,
+    )?;
+    l.add(
+        "data/motd",
+        tar::EntryType::Regular,
+        0o600,
+        b"hello scratch\n",
+        None,
+    )?;
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    l.add(
+        "data/sub/deep.bin",
+        tar::EntryType::Regular,
+        0o755,
+        &blob,
+        None,
+    )?;
+    l.add(
+        "data/suid",
+        tar::EntryType::Regular,
+        0o4755,
+        b"#!/bin/busybox sh\n",
+        None,
+    )?;
+    l.add(
+        "data/link",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        Some("/etc/passwd"),
+    )?;
+    l.add(
+        "hostile.tar",
+        tar::EntryType::Regular,
+        0o644,
+        &hostile_copy_stream(),
+        None,
+    )?;
+    l.add(
+        "evil.sh",
+        tar::EntryType::Regular,
+        0o755,
+        b"#!/bin/busybox sh\n/bin/busybox cat /hostile.tar\n",
+        None,
+    )?;
+    write_image_layer(
+        path,
+        "scratch:latest",
+        r#""Env":["PATH=/bin"],"Cmd":["/bin/busybox","sleep","1000000"]"#,
+        l.0.into_inner()?,
+    )
+}
+
+/// A tar stream as a subverted copy helper would send it: `data/`, then an entry named
+/// `data/../../../tmp/outside/pwned` (written raw: the tar crate refuses such names).
+fn hostile_copy_stream() -> Vec<u8> {
+    let entry = |name: &[u8], kind: tar::EntryType, data: &[u8]| {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    };
+    let mut s = entry(b"data", tar::EntryType::Directory, b"");
+    s.extend(entry(
+        b"data/../../../tmp/outside/pwned",
+        tar::EntryType::Regular,
+        b"pwned\n",
+    ));
+    s.extend_from_slice(&[0u8; 1024]);
+    s
+}
+
 /// Writes `demovol:latest`: the same layer, run as root, with `VOLUME /var/lib/x` (an
 /// image that asks for an anonymous volume).
 pub fn write_volume_image(path: &Path) -> io::Result<()> {
@@ -140,7 +237,10 @@ pub fn write_volume_image(path: &Path) -> io::Result<()> {
 }
 
 fn write_image(path: &Path, tag: &str, config_body: &str) -> io::Result<()> {
-    let layer = layer()?;
+    write_image_layer(path, tag, config_body, layer()?)
+}
+
+fn write_image_layer(path: &Path, tag: &str, config_body: &str, layer: Vec<u8>) -> io::Result<()> {
     let layer_id = sha(&layer);
     let config = format!(
         r#"{{"architecture":"amd64","os":"linux","config":{{{config_body}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_id}"]}},"history":[]}}"#

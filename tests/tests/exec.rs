@@ -12,9 +12,12 @@ fn exec_runs_processes_in_a_running_vm() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("demo.tar");
     hyperxl_e2e::demo::write_docker_save(&image).unwrap();
+    let scratch = dir.path().join("scratch.tar");
+    hyperxl_e2e::demo::write_scratch_image(&scratch).unwrap();
     let mut batch = Batch::new();
     batch
         .add(&image, "/images/demo.tar")
+        .add(&scratch, "/images/scratch.tar")
         .step(
             "start",
             "hyperxl load -q -i /images/demo.tar >/dev/null && \
@@ -106,6 +109,59 @@ fn exec_runs_processes_in_a_running_vm() {
              echo got=$(hyperxl run -i --rm -m 64m --network none demo md5sum </tmp/r | tr -d '\r' | cut -d' ' -f1); \
              echo hi | hyperxl run -i --rm -m 64m --network none demo true; echo unread_rc=$?; \
              hyperxl run -d -i demo true; echo detach_rc=$?",
+        )
+        .step(
+            "cp_start",
+            // cp on an image with one static binary and no tar on PATH.
+            "hyperxl load -q -i /images/scratch.tar >/dev/null && \
+             hyperxl run -d --name sc -m 64m --network none scratch >/dev/null; \
+             hyperxl exec sc tar 2>/dev/null; echo tar_rc=$?",
+        )
+        .step(
+            "cp_out",
+            "mkdir -p /tmp/cpo; hyperxl cp sc:/data /tmp/cpo; echo rc=$?; cd /tmp/cpo/data && \
+             echo tree=$(find . | sort | tr '\n' ' '); \
+             echo modes=$(stat -c '%n:%a' motd sub sub/deep.bin suid | tr '\n' ' '); \
+             echo link=$(readlink link); echo motd=$(cat motd); \
+             echo deep=$(md5sum <sub/deep.bin | cut -d' ' -f1); \
+             echo want=$(hyperxl exec sc /bin/busybox md5sum /data/sub/deep.bin | cut -d' ' -f1); \
+             hyperxl cp sc:/data/motd /tmp/cpo/renamed; echo renamed=$(cat /tmp/cpo/renamed); \
+             hyperxl cp sc:/data/. /tmp/cpo/contents; echo contents=$(ls /tmp/cpo/contents | sort | tr '\n' ' '); \
+             echo stream=$(hyperxl cp sc:/data/motd - | tar tf -); \
+             hyperxl cp sc:/nosuch /tmp/cpo/x; echo missing_rc=$?; \
+             hyperxl cp /tmp/cpo nosuchvm:/x; echo novm_rc=$?",
+        )
+        .step(
+            "cp_in",
+            "mkdir -p /tmp/cpi/tree/sub; printf 'in\n' >/tmp/cpi/tree/a; chmod 640 /tmp/cpi/tree/a; \
+             head -c 200000 /dev/urandom >/tmp/cpi/tree/sub/r; chmod 755 /tmp/cpi/tree/sub/r; \
+             ln -s /etc/shadow /tmp/cpi/tree/l; \
+             hyperxl cp /tmp/cpi/tree sc:/srv; echo rc=$?; \
+             echo modes=$(hyperxl exec sc /bin/busybox stat -c '%n:%a' /srv/a /srv/sub/r | tr '\n' ' '); \
+             echo link=$(hyperxl exec sc /bin/busybox readlink /srv/l); \
+             echo want=$(md5sum </tmp/cpi/tree/sub/r | cut -d' ' -f1); \
+             echo got=$(hyperxl exec sc /bin/busybox md5sum /srv/sub/r | cut -d' ' -f1); \
+             hyperxl cp /tmp/cpi/tree/a sc:/data/; echo into=$(hyperxl exec sc /bin/busybox cat /data/a); \
+             (cd /tmp/cpi && tar cf - tree) | hyperxl cp - sc:/data; \
+             echo streamed=$(hyperxl exec sc /bin/busybox cat /data/tree/a); \
+             hyperxl cp /tmp/cpi/tree sc:/nosuch/dir; echo noparent_rc=$?",
+        )
+        .step(
+            "cp_hostile",
+            // A symlink the guest made pointing at a dom0 directory, then replaced by a
+            // directory: the second copy lands in DEST, not through the old link. Then
+            // guest root subverts its copy helper (tmpfs over /proc: /proc/self/exe is
+            // its script) to send '..' names: refused, nothing outside DEST.
+            "mkdir -p /tmp/outside; \
+             hyperxl exec -u 0 sc /bin/busybox sh -c '/bin/busybox mkdir -p /h/t && /bin/busybox ln -s /tmp/outside /h/t/link'; \
+             hyperxl cp sc:/h/t /tmp/hd; echo first=$(readlink /tmp/hd/link); \
+             hyperxl exec -u 0 sc /bin/busybox sh -c '/bin/busybox rm /h/t/link && /bin/busybox mkdir /h/t/link && echo x >/h/t/link/pwned'; \
+             hyperxl cp sc:/h/t/. /tmp/hd; echo second_rc=$?; \
+             echo landed=$(cat /tmp/hd/link/pwned); \
+             hyperxl exec -u 0 sc /bin/busybox sh -c '/bin/busybox mount -t tmpfs none /proc && /bin/busybox mkdir /proc/self && /bin/busybox cp /evil.sh /proc/self/exe'; \
+             hyperxl cp sc:/data /tmp/hx; echo evil_rc=$?; \
+             echo outside=$(ls -A /tmp/outside | wc -l); echo hx=$(ls -A /tmp/hx 2>/dev/null | tr '\n' ' '); \
+             hyperxl rm -f sc >/dev/null",
         )
         .step(
             "stopped",
@@ -216,6 +272,49 @@ fn exec_runs_processes_in_a_running_vm() {
     assert_eq!(value(&r.stdout, "unread_rc="), "0", "{r}");
     assert_eq!(value(&r.stdout, "detach_rc="), "125", "{r}");
     assert!(r.stderr.contains("do not go together"), "{r}");
+    // cp: both ways on an image without tar, modes and contents kept, set-uid dropped
+    // on dom0, a symlink copied as a symlink; hostile streams write nothing outside.
+    assert_eq!(value(&run["cp_start"].stdout, "tar_rc="), "127");
+    let o = &run["cp_out"];
+    assert_eq!(value(&o.stdout, "rc="), "0", "{o}");
+    assert_eq!(
+        value(&o.stdout, "tree="),
+        ". ./link ./motd ./sub ./sub/deep.bin ./suid",
+        "{o}"
+    );
+    assert_eq!(
+        value(&o.stdout, "modes="),
+        "motd:600 sub:755 sub/deep.bin:755 suid:755",
+        "{o}"
+    );
+    assert_eq!(value(&o.stdout, "link="), "/etc/passwd", "{o}");
+    assert_eq!(value(&o.stdout, "motd="), "hello scratch", "{o}");
+    assert_eq!(value(&o.stdout, "deep="), value(&o.stdout, "want="), "{o}");
+    assert_eq!(value(&o.stdout, "renamed="), "hello scratch", "{o}");
+    assert_eq!(value(&o.stdout, "contents="), "link motd sub suid", "{o}");
+    assert_eq!(value(&o.stdout, "stream="), "motd", "{o}");
+    assert_eq!(value(&o.stdout, "missing_rc="), "125", "{o}");
+    assert!(o.stderr.contains("/nosuch"), "{o}");
+    assert_eq!(value(&o.stdout, "novm_rc="), "125", "{o}");
+    let i = &run["cp_in"];
+    assert_eq!(value(&i.stdout, "rc="), "0", "{i}");
+    assert_eq!(
+        value(&i.stdout, "modes="),
+        "/srv/a:640 /srv/sub/r:755",
+        "{i}"
+    );
+    assert_eq!(value(&i.stdout, "link="), "/etc/shadow", "{i}");
+    assert_eq!(value(&i.stdout, "got="), value(&i.stdout, "want="), "{i}");
+    assert_eq!(value(&i.stdout, "into="), "in", "{i}");
+    assert_eq!(value(&i.stdout, "streamed="), "in", "{i}");
+    assert_eq!(value(&i.stdout, "noparent_rc="), "125", "{i}");
+    let h = &run["cp_hostile"];
+    assert_eq!(value(&h.stdout, "first="), "/tmp/outside", "{h}");
+    assert_eq!(value(&h.stdout, "second_rc="), "0", "{h}");
+    assert_eq!(value(&h.stdout, "landed="), "x", "{h}");
+    assert_eq!(value(&h.stdout, "evil_rc="), "125", "{h}");
+    assert!(h.stderr.contains("refused"), "{h}");
+    assert_eq!(value(&h.stdout, "outside="), "0", "{h}");
     let st = &run["stopped"];
     assert_eq!(value(&st.stdout, "rc="), "125", "{st}");
     assert!(st.stderr.contains("is not running"), "{st}");

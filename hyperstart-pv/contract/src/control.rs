@@ -77,6 +77,40 @@ pub struct ExecRequest {
     /// that happened (or the app stopped reading). `args` is empty.
     #[serde(default)]
     pub attach: bool,
+    /// `hyperxl cp`: the init runs its own tar code (as root, in `/`) instead of a
+    /// command, so a copy needs no `tar` in the image. `args` is empty.
+    #[serde(default)]
+    pub copy: Option<CopyRequest>,
+}
+
+/// A `hyperxl cp` half in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CopyRequest {
+    /// Send `path` (absolute, not followed if a symlink) as a tar stream on stdout.
+    Out {
+        /// The guest path.
+        path: String,
+    },
+    /// Unpack the tar stream on stdin at `path` (absolute) as `place` says.
+    In {
+        /// The guest path.
+        path: String,
+        /// Where the stream's top entry goes.
+        place: CopyPlace,
+    },
+}
+
+/// Where an unpacked stream goes (`docker cp`'s rules; see `hyperxl_tarcopy::Place`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyPlace {
+    /// `DEST/TOP` if `DEST` is a directory, else `DEST`.
+    Named,
+    /// `SRC/.`: the top directory's contents into `DEST`.
+    Contents,
+    /// `cp - VM:DEST`: any stream, into directory `DEST`.
+    Into,
 }
 
 impl ExecRequest {
@@ -87,7 +121,15 @@ impl ExecRequest {
             kind: KIND_EXEC,
             reason: reason.to_string(),
         };
-        if self.attach {
+        if let Some(copy) = &self.copy {
+            let (CopyRequest::Out { path } | CopyRequest::In { path, .. }) = copy;
+            if !self.args.is_empty() || self.tty || self.detach || self.attach {
+                return Err(bad("a copy session starts no command"));
+            }
+            if !path.starts_with('/') || path.contains('\0') {
+                return Err(bad("a copy path is not absolute"));
+            }
+        } else if self.attach {
             if !self.args.is_empty() || self.tty || self.detach {
                 return Err(bad("an attach session starts no process"));
             }
@@ -355,6 +397,7 @@ mod tests {
             cols: 80,
             detach: false,
             attach: false,
+            copy: None,
         }
     }
 
@@ -480,5 +523,35 @@ mod tests {
         let mut buf = Vec::new();
         Frame::Exec(req.clone()).encode(&mut buf).unwrap();
         assert_eq!(decode(&buf).unwrap().unwrap().0, Frame::Exec(req));
+    }
+
+    #[test]
+    fn copy_requests_carry_a_path_and_no_command() {
+        let copy = |c: CopyRequest| ExecRequest {
+            args: Vec::new(),
+            tty: false,
+            copy: Some(c),
+            ..exec()
+        };
+        let out = copy(CopyRequest::Out {
+            path: "/etc".into(),
+        });
+        let mut b = Vec::new();
+        Frame::Exec(out.clone()).encode(&mut b).unwrap();
+        assert_eq!(decode(&b).unwrap().unwrap().0, Frame::Exec(out));
+        let into = copy(CopyRequest::In {
+            path: "/tmp".into(),
+            place: CopyPlace::Contents,
+        });
+        assert!(into.validate().is_ok());
+        let relative = copy(CopyRequest::Out { path: "etc".into() });
+        assert!(relative.validate().is_err());
+        let with_command = ExecRequest {
+            args: vec!["sh".into()],
+            ..copy(CopyRequest::Out {
+                path: "/etc".into(),
+            })
+        };
+        assert!(with_command.validate().is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! reported as `state=failed` plus `error`, and on the console, before powering off.
 
 mod console;
+mod copy;
 mod error;
 mod exec;
 mod job;
@@ -130,6 +131,13 @@ fn power_off() -> ! {
 }
 
 fn main() {
+    if std::process::id() != 1 {
+        // A copy session's helper (see copy.rs): this binary, run again by a session.
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(code) = copy::helper(&args) {
+            std::process::exit(code);
+        }
+    }
     let mut status = Status::console_only();
     if std::process::id() != 1 {
         say!("not PID 1: refusing to run (this is the guest init)");

@@ -456,6 +456,10 @@ impl Session {
         if req.attach {
             return self.attach_stdin();
         }
+        let req = match &req.copy {
+            Some(copy) => crate::copy::as_exec(copy),
+            None => req,
+        };
         let who = req.user.clone().unwrap_or_else(|| app.user.clone());
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let user = match user::resolve(&who, &read("/etc/passwd"), &read("/etc/group")) {

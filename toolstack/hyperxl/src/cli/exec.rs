@@ -76,6 +76,7 @@ pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
         cols,
         detach: args.detach,
         attach: false,
+        copy: None,
     };
     if let Err(e) = request.validate() {
         match e {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod completion;
 mod config;
+mod cp;
 mod exec;
 mod image;
 mod images;
@@ -76,6 +77,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run a command in a running VM.
     Exec(exec::ExecArgs),
+    /// Copy files between a running VM and this host.
+    Cp(cp::CpArgs),
     /// List VMs.
     Ps(ps::PsArgs),
     /// Stop running VMs gracefully (destroyed after a timeout).
@@ -149,6 +152,7 @@ impl Command {
                 | Command::Volume(_)
                 // exec removes its session from xenstore and restores the terminal.
                 | Command::Exec(_)
+                | Command::Cp(_)
         )
     }
 }
@@ -158,6 +162,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(&cli.state_dir, args),
         Command::Exec(args) => exec::run(&cli.state_dir, args),
+        Command::Cp(args) => cp::run(&cli.state_dir, args),
         Command::Ps(args) => ps::run(&cli.state_dir, args),
         Command::Rm(args) => rm::run(&cli.state_dir, args),
         Command::Stop(args) => stop::run(&cli.state_dir, args),

@@ -42,6 +42,17 @@ pub struct ExecOptions {
     pub interactive: bool,
 }
 
+/// Where a session's streams go; `None`: this process's own.
+#[derive(Default)]
+pub struct Streams {
+    /// What is sent as the process's stdin (with `interactive`).
+    pub stdin: Option<std::fs::File>,
+    /// Where the process's stdout goes.
+    pub stdout: Option<Box<dyn Write + Send>>,
+    /// Where the process's stderr goes.
+    pub stderr: Option<Box<dyn Write + Send>>,
+}
+
 /// The last stop signal (SIGINT, SIGTERM, SIGHUP) that reached `hyperxl exec`, not yet
 /// handled; 0 if none.
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
@@ -140,7 +151,23 @@ pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> any
     reconcile_all(&vms, &host)?;
     let vm = vms.find(which)?;
     install_signal_handlers();
-    run_session(&vms, vm, opts)
+    run_session(&vms, vm, opts, Streams::default())
+}
+
+/// Runs `opts` in VM `which` with `streams` (`hyperxl cp`); returns the exit code. Stop
+/// signals end it as they end exec.
+pub fn exec_with(
+    state_dir: &std::path::Path,
+    which: &str,
+    opts: &ExecOptions,
+    streams: Streams,
+) -> anyhow::Result<i32> {
+    let vms = VmStore::open(state_dir)?;
+    let host = Host::connect();
+    reconcile_all(&vms, &host)?;
+    let vm = vms.find(which)?;
+    install_signal_handlers();
+    run_session(&vms, vm, opts, streams)
 }
 
 /// `run -i`: feeds our stdin to the app of VM `id` (which this process watches) over an
@@ -158,12 +185,13 @@ pub fn attach_stdin(state_dir: &std::path::Path, id: &str) -> anyhow::Result<()>
         cols: 0,
         detach: false,
         attach: true,
+        copy: None,
     };
     let opts = ExecOptions {
         request,
         interactive: true,
     };
-    run_session(&vms, vm, &opts).map(drop)
+    run_session(&vms, vm, &opts, Streams::default()).map(drop)
 }
 
 /// One session with `vm`'s init, once its app runs; returns the exit code it reports.
@@ -171,6 +199,7 @@ fn run_session(
     vms: &VmStore,
     mut vm: super::state::VmState,
     opts: &ExecOptions,
+    streams: Streams,
 ) -> anyhow::Result<i32> {
     // A VM just started with `run -d` may still be booting: its init listens for
     // sessions once the app runs, so wait for that (as long as a boot may take).
@@ -204,7 +233,7 @@ fn run_session(
     if !opts.interactive {
         s.queue(&Frame::CloseStdin)?;
     }
-    s.session(&ctx, domid, &vm.name, opts)
+    s.session(&ctx, domid, &vm.name, opts, streams)
 }
 
 struct Client {
@@ -326,10 +355,18 @@ impl Client {
         domid: u32,
         name: &str,
         opts: &ExecOptions,
+        streams: Streams,
     ) -> anyhow::Result<i32> {
         let tty = opts.request.tty;
         let detach = opts.request.detach;
-        let stdin = std::io::stdin();
+        let stdin = match streams.stdin {
+            Some(f) => f,
+            None => std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("stdin")?
+                .into(),
+        };
         let mut stdin_open = opts.interactive;
         // Stdin bytes the guest still has room for (it returns them as its process reads).
         let mut window = STDIN_WINDOW;
@@ -337,8 +374,14 @@ impl Client {
         let _raw = (tty && opts.interactive)
             .then(RawTerminal::enter)
             .transpose()?;
-        let mut out = std::io::stdout().lock();
-        let mut err = std::io::stderr();
+        let mut out: Box<dyn Write> = match streams.stdout {
+            Some(w) => w,
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let mut err: Box<dyn Write> = match streams.stderr {
+            Some(w) => w,
+            None => Box::new(std::io::stderr()),
+        };
         let mut error: Option<String> = None;
         let mut hello = false;
         let hello_deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -422,7 +465,7 @@ impl Client {
             let want_stdin = stdin_open && window > 0;
             if want_stdin && readable(stdin.as_fd()) {
                 let room = buf.len().min(window);
-                match stdin.lock().read(&mut buf[..room]) {
+                match (&stdin).read(&mut buf[..room]) {
                     Ok(0) => {
                         stdin_open = false;
                         self.queue(&Frame::CloseStdin)?;

@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod control;
+pub mod copy;
 pub mod disk;
 pub mod exec;
 pub mod files;

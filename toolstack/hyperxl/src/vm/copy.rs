@@ -1,0 +1,243 @@
+//! `hyperxl cp`: files between dom0 and a running VM, as tar streams over an exec
+//! session whose guest half is the init's own tar code ([`CopyRequest`]), so it works on
+//! an image without `tar`. What a guest sends is unpacked by [`hyperxl_tarcopy::unpack`]
+//! with [`Limits::from_guest`]: nothing is written outside the destination, no symlink
+//! is followed, set-id bits are dropped, and the size is bounded.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _};
+use hyperxl_contract::control::{CopyPlace, CopyRequest, ExecRequest};
+use hyperxl_tarcopy::{Limits, Place};
+
+use super::exec::{exec_with, ExecOptions, Streams};
+
+/// One side of a copy, as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A path in VM `vm` (relative paths are taken from `/`).
+    Vm {
+        /// The VM's name or id.
+        vm: String,
+        /// The path inside it, absolute.
+        path: String,
+    },
+    /// A path here; `-` is a tar stream on stdin or stdout.
+    Local(String),
+}
+
+impl Endpoint {
+    /// Parses `docker cp`'s syntax: `VM:PATH` when a `:` comes before any `/`; write a
+    /// local path with a colon as `./a:b`.
+    pub fn parse(arg: &str) -> Endpoint {
+        match arg.split_once(':') {
+            Some((vm, path)) if !vm.is_empty() && !vm.contains('/') => Endpoint::Vm {
+                vm: vm.to_string(),
+                path: if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    format!("/{path}")
+                },
+            },
+            _ => Endpoint::Local(arg.to_string()),
+        }
+    }
+}
+
+/// How a source path asks to be placed: `SRC/.` copies a directory's contents.
+fn place_of(src: &str) -> Place {
+    if src.ends_with("/.") {
+        Place::Contents
+    } else {
+        Place::Named
+    }
+}
+
+/// stderr of the guest's copy helper, kept (at most 4 KiB) for the error message.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = 4096usize.saturating_sub(v.len());
+        v.extend_from_slice(&buf[..buf.len().min(room)]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The first line, safe to print.
+    fn line(&self) -> String {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&v);
+        super::host::terminal_safe(text.lines().next().unwrap_or("").trim())
+    }
+}
+
+fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().context("pipe")?;
+    Ok((r.into(), w.into()))
+}
+
+fn request(copy: CopyRequest) -> ExecRequest {
+    ExecRequest {
+        args: Vec::new(),
+        env: Vec::new(),
+        user: None,
+        workdir: None,
+        tty: false,
+        rows: 0,
+        cols: 0,
+        detach: false,
+        attach: false,
+        copy: Some(copy),
+    }
+}
+
+/// `cp VM:SRC DEST`: DEST `-` writes the tar stream to stdout.
+pub fn copy_from(state_dir: &Path, vm: &str, src: &str, dest: &str) -> anyhow::Result<()> {
+    let opts = ExecOptions {
+        request: request(CopyRequest::Out {
+            path: src.trim_end_matches("/.").to_string(),
+        }),
+        interactive: false,
+    };
+    let captured = Captured::default();
+    if dest == "-" {
+        let streams = Streams {
+            stderr: Some(Box::new(captured.clone())),
+            ..Streams::default()
+        };
+        let code = exec_with(state_dir, vm, &opts, streams)?;
+        if code != 0 {
+            bail!("copying {vm}:{src}: {}", captured.line());
+        }
+        return Ok(());
+    }
+    let (r, w) = pipe()?;
+    let dest_path = Path::new(dest).to_path_buf();
+    let place = place_of(src);
+    let unpacker = std::thread::Builder::new()
+        .name("unpack".into())
+        .spawn(move || {
+            let input = std::io::BufReader::with_capacity(64 << 10, r);
+            hyperxl_tarcopy::unpack(input, &dest_path, place, &Limits::from_guest())
+        })
+        .context("starting the unpack thread")?;
+    let streams = Streams {
+        stdout: Some(Box::new(w)),
+        stderr: Some(Box::new(captured.clone())),
+        ..Streams::default()
+    };
+    // The session's end drops the pipe's write end: the unpacker then reads the end.
+    let session = exec_with(state_dir, vm, &opts, streams);
+    let unpacked = unpacker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the unpack thread panicked"))?;
+    let code = session?;
+    // The guest's own complaint first; else what we refused (the guest then got
+    // SIGPIPE, and its code says only that).
+    match (code, unpacked) {
+        (0, Ok(_)) => Ok(()),
+        (c, _) if c != 0 && !captured.line().is_empty() => {
+            bail!("copying {vm}:{src}: {}", captured.line())
+        }
+        (_, Err(e)) => Err(e).with_context(|| format!("copying {vm}:{src} to {dest}")),
+        (c, Ok(_)) => bail!("copying {vm}:{src}: the VM's copy ended with code {c}"),
+    }
+}
+
+/// `cp SRC VM:DEST`: SRC `-` reads a tar stream from stdin, unpacked into directory
+/// DEST as it is.
+pub fn copy_to(state_dir: &Path, src: &str, vm: &str, dest: &str) -> anyhow::Result<()> {
+    let captured = Captured::default();
+    let place = match src {
+        "-" => CopyPlace::Into,
+        s if s.ends_with("/.") => CopyPlace::Contents,
+        _ => CopyPlace::Named,
+    };
+    let opts = ExecOptions {
+        request: request(CopyRequest::In {
+            path: dest.to_string(),
+            place,
+        }),
+        interactive: true,
+    };
+    let (streams, packer) = if src == "-" {
+        let streams = Streams {
+            stderr: Some(Box::new(captured.clone())),
+            ..Streams::default()
+        };
+        (streams, None)
+    } else {
+        let src_path = Path::new(src.trim_end_matches("/.")).to_path_buf();
+        std::fs::symlink_metadata(&src_path).with_context(|| src.to_string())?;
+        let (r, w) = pipe()?;
+        let packer = std::thread::Builder::new()
+            .name("pack".into())
+            .spawn(move || {
+                let out = std::io::BufWriter::with_capacity(64 << 10, w);
+                hyperxl_tarcopy::pack(&src_path, out)
+            })
+            .context("starting the pack thread")?;
+        let streams = Streams {
+            stdin: Some(r),
+            stderr: Some(Box::new(captured.clone())),
+            ..Streams::default()
+        };
+        (streams, Some(packer))
+    };
+    // The session's end drops the pipe's read end, so a packer still writing stops.
+    let code = exec_with(state_dir, vm, &opts, streams)?;
+    if let Some(p) = packer {
+        let packed = p
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pack thread panicked"))?;
+        // A local read error is the cause of whatever the guest then said; a broken
+        // pipe is only the guest's end closing first.
+        let broken_pipe = matches!(&packed, Err(hyperxl_tarcopy::CopyError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe);
+        if code != 0 && broken_pipe {
+            bail!("copying to {vm}:{dest}: {}", captured.line());
+        }
+        let stats = packed.with_context(|| format!("reading {src}"))?;
+        if stats.skipped > 0 {
+            eprintln!(
+                "hyperxl: left out {} devices, FIFOs or sockets under {src}",
+                stats.skipped
+            );
+        }
+    }
+    if code != 0 {
+        bail!("copying to {vm}:{dest}: {}", captured.line());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_as_docker_cp() {
+        let vm = |vm: &str, path: &str| Endpoint::Vm {
+            vm: vm.into(),
+            path: path.into(),
+        };
+        assert_eq!(Endpoint::parse("web:/etc/hosts"), vm("web", "/etc/hosts"));
+        assert_eq!(Endpoint::parse("web:etc"), vm("web", "/etc"));
+        assert_eq!(Endpoint::parse("web:"), vm("web", "/"));
+        assert_eq!(Endpoint::parse("./a:b"), Endpoint::Local("./a:b".into()));
+        assert_eq!(Endpoint::parse("/x/y:z"), Endpoint::Local("/x/y:z".into()));
+        assert_eq!(Endpoint::parse(":x"), Endpoint::Local(":x".into()));
+        assert_eq!(Endpoint::parse("-"), Endpoint::Local("-".into()));
+    }
+}
