@@ -41,7 +41,7 @@ fn exec_runs_processes_in_a_running_vm() {
         .step("no_stdin", "printf 'ignored\\n' | hyperxl exec ex cat; echo rc=$?")
         .step(
             "big",
-            "head -c 20000000 /dev/urandom >/tmp/big; echo want=$(md5sum </tmp/big | cut -d' ' -f1); \
+            "head -c 100000000 /dev/urandom >/tmp/big; echo want=$(md5sum </tmp/big | cut -d' ' -f1); \
              s=$(date +%s); echo got=$(hyperxl exec -i ex cat </tmp/big | md5sum | cut -d' ' -f1); \
              echo secs=$(( $(date +%s) - s ))",
         )
@@ -88,6 +88,10 @@ fn exec_runs_processes_in_a_running_vm() {
              echo after_sweep=$(xenstore-list /local/domain/$d/hyperxl/exec 2>/dev/null | wc -l)",
         )
         .step(
+            "top",
+            "hyperxl top ex; echo rc=$?; hyperxl top nosuchvm; echo novm_rc=$?",
+        )
+        .step(
             "leftovers",
             "d=$(hyperxl inspect ex | sed -n 's/.*\"domid\": *\\([0-9]*\\).*/\\1/p' | head -n1); \
              echo sessions=$(xenstore-list /local/domain/$d/hyperxl/exec 2>/dev/null | wc -l)",
@@ -107,8 +111,36 @@ fn exec_runs_processes_in_a_running_vm() {
             "echo one=$(printf 'x' | hyperxl run -i --rm -m 64m --network none demo wc -c | tr -d '\r'); \
              head -c 3000000 /dev/urandom >/tmp/r; echo want=$(md5sum </tmp/r | cut -d' ' -f1); \
              echo got=$(hyperxl run -i --rm -m 64m --network none demo md5sum </tmp/r | tr -d '\r' | cut -d' ' -f1); \
-             echo hi | hyperxl run -i --rm -m 64m --network none demo true; echo unread_rc=$?; \
-             hyperxl run -d -i demo true; echo detach_rc=$?",
+             echo hi | hyperxl run -i --rm -m 64m --network none demo true; echo unread_rc=$?",
+        )
+        .step(
+            "run_tty",
+            // run -it through a real terminal: the app's tty, its size and a resize,
+            // ^C to the foreground job, the exit code; logs still hold the output.
+            "{ sleep 20; printf 'tty\\r'; sleep 2; printf 'stty size\\r'; sleep 2; \
+               for p in $(ps -o pid,args | grep '[h]yperxl run -it' | awk '{print $1}'); do \
+                 t=$(readlink /proc/$p/fd/0); case $t in /dev/pts/*) break;; esac; done; \
+               stty -F $t rows 33 cols 101; sleep 2; printf 'stty size\\r'; sleep 2; \
+               printf 'sleep 100; echo slept\\r'; sleep 3; printf '\\003'; sleep 2; \
+               printf 'echo alive-$((40+2))\\r'; sleep 2; printf 'exit 3\\r'; sleep 6; } | \
+             script -qfec 'stty rows 20 cols 70; hyperxl run -it --name rt -m 64m --network none demo sh' /tmp/rt.log >/dev/null; \
+             echo rc=$?; echo logged=$(hyperxl logs rt | grep -c alive-42); hyperxl rm rt >/dev/null; \
+             tr -d '\\r' </tmp/rt.log",
+        )
+        .step(
+            "attach",
+            // run -dit, attach, detach with ^P^Q (the VM runs on), attach again, exit 5.
+            // Without a tty: attach feeds stdin to a run -di app and shows its output.
+            "hyperxl run -dit --name at -m 64m --network none demo sh >/dev/null; hyperxl exec at true; \
+             { sleep 4; printf 'echo attached-$((6*7))\\r'; sleep 3; printf '\\020\\021'; sleep 3; } | \
+             script -qfec 'hyperxl attach at' /tmp/at1.log >/dev/null; echo detach_rc=$?; \
+             echo after=$(hyperxl exec at echo still-running); \
+             { sleep 4; printf 'exit 5\\r'; sleep 6; } | script -qfec 'hyperxl attach at' /tmp/at2.log >/dev/null; \
+             echo attach_rc=$?; echo waited=$(hyperxl wait at); \
+             echo at_logged=$(hyperxl logs at | grep -c attached-42); hyperxl rm at >/dev/null; \
+             hyperxl run -d -i --name ai -m 64m --network none demo sh -c 'read x; echo got-$x; exit 4' >/dev/null; \
+             hyperxl exec ai true; echo hello | hyperxl attach ai; echo ai_rc=$?; hyperxl rm ai >/dev/null; \
+             echo ---at1; tr -d '\\r' </tmp/at1.log",
         )
         .step(
             "cp_start",
@@ -204,7 +236,7 @@ fn exec_runs_processes_in_a_running_vm() {
     assert_eq!(run["stdin"].assert_success("stdin").stdout, "hello\n");
     assert_eq!(run["no_stdin"].stdout, "rc=0\n", "{}", run["no_stdin"]);
     let b = &run["big"].stdout;
-    eprintln!("20 MB through exec -i cat: {b}");
+    eprintln!("100 MB through exec -i cat: {b}");
     assert_eq!(value(b, "got="), value(b, "want="), "{}", run["big"]);
     let c = &run["concurrent"].stdout;
     for i in 1..=4 {
@@ -252,6 +284,14 @@ fn exec_runs_processes_in_a_running_vm() {
     assert_eq!(value(&g.stdout, "killed_left="), "1", "{g}");
     assert_eq!(value(&g.stdout, "after_sweep="), "0", "{g}");
     assert_eq!(value(&run["leftovers"].stdout, "sessions="), "0");
+    // top: the guest's processes, the app's among them, from the init itself.
+    let t = &run["top"];
+    assert_eq!(value(&t.stdout, "rc="), "0", "{t}");
+    assert!(t.stdout.starts_with("PID"), "{t}");
+    assert!(t.stdout.contains("COMMAND"), "{t}");
+    assert!(t.stdout.contains("sleep 100000"), "{t}");
+    assert!(!t.stdout.contains("/proc/self/exe top"), "{t}");
+    assert_eq!(value(&t.stdout, "novm_rc="), "125", "{t}");
     // A guest process corrupting its session's ring: exec ends with one clear line long
     // before the process would have, and another VM's exec is unaffected.
     let h = &run["hostile"];
@@ -270,8 +310,26 @@ fn exec_runs_processes_in_a_running_vm() {
     assert_eq!(value(&r.stdout, "one="), "1", "{r}");
     assert_eq!(value(&r.stdout, "got="), value(&r.stdout, "want="), "{r}");
     assert_eq!(value(&r.stdout, "unread_rc="), "0", "{r}");
-    assert_eq!(value(&r.stdout, "detach_rc="), "125", "{r}");
-    assert!(r.stderr.contains("do not go together"), "{r}");
+    // run -it and attach.
+    let t = &run["run_tty"];
+    assert_eq!(value(&t.stdout, "rc="), "3", "{t}");
+    assert!(t.stdout.contains("/dev/pts/"), "{t}");
+    assert!(t.stdout.contains("20 70"), "{t}");
+    assert!(t.stdout.contains("33 101"), "{t}");
+    assert!(t.stdout.contains("alive-42"), "{t}");
+    // The shell echoes the typed "sleep 100; echo slept"; ^C kept its output away.
+    assert!(!t.stdout.lines().any(|l| l.trim() == "slept"), "{t}");
+    assert_eq!(value(&t.stdout, "logged="), "1", "{t}");
+    let a = &run["attach"];
+    assert_eq!(value(&a.stdout, "detach_rc="), "0", "{a}");
+    assert_eq!(value(&a.stdout, "after="), "still-running", "{a}");
+    assert_eq!(value(&a.stdout, "attach_rc="), "5", "{a}");
+    assert_eq!(value(&a.stdout, "waited="), "5", "{a}");
+    assert_eq!(value(&a.stdout, "at_logged="), "1", "{a}");
+    assert!(a.stdout.contains("got-hello"), "{a}");
+    assert_eq!(value(&a.stdout, "ai_rc="), "4", "{a}");
+    assert!(a.stdout.contains("attached-42"), "{a}");
+    assert!(a.stdout.contains("detached"), "{a}");
     // cp: both ways on an image without tar, modes and contents kept, set-uid dropped
     // on dom0, a symlink copied as a symlink; hostile streams write nothing outside.
     assert_eq!(value(&run["cp_start"].stdout, "tar_rc="), "127");

@@ -72,33 +72,40 @@ pub struct ExecRequest {
     /// stderr are `/dev/null`, and the session ends once it started.
     #[serde(default)]
     pub detach: bool,
-    /// Start nothing: attach the session to the app's stdin (`run -i`). Stdin frames go
-    /// to the app, CloseStdin closes its stdin, and the session ends with Exit(0) once
-    /// that happened (or the app stopped reading). `args` is empty.
+    /// Start nothing: attach the session to the app (`run -i`, `run -t`, `attach`).
+    /// Stdin frames go to the app's stdin pipe or terminal; with a terminal (`run -t`),
+    /// Resize sets its size (`rows`/`cols` at start) and the app's output comes back as
+    /// Stdout. The session ends with Exit(0) once a pipe was closed or the app stopped
+    /// reading, or once a terminal's output ended; a session dom0 leaves without
+    /// CloseStdin (a detach) leaves the input to the next one. `args` is empty.
     #[serde(default)]
     pub attach: bool,
-    /// `hyperxl cp`: the init runs its own tar code (as root, in `/`) instead of a
-    /// command, so a copy needs no `tar` in the image. `args` is empty.
+    /// `hyperxl cp` and `top`: the init runs its own code (as root, in `/`) instead of
+    /// a command, so they need nothing in the image. `args` is empty.
     #[serde(default)]
-    pub copy: Option<CopyRequest>,
+    pub builtin: Option<Builtin>,
 }
 
-/// A `hyperxl cp` half in the guest.
+/// What the init itself does in a session, as an ordinary session process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum CopyRequest {
-    /// Send `path` (absolute, not followed if a symlink) as a tar stream on stdout.
-    Out {
+pub enum Builtin {
+    /// `cp VM:PATH ...`: send `path` (absolute, not followed if a symlink) as a tar
+    /// stream on stdout.
+    CopyOut {
         /// The guest path.
         path: String,
     },
-    /// Unpack the tar stream on stdin at `path` (absolute) as `place` says.
-    In {
+    /// `cp ... VM:PATH`: unpack the tar stream on stdin at `path` (absolute) as `place`
+    /// says.
+    CopyIn {
         /// The guest path.
         path: String,
         /// Where the stream's top entry goes.
         place: CopyPlace,
     },
+    /// `top`: the guest's processes as a table on stdout.
+    Top,
 }
 
 /// Where an unpacked stream goes (`docker cp`'s rules; see `hyperxl_tarcopy::Place`).
@@ -121,16 +128,17 @@ impl ExecRequest {
             kind: KIND_EXEC,
             reason: reason.to_string(),
         };
-        if let Some(copy) = &self.copy {
-            let (CopyRequest::Out { path } | CopyRequest::In { path, .. }) = copy;
+        if let Some(builtin) = &self.builtin {
             if !self.args.is_empty() || self.tty || self.detach || self.attach {
-                return Err(bad("a copy session starts no command"));
+                return Err(bad("a builtin session starts no command"));
             }
-            if !path.starts_with('/') || path.contains('\0') {
-                return Err(bad("a copy path is not absolute"));
+            if let Builtin::CopyOut { path } | Builtin::CopyIn { path, .. } = builtin {
+                if !path.starts_with('/') || path.contains('\0') {
+                    return Err(bad("a copy path is not absolute"));
+                }
             }
         } else if self.attach {
-            if !self.args.is_empty() || self.tty || self.detach {
+            if !self.args.is_empty() || self.detach {
                 return Err(bad("an attach session starts no process"));
             }
         } else if self.args.is_empty() || self.args[0].is_empty() {
@@ -397,7 +405,7 @@ mod tests {
             cols: 80,
             detach: false,
             attach: false,
-            copy: None,
+            builtin: None,
         }
     }
 
@@ -527,28 +535,28 @@ mod tests {
 
     #[test]
     fn copy_requests_carry_a_path_and_no_command() {
-        let copy = |c: CopyRequest| ExecRequest {
+        let copy = |c: Builtin| ExecRequest {
             args: Vec::new(),
             tty: false,
-            copy: Some(c),
+            builtin: Some(c),
             ..exec()
         };
-        let out = copy(CopyRequest::Out {
+        let out = copy(Builtin::CopyOut {
             path: "/etc".into(),
         });
         let mut b = Vec::new();
         Frame::Exec(out.clone()).encode(&mut b).unwrap();
         assert_eq!(decode(&b).unwrap().unwrap().0, Frame::Exec(out));
-        let into = copy(CopyRequest::In {
+        let into = copy(Builtin::CopyIn {
             path: "/tmp".into(),
             place: CopyPlace::Contents,
         });
         assert!(into.validate().is_ok());
-        let relative = copy(CopyRequest::Out { path: "etc".into() });
+        let relative = copy(Builtin::CopyOut { path: "etc".into() });
         assert!(relative.validate().is_err());
         let with_command = ExecRequest {
             args: vec!["sh".into()],
-            ..copy(CopyRequest::Out {
+            ..copy(Builtin::CopyOut {
                 path: "/etc".into(),
             })
         };

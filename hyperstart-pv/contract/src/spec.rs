@@ -169,6 +169,11 @@ pub struct Spec {
     /// The app runs with a terminal (adds `TERM=xterm` in [`crate::env::merge`]).
     #[serde(default)]
     pub terminal: bool,
+    /// dom0 attaches to the app's terminal once it runs (`run -t` without `-d`): the
+    /// init keeps the app's first output (at most 64 KiB) for that session, and when the
+    /// app ends waits (at most 5 s) for it to take the rest before powering off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
     /// The app's stdin is a pipe that dom0 feeds through an attach session (`run -i`);
     /// otherwise it is `/dev/null`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -203,6 +208,7 @@ impl Spec {
             stop_grace_secs: DEFAULT_STOP_GRACE_SECS,
             terminal: false,
             open_stdin: false,
+            attached: false,
             network: None,
             mounts: Vec::new(),
             read_only: false,

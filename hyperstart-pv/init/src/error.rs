@@ -36,6 +36,9 @@ pub enum InitError {
     /// Configuring an interface failed.
     #[error(transparent)]
     Net(#[from] hyperxl_netconf::NetconfError),
+    /// The app's terminal could not be set up (`run -t`).
+    #[error("{0}")]
+    Terminal(String),
     /// A device did not show up in time.
     #[error("{0} did not appear within {1} s")]
     Timeout(String, u64),

@@ -6,8 +6,8 @@
 //! under `data/hyperxl/` and powers the domain off. Every failure of the init itself is
 //! reported as `state=failed` plus `error`, and on the console, before powering off.
 
+mod builtin;
 mod console;
-mod copy;
 mod error;
 mod exec;
 mod job;
@@ -77,19 +77,37 @@ fn run(status: &mut Status) -> Result<(), InitError> {
     supervise::install_signal_handlers();
 
     let prepared = exec::prepare(&spec, who);
+    // `run -t`: the app's controlling terminal is a pty whose master the init keeps
+    // (its output copied to the console and to an attached session).
+    let pty = match spec.terminal {
+        true => Some(session::open_pty(0, 0).map_err(InitError::Terminal)?),
+        false => None,
+    };
     // `run -i`: the app reads a pipe whose other end an attach session feeds.
-    let stdin = match spec.open_stdin {
+    let stdin = match spec.open_stdin && pty.is_none() {
         true => Some(pipe2(OFlag::O_CLOEXEC).ctx("pipe")?),
         false => None,
     };
-    let stdio = exec::Stdio::Console {
-        stdin: stdin.as_ref().map(|(r, _)| r.as_raw_fd()),
+    let stdio = match &pty {
+        Some((_, slave)) => exec::Stdio::Pty {
+            slave: slave.as_raw_fd(),
+        },
+        None => exec::Stdio::Console {
+            stdin: stdin.as_ref().map(|(r, _)| r.as_raw_fd()),
+        },
     };
     let launched = exec::launch_with(&prepared, stdio)?;
     if let Some((r, w)) = stdin {
         drop(r);
         session::set_app_stdin(w);
     }
+    let tty_drained = match pty {
+        Some((master, slave)) => {
+            drop(slave);
+            Some(session::spawn_tty_copier(master).map_err(InitError::Terminal)?)
+        }
+        None => None,
+    };
     match launched {
         Launch::Running(pid) => {
             status.started();
@@ -108,6 +126,9 @@ fn run(status: &mut Status) -> Result<(), InitError> {
                 Err(e) => say!("exec sessions are not available: {e}"),
             }
             let code = supervise::reap_until(pid);
+            if let Some(drained) = &tty_drained {
+                session::drain_tty(drained, spec.attached, Duration::from_secs(5));
+            }
             say!("app exited with code {code}");
             status.exited(code, None);
         }
@@ -132,9 +153,9 @@ fn power_off() -> ! {
 
 fn main() {
     if std::process::id() != 1 {
-        // A copy session's helper (see copy.rs): this binary, run again by a session.
+        // A builtin session process (see builtin.rs): this binary, run again by a session.
         let args: Vec<String> = std::env::args().collect();
-        if let Some(code) = copy::helper(&args) {
+        if let Some(code) = builtin::helper(&args) {
             std::process::exit(code);
         }
     }

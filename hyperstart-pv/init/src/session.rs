@@ -54,12 +54,151 @@ pub struct AppDefaults {
     pub rlimits: Vec<Rlimit>,
 }
 
-/// The write end of the app's stdin (`run -i`), until an attach session takes it.
-static APP_STDIN: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// How an attach session reaches the app's input (`run -i`, `run -t`), while no
+/// session holds it.
+enum AppInput {
+    /// The write end of the app's stdin pipe.
+    Pipe(OwnedFd),
+    /// The app's pty master (its output is copied by [`spawn_tty_copier`]).
+    Tty(OwnedFd),
+}
 
-/// Keeps the write end of the app's stdin pipe for the attach session (`run -i`).
+static APP_INPUT: Mutex<Option<AppInput>> = Mutex::new(None);
+
+/// Keeps the write end of the app's stdin pipe for attach sessions (`run -i`).
 pub fn set_app_stdin(fd: OwnedFd) {
-    *APP_STDIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+    *APP_INPUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(AppInput::Pipe(fd));
+}
+
+/// Where the tty copier also sends the app's output while a session is attached: the
+/// session's generation and the write end of its pipe. Its lock also orders each chunk
+/// of output before or after a new session (see [`TTY_BACKLOG`]).
+static TTY_VIEWER: Mutex<Option<(u64, std::fs::File)>> = Mutex::new(None);
+/// The app's output until the first session attached (the latest [`BACKLOG_BYTES`]),
+/// handed to that session: `run -t` attaches once the app runs, and a shell's first
+/// prompt or a short app's whole output comes before that. None once taken.
+static TTY_BACKLOG: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+const BACKLOG_BYTES: usize = 64 << 10;
+/// Set when the app's side of the pty closed: no later session gets the terminal.
+static TTY_ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TTY_GENERATION: AtomicUsize = AtomicUsize::new(0);
+/// Attach sessions of a tty app still running (the init waits for them to hand the
+/// app's last output to dom0 before it powers off).
+static TTY_ATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// A pseudo-terminal of `rows` x `cols` (0: the kernel's default): (master, slave),
+/// both close-on-exec (sessions fork concurrently).
+pub fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), String> {
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("a terminal: {what}: {e}");
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| err("/dev/ptmx", &e))?;
+    grantpt(&master).map_err(|e| err("grantpt", &e))?;
+    unlockpt(&master).map_err(|e| err("unlockpt", &e))?;
+    let name = ptsname_r(&master).map_err(|e| err("ptsname", &e))?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&name)
+        .map_err(|e| err(&name, &e))?
+        .into();
+    let master = master
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err("dup", &e))?;
+    set_window_size(&master, rows, cols);
+    Ok((master, slave))
+}
+
+/// `run -t`: keeps the app's pty master for attach sessions and copies everything the
+/// app writes to the console (so `logs` records it) and to the attached session, if
+/// any. The receiver says when the app's side of the pty is closed and all its output
+/// was copied.
+pub fn spawn_tty_copier(master: OwnedFd) -> Result<std::sync::mpsc::Receiver<()>, String> {
+    let input = master
+        .try_clone()
+        .map_err(|e| format!("dup of the pty: {e}"))?;
+    *APP_INPUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(AppInput::Tty(input));
+    *TTY_BACKLOG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    let (done, drained) = std::sync::mpsc::channel();
+    thread::Builder::new()
+        .name("tty".into())
+        .spawn(move || {
+            copy_tty(std::fs::File::from(master));
+            let _ = done.send(());
+        })
+        .map_err(|e| format!("starting the tty copier: {e}"))?;
+    Ok(drained)
+}
+
+fn copy_tty(mut master: std::fs::File) {
+    let mut console = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+        .ok();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // Sessions share the master's file description and set it non-blocking.
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::NONE);
+        let n = match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            // EIO: every slave end is closed (the app and its children are gone).
+            Err(_) => break,
+        };
+        if let Some(c) = console.as_mut() {
+            let _ = c.write_all(&buf[..n]);
+        }
+        let viewer = {
+            let viewer = TTY_VIEWER.lock().unwrap_or_else(|e| e.into_inner());
+            if viewer.is_none() {
+                let mut backlog = TTY_BACKLOG.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(b) = backlog.as_mut() {
+                    b.extend_from_slice(&buf[..n]);
+                    let over = b.len().saturating_sub(BACKLOG_BYTES);
+                    b.drain(..over);
+                }
+            }
+            viewer.as_ref().and_then(|(_, f)| f.try_clone().ok())
+        };
+        // Blocking: a session that stops reading holds the app up, as a terminal does;
+        // a session that ends closes its read end and this write fails.
+        if let Some(mut v) = viewer {
+            let _ = v.write_all(&buf[..n]);
+        }
+    }
+    // The attached session reads the end of its pipe; no later one gets the terminal.
+    TTY_ENDED.store(true, Ordering::SeqCst);
+    TTY_VIEWER.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// After the app exited: waits (at most `limit`) until its pty output was copied and an
+/// attached session handed it to dom0; with `attached` (dom0 is coming: `run -t`), also
+/// for that session to take what the app wrote before it came.
+pub fn drain_tty(drained: &std::sync::mpsc::Receiver<()>, attached: bool, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let _ = drained.recv_timeout(limit);
+    let waiting = || {
+        let unseen = attached
+            && TTY_BACKLOG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+        unseen || TTY_ATTACHED.load(Ordering::SeqCst) > 0
+    };
+    while waiting() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Session processes by pid, with the pipe their exit code goes to.
@@ -194,29 +333,13 @@ impl Io {
     /// the slave as its controlling terminal, so the tty's line discipline turns dom0's
     /// ^C into SIGINT for the foreground job.
     fn pty(rows: u16, cols: u16) -> Result<Self, String> {
-        let err =
-            |what: &str, e: &dyn std::fmt::Display| format!("a terminal for exec: {what}: {e}");
-        // CLOEXEC at open: other sessions fork concurrently and must not inherit it.
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-            .map_err(|e| err("/dev/ptmx", &e))?;
-        grantpt(&master).map_err(|e| err("grantpt", &e))?;
-        unlockpt(&master).map_err(|e| err("unlockpt", &e))?;
-        let name = ptsname_r(&master).map_err(|e| err("ptsname", &e))?;
-        let slave: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&name)
-            .map_err(|e| err(&name, &e))?
-            .into();
+        let (master, slave) = open_pty(rows, cols)?;
         let dup = || {
             master
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| err("dup", &e))
+                .try_clone()
+                .map_err(|e| format!("a terminal for exec: dup: {e}"))
         };
         let (input, output) = (dup()?, dup()?);
-        set_window_size(&input, rows, cols);
         Ok(Self {
             child: Stdio::Pty {
                 slave: slave.as_raw_fd(),
@@ -344,6 +467,27 @@ impl StdinPump {
     }
 }
 
+/// A tty attach session while it lives: the init waits for it before powering off, and
+/// its end stops the copier's writes to it.
+struct Attached(u64);
+
+impl Attached {
+    fn new(generation: u64) -> Self {
+        TTY_ATTACHED.fetch_add(1, Ordering::SeqCst);
+        Attached(generation)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut viewer = TTY_VIEWER.lock().unwrap_or_else(|e| e.into_inner());
+        if viewer.as_ref().is_some_and(|(g, _)| *g == self.0) {
+            viewer.take();
+        }
+        TTY_ATTACHED.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 struct Session {
     vchan: Vchan,
     /// Bytes read from dom0, not yet decoded.
@@ -454,10 +598,10 @@ impl Session {
     /// Starts the process and serves its stdio until it exited and dom0 has its code.
     fn run(&mut self, req: ExecRequest, app: &AppDefaults) -> Result<(), String> {
         if req.attach {
-            return self.attach_stdin();
+            return self.attach(&req);
         }
-        let req = match &req.copy {
-            Some(copy) => crate::copy::as_exec(copy),
+        let req = match &req.builtin {
+            Some(builtin) => crate::builtin::as_exec(builtin),
             None => req,
         };
         let who = req.user.clone().unwrap_or_else(|| app.user.clone());
@@ -512,26 +656,80 @@ impl Session {
         self.serve_process(pid, io.ours, exit_r, req.tty)
     }
 
-    /// `run -i`: dom0's Stdin frames go to the app's stdin until CloseStdin (then the
-    /// app reads EOF) or until the app stops reading; then Exit(0). Only one session
-    /// ever gets the pipe.
-    fn attach_stdin(&mut self) -> Result<(), String> {
-        let taken = APP_STDIN.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(fd) = taken else {
-            return self.fail(
-                exit::NOT_EXECUTABLE,
-                "the app's stdin is not open (run without -i) or already attached",
-            );
+    /// `run -i`, `run -t`, `attach`: dom0's Stdin frames go to the app's stdin (its
+    /// pipe, or its pty master), Resize sets the pty's size, and a tty app's output
+    /// comes back as Stdout. One session at a time holds the input; when dom0 leaves
+    /// without closing stdin (a detach), the next attach gets it back. Ends with
+    /// Exit(0): for a pipe once it was closed or the app stopped reading, for a tty
+    /// once the app's output ended.
+    fn attach(&mut self, req: &ExecRequest) -> Result<(), String> {
+        let taken = APP_INPUT.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (fd, tty) = match taken {
+            Some(AppInput::Pipe(fd)) => (fd, false),
+            Some(AppInput::Tty(fd)) if TTY_ENDED.load(Ordering::SeqCst) => {
+                drop(fd);
+                return self.fail(exit::NOT_EXECUTABLE, "the app's terminal is closed");
+            }
+            Some(AppInput::Tty(fd)) => (fd, true),
+            None => {
+                return self.fail(
+                    exit::NOT_EXECUTABLE,
+                    "the app has no open stdin or terminal (run without -i or -t), or another session is attached",
+                )
+            }
         };
-        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-        let mut stdin = StdinPump::new(Some(std::fs::File::from(fd)));
+        let result = self.serve_attach(req, &fd, tty);
+        let put_back = match &result {
+            Ok(keep) => *keep,
+            Err(_) => tty,
+        };
+        if put_back {
+            let back = if tty {
+                AppInput::Tty(fd)
+            } else {
+                AppInput::Pipe(fd)
+            };
+            *APP_INPUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(back);
+        }
+        result.map(drop)
+    }
+
+    /// [`Self::attach`]'s loop; says whether the input is still usable by another.
+    fn serve_attach(&mut self, req: &ExecRequest, fd: &OwnedFd, tty: bool) -> Result<bool, String> {
         self.queue(&Frame::Started { pid: 0 });
+        let writer = fd.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let _ = fcntl(writer.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        let mut stdin = StdinPump::new(Some(std::fs::File::from(writer)));
+        let mut output = None;
+        let _attached = if tty {
+            set_window_size(fd, req.rows, req.cols);
+            let (r, w) =
+                pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe: {e}"))?;
+            // The copier's writes block; only our read end is non-blocking.
+            let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()));
+            let generation = TTY_GENERATION.fetch_add(1, Ordering::SeqCst) as u64;
+            let backlog = {
+                let mut viewer = TTY_VIEWER.lock().unwrap_or_else(|e| e.into_inner());
+                *viewer = Some((generation, std::fs::File::from(w)));
+                TTY_BACKLOG.lock().unwrap_or_else(|e| e.into_inner()).take()
+            };
+            // What the app wrote before anyone attached comes first.
+            for chunk in backlog.unwrap_or_default().chunks(MAX_PAYLOAD) {
+                self.queue(&Frame::Stdout(chunk.to_vec()));
+            }
+            output = Some(std::fs::File::from(r));
+            Some(Attached::new(generation))
+        } else {
+            None
+        };
+        let mut buf = vec![0u8; 32 * 1024];
         loop {
             let drained = self.pump_vchan()?;
             while let Some(f) = self.next_frame()? {
                 match f {
                     Frame::Stdin(d) => stdin.data(d)?,
                     Frame::CloseStdin => stdin.close(),
+                    Frame::Resize { rows, cols } if tty => set_window_size(fd, rows, cols),
                     Frame::Signal(_) | Frame::Resize { .. } => {}
                     other => return Err(format!("unexpected frame {} in a session", other.kind())),
                 }
@@ -540,15 +738,48 @@ impl Session {
             if let Some(f) = stdin.credit() {
                 self.queue(&f);
             }
-            if stdin.writer.is_none() || self.dom0_gone {
-                drop(stdin);
+            let mut output_ended = false;
+            while let Some(r) = output
+                .as_mut()
+                .filter(|_| self.outbuf.len() < 2 * MAX_PAYLOAD)
+            {
+                match r.read(&mut buf) {
+                    Ok(0) => {
+                        output_ended = true;
+                        output = None;
+                    }
+                    Ok(n) => {
+                        let data = buf[..n].to_vec();
+                        self.queue(&Frame::Stdout(data));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        output_ended = true;
+                        output = None;
+                    }
+                }
+            }
+            if self.dom0_gone {
+                // A detach (or dom0 went away): the input stays for the next session
+                // unless it was closed or broken.
+                return Ok(tty || (stdin.writer.is_some() && !stdin.closing));
+            }
+            let input_done = !tty && stdin.writer.is_none();
+            if input_done || output_ended {
                 self.queue(&Frame::Exit(0));
-                return self.flush();
+                self.flush()?;
+                return Ok(tty);
             }
             if !drained {
                 continue; // more frames wait in the ring: no event will say so
             }
-            let extra: Vec<_> = stdin.poll_fd().into_iter().collect();
+            let mut extra: Vec<_> = stdin.poll_fd().into_iter().collect();
+            if let Some(r) = output
+                .as_ref()
+                .filter(|_| self.outbuf.len() < 2 * MAX_PAYLOAD)
+            {
+                extra.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+            }
             self.wait(&extra, Duration::from_millis(1000))?;
         }
     }

@@ -28,17 +28,20 @@ pub mod text;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat, openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
 use guard::{Guard, HeaderError, RecordLimits};
+
+/// Bytes of directory names [`unpack`] keeps to set their modes at the end.
+const MAX_DIR_BYTES: usize = 64 << 20;
 
 /// Bounds on what [`unpack`] accepts.
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +118,9 @@ pub enum CopyError {
     /// The stream is not one [`unpack`] accepts (see the module docs).
     #[error("refused: {0}")]
     Refused(String),
+    /// The stream ended before its first entry (the sender found nothing to send).
+    #[error("the stream holds nothing")]
+    Empty,
     /// Writing the stream (pack) or an entry (unpack) failed.
     #[error("{what}: {source}")]
     Io {
@@ -167,58 +173,148 @@ pub fn top_name(src: &Path) -> String {
 /// Writes `src` (not followed if it is a symlink) as a tar stream whose top entry is
 /// named [`top_name`]`(src)`; a directory's tree follows in name order, symlinks inside
 /// it are stored, not followed. Devices, FIFOs and sockets are left out and counted.
+///
+/// The tree is walked by descriptor: each entry is looked at (`fstatat`, no follow) and
+/// opened (`openat`, `O_NOFOLLOW | O_NONBLOCK`) relative to its directory's descriptor,
+/// and the open descriptor must still be what was looked at. So a directory swapped for
+/// a symlink while the walk runs is never followed out of `src`, and a file swapped for
+/// a FIFO is never waited on.
 pub fn pack<W: Write>(src: &Path, out: W) -> Result<PackStats, CopyError> {
-    let source_err = |p: &Path| {
-        let path = p.display().to_string();
-        move |source| CopyError::Source { path, source }
+    let shown = src.display().to_string();
+    let source_err = |path: &str| {
+        let path = text::sanitise(path);
+        move |e: Errno| CopyError::Source {
+            path,
+            source: io::Error::from(e),
+        }
     };
-    let top = top_name(src);
+    let trimmed = src.as_os_str().as_bytes();
+    let trimmed = trimmed.strip_suffix(b"/.").unwrap_or(trimmed);
+    let src = Path::new(OsStr::from_bytes(trimmed));
+    // The source itself, in the directory the user named (their path, theirs to follow).
+    let (parent, name) = match (src.parent(), src.file_name()) {
+        (Some(p), Some(n)) => (
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n.to_os_string(),
+        ),
+        // `/`, `.`, `..`: open it as a directory of its own.
+        _ => (src, std::ffi::OsString::from(".")),
+    };
+    let parent_fd = open_dir(parent).map_err(|e| match e {
+        CopyError::Destination { path, reason } => CopyError::Source {
+            path,
+            source: io::Error::other(reason),
+        },
+        e => e,
+    })?;
     let mut tar = tar::Builder::new(out);
-    tar.mode(tar::HeaderMode::Complete);
     let mut stats = PackStats::default();
-    // (path on disk, name in the stream), depth first, in name order.
-    let mut todo = vec![(src.to_path_buf(), PathBuf::from(&top))];
-    while let Some((path, name)) = todo.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(source_err(&path))?;
-        let ft = meta.file_type();
+    // (the directory it is in, its name there, its name in the stream), depth first.
+    let mut todo = vec![(
+        std::rc::Rc::new(parent_fd),
+        name,
+        PathBuf::from(top_name(src)),
+    )];
+    while let Some((dir, name, in_stream)) = todo.pop() {
+        let what = format!("{shown}: {}", in_stream.display());
+        let st = fstatat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(source_err(&what))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT);
         let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-        let write_err = io_err(format!("writing {}", name.display()));
-        if ft.is_dir() {
-            header.set_size(0);
-            tar.append_data(&mut header, &name, io::empty())
-                .map_err(write_err)?;
-            let mut children: Vec<_> = std::fs::read_dir(&path)
-                .map_err(source_err(&path))?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()
-                .map_err(source_err(&path))?;
-            children.sort();
-            for c in children.into_iter().rev() {
-                todo.push((path.join(&c), name.join(&c)));
+        header.set_mode(st.st_mode & 0o7777);
+        header.set_uid(u64::from(st.st_uid));
+        header.set_gid(u64::from(st.st_gid));
+        header.set_mtime(st.st_mtime.max(0) as u64);
+        header.set_size(0);
+        let write_err = io_err(format!(
+            "writing {}",
+            text::sanitise(&in_stream.to_string_lossy())
+        ));
+        match kind {
+            SFlag::S_IFLNK => {
+                let target = readlinkat(Some(dir.as_raw_fd()), name.as_os_str())
+                    .map_err(source_err(&what))?;
+                header.set_entry_type(tar::EntryType::Symlink);
+                tar.append_link(&mut header, &in_stream, &target)
+                    .map_err(write_err)?;
             }
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(source_err(&path))?;
-            header.set_size(0);
-            tar.append_link(&mut header, &name, &target)
-                .map_err(write_err)?;
-        } else if ft.is_file() {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags_nofollow()
-                .open(&path)
-                .map_err(source_err(&path))?;
-            // The size at open: a file that grows or shrinks meanwhile is cut or padded
-            // so the stream stays well formed.
-            let size = file.metadata().map_err(source_err(&path))?.len();
-            header.set_size(size);
-            let data = file.take(size).chain(io::repeat(0)).take(size);
-            tar.append_data(&mut header, &name, data)
-                .map_err(write_err)?;
-            stats.bytes += size;
-        } else {
-            stats.skipped += 1;
-            continue;
+            SFlag::S_IFDIR | SFlag::S_IFREG => {
+                let flags = OFlag::O_RDONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_CLOEXEC
+                    | if kind == SFlag::S_IFDIR {
+                        OFlag::O_DIRECTORY
+                    } else {
+                        OFlag::empty()
+                    };
+                let fd = openat(
+                    Some(dir.as_raw_fd()),
+                    name.as_os_str(),
+                    flags,
+                    Mode::empty(),
+                )
+                .map_err(source_err(&what))?;
+                // SAFETY: openat returned a new descriptor that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let now = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(source_err(&what))?;
+                if (now.st_ino, now.st_dev, now.st_mode & libc::S_IFMT)
+                    != (st.st_ino, st.st_dev, st.st_mode & libc::S_IFMT)
+                {
+                    return Err(CopyError::Source {
+                        path: text::sanitise(&what),
+                        source: io::Error::other("changed while it was copied"),
+                    });
+                }
+                if kind == SFlag::S_IFDIR {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    tar.append_data(&mut header, &in_stream, io::empty())
+                        .map_err(write_err)?;
+                    let dup = fd.try_clone().map_err(|e| CopyError::Source {
+                        path: text::sanitise(&what),
+                        source: e,
+                    })?;
+                    let mut listing =
+                        nix::dir::Dir::from_fd(dup.into_raw_fd()).map_err(source_err(&what))?;
+                    let mut children: Vec<std::ffi::OsString> = Vec::new();
+                    for entry in listing.iter() {
+                        let entry = entry.map_err(source_err(&what))?;
+                        let n = entry.file_name().to_bytes();
+                        if n != b"." && n != b".." {
+                            children.push(OsStr::from_bytes(n).to_os_string());
+                        }
+                    }
+                    children.sort();
+                    let this = std::rc::Rc::new(fd);
+                    for c in children.into_iter().rev() {
+                        let child_name = in_stream.join(&c);
+                        todo.push((this.clone(), c, child_name));
+                    }
+                } else {
+                    // The size at open: a file that grows or shrinks meanwhile is cut
+                    // or padded so the stream stays well formed.
+                    let size = now.st_size.max(0) as u64;
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(size);
+                    let file = File::from(fd);
+                    let data = file.take(size).chain(io::repeat(0)).take(size);
+                    tar.append_data(&mut header, &in_stream, data)
+                        .map_err(write_err)?;
+                    stats.bytes += size;
+                }
+            }
+            _ => {
+                stats.skipped += 1;
+                continue;
+            }
         }
         stats.entries += 1;
     }
@@ -226,18 +322,6 @@ pub fn pack<W: Write>(src: &Path, out: W) -> Result<PackStats, CopyError> {
         .and_then(|mut w| w.flush())
         .map_err(io_err("ending the stream"))?;
     Ok(stats)
-}
-
-/// `OpenOptions` with `O_NOFOLLOW`.
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-
-impl NoFollow for std::fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-    }
 }
 
 /// What [`unpack`] wrote.
@@ -251,7 +335,7 @@ pub struct UnpackStats {
 
 /// An entry name checked and split into components (see the module docs).
 fn components(raw: &[u8]) -> Result<Vec<Vec<u8>>, CopyError> {
-    let shown = || String::from_utf8_lossy(raw).into_owned();
+    let shown = || text::sanitise_bytes(raw);
     if raw.starts_with(b"/") {
         return Err(CopyError::Refused(format!("absolute name {:?}", shown())));
     }
@@ -387,23 +471,30 @@ fn target(dest: &Path, place: Place, top_is_dir: bool) -> Result<Target, CopyErr
 }
 
 /// Unpacks `stream` at `dest` as [`Place`] says, within `limits`; see the module docs.
+/// With `top`, the stream's top entry must have that name (dom0 names what it asked a
+/// guest for: a guest must not choose the name its files get in an existing directory,
+/// such as `.bashrc` in a home directory).
 pub fn unpack<R: Read>(
     stream: R,
     dest: &Path,
     place: Place,
+    top: Option<&str>,
     limits: &Limits,
 ) -> Result<UnpackStats, CopyError> {
     let mut archive = tar::Archive::new(Guard::new(stream, limits.records));
     let refused_io = |e: io::Error| match HeaderError::from_io(&e) {
         Some(h) => CopyError::Refused(h.to_string()),
-        None => CopyError::Refused(format!("not a tar stream: {e}")),
+        // The tar crate's messages quote entry names.
+        None => CopyError::Refused(text::sanitise(&format!("not a tar stream: {e}"))),
     };
     let mut place_at: Option<Target> = None;
+    let expected_top = top;
     let mut top: Option<Vec<u8>> = None;
     let mut stats = UnpackStats::default();
     // Directories' modes and times, set at the end (a read-only directory must still
-    // take its entries).
-    let mut dirs: Vec<(Vec<Vec<u8>>, u32, i64)> = Vec::new();
+    // take its entries), once per directory; their paths are bounded in bytes.
+    let mut dirs: std::collections::BTreeMap<Vec<u8>, (u32, i64)> = Default::default();
+    let mut dir_bytes = 0usize;
     for entry in archive.entries().map_err(refused_io)? {
         let mut entry = entry.map_err(refused_io)?;
         let header = entry.header();
@@ -422,7 +513,16 @@ pub fn unpack<R: Read>(
         }
         if place != Place::Into {
             match &top {
-                None if comps.len() == 1 => top = Some(comps[0].clone()),
+                None if comps.len() == 1 => {
+                    if expected_top.is_some_and(|t| t.as_bytes() != comps[0].as_slice()) {
+                        return Err(CopyError::Refused(format!(
+                            "the stream's top entry is {:?}, not {:?} as asked",
+                            text::sanitise_bytes(&comps[0]),
+                            expected_top.unwrap_or_default()
+                        )));
+                    }
+                    top = Some(comps[0].clone())
+                }
                 None => {
                     return Err(CopyError::Refused(
                         "the first entry is not the top of the stream".into(),
@@ -431,7 +531,7 @@ pub fn unpack<R: Read>(
                 Some(t) if comps[0] != *t => {
                     return Err(CopyError::Refused(format!(
                         "{:?} is outside the stream's top entry",
-                        String::from_utf8_lossy(&raw)
+                        text::sanitise_bytes(&raw)
                     )))
                 }
                 Some(_) => {}
@@ -448,7 +548,7 @@ pub fn unpack<R: Read>(
             Some(name) => comps[0] = name.clone(),
             None => {}
         }
-        let shown = String::from_utf8_lossy(&comps.join(&b'/')).into_owned();
+        let shown = text::sanitise_bytes(&comps.join(&b'/'));
         let Some((name, parent)) = comps.split_last() else {
             // The top directory itself, copied as contents into an existing one.
             continue;
@@ -485,7 +585,16 @@ pub fn unpack<R: Read>(
                 }
                 let mut full = parent.to_vec();
                 full.push(name.as_bytes().to_vec());
-                dirs.push((full, mode & perm_mask, mtime));
+                let key = full.join(&b'/');
+                if !dirs.contains_key(&key) {
+                    dir_bytes += key.len() + 64;
+                    if dir_bytes > MAX_DIR_BYTES {
+                        return Err(CopyError::Refused(
+                            "too many directories (their names over 64 MiB)".into(),
+                        ));
+                    }
+                }
+                dirs.insert(key, (mode & perm_mask, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 stats.bytes = stats.bytes.saturating_add(size);
@@ -550,12 +659,14 @@ pub fn unpack<R: Read>(
         }
     }
     let Some(t) = place_at else {
-        return Err(CopyError::Refused("an empty stream".into()));
+        return Err(CopyError::Empty);
     };
     // Deepest first, so a directory made read-only does not stop its children's updates.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
-    for (rel, mode, mtime) in dirs {
-        let shown = String::from_utf8_lossy(&rel.join(&b'/')).into_owned();
+    let mut dirs: Vec<_> = dirs.into_iter().collect();
+    dirs.sort_by_key(|(k, _)| std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count()));
+    for (key, (mode, mtime)) in dirs {
+        let shown = text::sanitise_bytes(&key);
+        let rel: Vec<Vec<u8>> = key.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         let fd = open_dir_beneath(&t.root, &rel).map_err(errno_err(shown.clone()))?;
         let ts = TimeSpec::new(mtime, 0);
         futimens(fd.as_raw_fd(), &ts, &ts).map_err(errno_err(shown.clone()))?;

@@ -38,7 +38,7 @@ fn a_tree_round_trips_with_modes_and_symlinks() {
     let src = tree(d.path());
     let dest = d.path().join("dest");
     fs::create_dir(&dest).unwrap();
-    let stats = unpack(&packed(&src)[..], &dest, Place::Named, &limits()).unwrap();
+    let stats = unpack(&packed(&src)[..], &dest, Place::Named, None, &limits()).unwrap();
     assert_eq!(stats.entries, 7);
     assert_eq!(stats.bytes, 6 + 10 + 100_000);
     let got = dest.join("src");
@@ -67,32 +67,40 @@ fn destinations_follow_docker_cp() {
     let stream = packed(&src);
     // A missing destination: the tree gets its name.
     let new = d.path().join("new");
-    unpack(&stream[..], &new, Place::Named, &limits()).unwrap();
+    unpack(&stream[..], &new, Place::Named, None, &limits()).unwrap();
     assert!(new.join("a.txt").is_file());
     // SRC/. into an existing directory: the contents, no top directory.
     let into = d.path().join("into");
     fs::create_dir(&into).unwrap();
-    unpack(&stream[..], &into, Place::Contents, &limits()).unwrap();
+    unpack(&stream[..], &into, Place::Contents, None, &limits()).unwrap();
     assert!(into.join("sub/run.sh").is_file());
     assert!(!into.join("src").exists());
     // A file onto a file replaces it; into a directory keeps its name.
     let one = packed(&src.join("a.txt"));
     let file = d.path().join("file");
     fs::write(&file, b"old, longer content").unwrap();
-    unpack(&one[..], &file, Place::Named, &limits()).unwrap();
+    unpack(&one[..], &file, Place::Named, None, &limits()).unwrap();
     assert_eq!(fs::read(&file).unwrap(), b"alpha\n");
-    unpack(&one[..], &into, Place::Named, &limits()).unwrap();
+    unpack(&one[..], &into, Place::Named, None, &limits()).unwrap();
     assert_eq!(fs::read(into.join("a.txt")).unwrap(), b"alpha\n");
     // A directory over a file, a file to a missing directory, and SRC/. of a file fail.
-    assert!(unpack(&stream[..], &file, Place::Named, &limits()).is_err());
+    assert!(unpack(&stream[..], &file, Place::Named, None, &limits()).is_err());
     let missing_dir = format!("{}/", d.path().join("nodir").display());
-    assert!(unpack(&one[..], Path::new(&missing_dir), Place::Named, &limits()).is_err());
-    assert!(unpack(&one[..], &into, Place::Contents, &limits()).is_err());
+    assert!(unpack(
+        &one[..],
+        Path::new(&missing_dir),
+        Place::Named,
+        None,
+        &limits()
+    )
+    .is_err());
+    assert!(unpack(&one[..], &into, Place::Contents, None, &limits()).is_err());
     // A missing parent fails and creates nothing.
     assert!(unpack(
         &stream[..],
         &d.path().join("no/such"),
         Place::Named,
+        None,
         &limits()
     )
     .is_err());
@@ -191,10 +199,9 @@ fn hostile_streams_write_nothing_outside_the_destination() {
             ]),
         ),
         ("not tar", b"this is not a tar stream at all".repeat(40)),
-        ("empty", vec![0u8; 1024]),
     ];
     for (what, s) in cases {
-        let r = unpack(&s[..], &dest, Place::Named, &limits());
+        let r = unpack(&s[..], &dest, Place::Named, None, &limits());
         assert!(matches!(r, Err(CopyError::Refused(_))), "{what}: {r:?}");
         assert_eq!(
             fs::read_dir(&outside).unwrap().count(),
@@ -222,7 +229,7 @@ fn an_old_symlink_or_hard_link_in_the_destination_is_replaced_not_followed() {
         raw(b"t/f", Regular, b"new", b""),
         raw(b"t/s", Regular, b"new", b""),
     ]);
-    unpack(&s[..], &dest, Place::Named, &limits()).unwrap();
+    unpack(&s[..], &dest, Place::Named, None, &limits()).unwrap();
     assert_eq!(fs::read(outside.join("secret")).unwrap(), b"keep");
     assert_eq!(fs::read(dest.join("t/f")).unwrap(), b"new");
     assert!(fs::symlink_metadata(dest.join("t/s")).unwrap().is_file());
@@ -230,7 +237,7 @@ fn an_old_symlink_or_hard_link_in_the_destination_is_replaced_not_followed() {
         raw(b"t", Directory, b"", b""),
         raw(b"t/d/x", Regular, b"x", b""),
     ]);
-    assert!(unpack(&through[..], &dest, Place::Named, &limits()).is_err());
+    assert!(unpack(&through[..], &dest, Place::Named, None, &limits()).is_err());
     assert!(!outside.join("x").exists());
     // Nor does a destination whose top is a symlink lead out: the symlink is replaced
     // by the stream's directory.
@@ -241,7 +248,7 @@ fn an_old_symlink_or_hard_link_in_the_destination_is_replaced_not_followed() {
         raw(b"t", Directory, b"", b""),
         raw(b"t/y", Regular, b"y", b""),
     ]);
-    unpack(&s[..], &dest2, Place::Named, &limits()).unwrap();
+    unpack(&s[..], &dest2, Place::Named, None, &limits()).unwrap();
     assert!(!outside.join("y").exists());
     assert!(fs::symlink_metadata(dest2.join("t")).unwrap().is_dir());
     assert_eq!(fs::read(dest2.join("t/y")).unwrap(), b"y");
@@ -254,11 +261,11 @@ fn set_id_bits_are_dropped_from_a_guest_and_sizes_are_bounded() {
         raw(b"t", Directory, b"", b""),
         raw(b"t/suid", Regular, b"x", b""),
     ]);
-    unpack(&s[..], d.path(), Place::Named, &limits()).unwrap();
+    unpack(&s[..], d.path(), Place::Named, None, &limits()).unwrap();
     assert_eq!(mode(&d.path().join("t/suid")), 0o755);
     let kept = d.path().join("kept");
     fs::create_dir(&kept).unwrap();
-    unpack(&s[..], &kept, Place::Named, &Limits::into_guest()).unwrap();
+    unpack(&s[..], &kept, Place::Named, None, &Limits::into_guest()).unwrap();
     assert_eq!(mode(&kept.join("t/suid")), 0o6755);
     let small = Limits {
         max_bytes: 2,
@@ -268,13 +275,13 @@ fn set_id_bits_are_dropped_from_a_guest_and_sizes_are_bounded() {
         raw(b"t", Directory, b"", b""),
         raw(b"t/big", Regular, b"xyz", b""),
     ]);
-    let e = unpack(&big[..], &d.path().join("b"), Place::Named, &small).unwrap_err();
+    let e = unpack(&big[..], &d.path().join("b"), Place::Named, None, &small).unwrap_err();
     assert!(e.to_string().contains("bytes"), "{e}");
     let few = Limits {
         max_entries: 1,
         ..limits()
     };
-    let e = unpack(&big[..], &d.path().join("c"), Place::Named, &few).unwrap_err();
+    let e = unpack(&big[..], &d.path().join("c"), Place::Named, None, &few).unwrap_err();
     assert!(e.to_string().contains("entries"), "{e}");
 }
 
@@ -286,11 +293,11 @@ fn into_takes_any_layout_but_still_no_escape() {
         raw(b"b", Directory, b"", b""),
         raw(b"b/c", Regular, b"2", b""),
     ]);
-    unpack(&s[..], d.path(), Place::Into, &limits()).unwrap();
+    unpack(&s[..], d.path(), Place::Into, None, &limits()).unwrap();
     assert_eq!(fs::read(d.path().join("b/c")).unwrap(), b"2");
     let bad = stream(&[raw(b"../x", Regular, b"1", b"")]);
-    assert!(unpack(&bad[..], d.path(), Place::Into, &limits()).is_err());
-    assert!(unpack(&s[..], &d.path().join("a"), Place::Into, &limits()).is_err());
+    assert!(unpack(&bad[..], d.path(), Place::Into, None, &limits()).is_err());
+    assert!(unpack(&s[..], &d.path().join("a"), Place::Into, None, &limits()).is_err());
 }
 
 #[test]
@@ -299,4 +306,56 @@ fn top_names() {
     assert_eq!(top_name(Path::new("/var/log/")), "log");
     assert_eq!(top_name(Path::new("/var/log/.")), "log");
     assert_eq!(top_name(Path::new("/")), "root");
+}
+
+#[test]
+fn a_guest_cannot_choose_the_name_its_top_entry_gets() {
+    // dom0 asked for /var/log/app.log; the guest answers with a `.bashrc`.
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join(".bashrc"), b"mine").unwrap();
+    let s = stream(&[raw(b".bashrc", Regular, b"evil", b"")]);
+    let r = unpack(&s[..], d.path(), Place::Named, Some("app.log"), &limits());
+    assert!(matches!(r, Err(CopyError::Refused(_))), "{r:?}");
+    assert_eq!(fs::read(d.path().join(".bashrc")).unwrap(), b"mine");
+    let ok = stream(&[raw(b"app.log", Regular, b"log", b"")]);
+    unpack(&ok[..], d.path(), Place::Named, Some("app.log"), &limits()).unwrap();
+    assert_eq!(fs::read(d.path().join("app.log")).unwrap(), b"log");
+}
+
+#[test]
+fn an_empty_stream_is_told_apart() {
+    let d = tempfile::tempdir().unwrap();
+    let r = unpack(&[0u8; 1024][..], d.path(), Place::Named, None, &limits());
+    assert!(matches!(r, Err(CopyError::Empty)), "{r:?}");
+    let r = unpack(&[][..], d.path(), Place::Named, None, &limits());
+    assert!(matches!(r, Err(CopyError::Empty)), "{r:?}");
+}
+
+#[test]
+fn repeated_directories_are_kept_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut entries = vec![raw(b"t", Directory, b"", b"")];
+    for _ in 0..2000 {
+        entries.push(raw(b"t", Directory, b"", b""));
+    }
+    let s = stream(&entries);
+    let stats = unpack(&s[..], d.path(), Place::Named, None, &limits()).unwrap();
+    assert_eq!(stats.entries, 2001);
+    assert_eq!(mode(&d.path().join("t")), 0o755);
+}
+
+#[test]
+fn pack_walks_by_descriptor_and_skips_fifos() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let stats = pack(&src, &mut out).unwrap();
+    assert_eq!((stats.entries, stats.skipped), (2, 1));
 }

@@ -18,8 +18,8 @@ fuzz_target!(|data: &[u8]| {
         ..Limits::from_guest()
     };
     for place in [Place::Named, Place::Into] {
-        let _ = unpack(data, &dest, place, &limits);
-        let _ = unpack(data, &dest.join("new"), Place::Contents, &limits);
+        let _ = unpack(data, &dest, place, None, &limits);
+        let _ = unpack(data, &dest.join("new"), Place::Contents, Some("t"), &limits);
     }
     let escaped: Vec<_> = std::fs::read_dir(base.path())
         .expect("base")

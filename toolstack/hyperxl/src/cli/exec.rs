@@ -76,7 +76,7 @@ pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
         cols,
         detach: args.detach,
         attach: false,
-        copy: None,
+        builtin: None,
     };
     if let Err(e) = request.validate() {
         match e {
@@ -87,6 +87,7 @@ pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
     let opts = ExecOptions {
         request,
         interactive: args.interactive,
+        detach_keys: false,
     };
     let code = exec::exec(state_dir, &args.vm, &opts)?;
     // Exit codes are 0..=255 on the way out, as a shell sees them.

@@ -1,7 +1,7 @@
 //! `hyperxl logs [-f] VM`: the VM's console as recorded by its watcher.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,13 +30,26 @@ pub struct LogsArgs {
 pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
     let vm = vms.find(&args.vm)?;
-    let path = vms.dir(&vm.id).join("console.log");
-    let host = args.follow.then(Host::connect);
+    print_log(&vms, &vm.id, args.debug, args.follow, false)?;
+    Ok(0)
+}
+
+/// Prints VM `id`'s console log, from its start (with the rotated files) or, with
+/// `from_end`, only what is written from now on; with `follow`, until the VM ended.
+pub fn print_log(
+    vms: &VmStore,
+    id: &str,
+    debug: bool,
+    follow: bool,
+    from_end: bool,
+) -> anyhow::Result<()> {
+    let path = vms.dir(id).join("console.log");
+    let host = follow.then(Host::connect);
     let stdout = std::io::stdout();
     let mut show = |raw: &[u8]| -> std::io::Result<()> {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end_matches(['\r', '\n']);
-        if args.debug || !is_init_line(text) {
+        if debug || !is_init_line(text) {
             let mut out = stdout.lock();
             writeln!(out, "{text}")?;
             out.flush()?;
@@ -47,12 +60,18 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
     // The rotated files first (oldest first), each whole: they no longer change.
     let files = console::log_files(&path);
     let (current, rotated) = files.split_last().expect("log_files ends with the log");
-    for old in rotated {
-        if let Ok(mut f) = File::open(old) {
-            copy_lines(&mut f, &mut lines, &mut show)?;
+    if !from_end {
+        for old in rotated {
+            if let Ok(mut f) = File::open(old) {
+                copy_lines(&mut f, &mut lines, &mut show)?;
+            }
         }
     }
     let mut reader = open_if_present(current)?;
+    if let (true, Some(f)) = (from_end, reader.as_mut()) {
+        f.seek(std::io::SeekFrom::End(0))
+            .context("reading the console log")?;
+    }
     let mut last_round = false;
     loop {
         if reader.is_none() {
@@ -71,8 +90,8 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
             break;
         }
         let Some(host) = &host else { break };
-        let vms_now = reconcile_all(&vms, host)?;
-        let running = vms_now.iter().any(|v| v.id == vm.id && v.status.can_stop());
+        let vms_now = reconcile_all(vms, host)?;
+        let running = vms_now.iter().any(|v| v.id == id && v.status.can_stop());
         if !running {
             // One more round for what the watcher wrote before recording the end.
             std::thread::sleep(Duration::from_millis(200));
@@ -85,7 +104,7 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
     let mut err = Ok(());
     lines.finish(|l| err = show(l));
     err?;
-    Ok(0)
+    Ok(())
 }
 
 /// Opens the log if it exists yet.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod attach;
 mod completion;
 mod config;
 mod cp;
@@ -29,6 +30,7 @@ mod run;
 mod save;
 mod stop;
 mod system;
+mod top;
 mod up;
 mod version;
 mod volume;
@@ -77,8 +79,12 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run a command in a running VM.
     Exec(exec::ExecArgs),
+    /// Connect to a running VM's app (its terminal, or its output and stdin).
+    Attach(attach::AttachArgs),
     /// Copy files between a running VM and this host.
     Cp(cp::CpArgs),
+    /// Show the processes running in a VM.
+    Top(top::TopArgs),
     /// List VMs.
     Ps(ps::PsArgs),
     /// Stop running VMs gracefully (destroyed after a timeout).
@@ -153,6 +159,8 @@ impl Command {
                 // exec removes its session from xenstore and restores the terminal.
                 | Command::Exec(_)
                 | Command::Cp(_)
+                | Command::Attach(_)
+                | Command::Top(_)
         )
     }
 }
@@ -163,6 +171,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(&cli.state_dir, args),
         Command::Exec(args) => exec::run(&cli.state_dir, args),
         Command::Cp(args) => cp::run(&cli.state_dir, args),
+        Command::Attach(args) => attach::run(&cli.state_dir, args),
+        Command::Top(args) => top::run(&cli.state_dir, args),
         Command::Ps(args) => ps::run(&cli.state_dir, args),
         Command::Rm(args) => rm::run(&cli.state_dir, args),
         Command::Stop(args) => stop::run(&cli.state_dir, args),

@@ -1,6 +1,7 @@
 //! `hyperxl run IMAGE [CMD...]`: boot an image as a Xen domain, attached, and exit with
 //! the app's exit code.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -45,6 +46,10 @@ pub struct RunArgs {
     /// Keep stdin open: what this process reads goes to the app's stdin (EOF closes it).
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Give the app a terminal in the VM (with -i: this terminal in raw mode, its size
+    /// followed, ^C to the app); `logs` still records its output.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Show no pull progress (it is shown only on a terminal).
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -147,6 +152,8 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         command: args.command.clone(),
         hostname: args.hostname.clone().unwrap_or_default(),
         open_stdin: args.interactive,
+        terminal: args.tty,
+        attached: !args.detach,
     };
     let dir = guest_dir();
     let opts = LaunchOptions {
@@ -222,8 +229,8 @@ pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
 /// Runs the VM; returns the app's exit code.
 pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     crate::vm::timing::start();
-    if args.detach && args.interactive {
-        anyhow::bail!("run -d and -i do not go together: nothing would feed the app's stdin");
+    if args.tty && args.interactive && !args.detach && !std::io::stdin().is_terminal() {
+        anyhow::bail!("run -it: the input device is not a terminal (drop -t to pipe stdin)");
     }
     let (opts, flags) = launch_inputs(&args)?;
     let vms = VmStore::open(state_dir)?;
@@ -242,7 +249,11 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
         println!("{id}");
         return Ok(0);
     }
-    let code = launch::run_attached(&vms, prepared, args.interactive)?;
+    let attach = launch::Attach {
+        stdin: args.interactive,
+        tty: args.tty,
+    };
+    let code = launch::run_attached(&vms, prepared, attach)?;
     Ok(exit_status(code))
 }
 

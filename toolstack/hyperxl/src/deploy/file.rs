@@ -213,6 +213,8 @@ impl VmDef {
             command: self.command.clone(),
             hostname: String::new(),
             open_stdin: false,
+            terminal: false,
+            attached: false,
         }
     }
 

@@ -1,19 +1,17 @@
 //! `hyperxl cp`: files between dom0 and a running VM, as tar streams over an exec
-//! session whose guest half is the init's own tar code ([`CopyRequest`]), so it works on
+//! session whose guest half is the init's own tar code ([`Builtin`]), so it works on
 //! an image without `tar`. What a guest sends is unpacked by [`hyperxl_tarcopy::unpack`]
 //! with [`Limits::from_guest`]: nothing is written outside the destination, no symlink
 //! is followed, set-id bits are dropped, and the size is bounded.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _};
-use hyperxl_contract::control::{CopyPlace, CopyRequest, ExecRequest};
+use hyperxl_contract::control::{Builtin, CopyPlace, ExecRequest};
 use hyperxl_tarcopy::{Limits, Place};
 
-use super::exec::{exec_with, ExecOptions, Streams};
+use super::exec::{exec_with, Capture, ExecOptions, Streams};
 
 /// One side of a copy, as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,38 +54,15 @@ fn place_of(src: &str) -> Place {
     }
 }
 
-/// stderr of the guest's copy helper, kept (at most 4 KiB) for the error message.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let room = 4096usize.saturating_sub(v.len());
-        v.extend_from_slice(&buf[..buf.len().min(room)]);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// The first line, safe to print.
-    fn line(&self) -> String {
-        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let text = String::from_utf8_lossy(&v);
-        super::host::terminal_safe(text.lines().next().unwrap_or("").trim())
-    }
-}
-
+/// A pipe whose ends no process we start inherits (its end must come when ours close).
 fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
-    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().context("pipe")?;
+    let (r, w): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     Ok((r.into(), w.into()))
 }
 
-fn request(copy: CopyRequest) -> ExecRequest {
+/// A session request for the init's `builtin`.
+pub fn request(builtin: Builtin) -> ExecRequest {
     ExecRequest {
         args: Vec::new(),
         env: Vec::new(),
@@ -98,19 +73,20 @@ fn request(copy: CopyRequest) -> ExecRequest {
         cols: 0,
         detach: false,
         attach: false,
-        copy: Some(copy),
+        builtin: Some(builtin),
     }
 }
 
 /// `cp VM:SRC DEST`: DEST `-` writes the tar stream to stdout.
 pub fn copy_from(state_dir: &Path, vm: &str, src: &str, dest: &str) -> anyhow::Result<()> {
     let opts = ExecOptions {
-        request: request(CopyRequest::Out {
+        request: request(Builtin::CopyOut {
             path: src.trim_end_matches("/.").to_string(),
         }),
         interactive: false,
+        detach_keys: false,
     };
-    let captured = Captured::default();
+    let captured = Capture::new(4096);
     if dest == "-" {
         let streams = Streams {
             stderr: Some(Box::new(captured.clone())),
@@ -125,11 +101,13 @@ pub fn copy_from(state_dir: &Path, vm: &str, src: &str, dest: &str) -> anyhow::R
     let (r, w) = pipe()?;
     let dest_path = Path::new(dest).to_path_buf();
     let place = place_of(src);
+    // The name we asked for: the guest does not get to choose it.
+    let top = hyperxl_tarcopy::top_name(Path::new(src));
     let unpacker = std::thread::Builder::new()
         .name("unpack".into())
         .spawn(move || {
             let input = std::io::BufReader::with_capacity(64 << 10, r);
-            hyperxl_tarcopy::unpack(input, &dest_path, place, &Limits::from_guest())
+            hyperxl_tarcopy::unpack(input, &dest_path, place, Some(&top), &Limits::from_guest())
         })
         .context("starting the unpack thread")?;
     let streams = Streams {
@@ -142,9 +120,12 @@ pub fn copy_from(state_dir: &Path, vm: &str, src: &str, dest: &str) -> anyhow::R
     let unpacked = unpacker
         .join()
         .map_err(|_| anyhow::anyhow!("the unpack thread panicked"))?;
+    // What we refused comes first, whatever the guest said or did then; then a
+    // failed session; then the guest's own complaint (it found nothing to send).
+    if let Err(e @ hyperxl_tarcopy::CopyError::Refused(_)) = unpacked {
+        return Err(e).with_context(|| format!("copying {vm}:{src} to {dest}"));
+    }
     let code = session?;
-    // The guest's own complaint first; else what we refused (the guest then got
-    // SIGPIPE, and its code says only that).
     match (code, unpacked) {
         (0, Ok(_)) => Ok(()),
         (c, _) if c != 0 && !captured.line().is_empty() => {
@@ -158,18 +139,19 @@ pub fn copy_from(state_dir: &Path, vm: &str, src: &str, dest: &str) -> anyhow::R
 /// `cp SRC VM:DEST`: SRC `-` reads a tar stream from stdin, unpacked into directory
 /// DEST as it is.
 pub fn copy_to(state_dir: &Path, src: &str, vm: &str, dest: &str) -> anyhow::Result<()> {
-    let captured = Captured::default();
+    let captured = Capture::new(4096);
     let place = match src {
         "-" => CopyPlace::Into,
         s if s.ends_with("/.") => CopyPlace::Contents,
         _ => CopyPlace::Named,
     };
     let opts = ExecOptions {
-        request: request(CopyRequest::In {
+        request: request(Builtin::CopyIn {
             path: dest.to_string(),
             place,
         }),
         interactive: true,
+        detach_keys: false,
     };
     let (streams, packer) = if src == "-" {
         let streams = Streams {

@@ -40,6 +40,42 @@ pub struct ExecOptions {
     pub request: ExecRequest,
     /// Pass our stdin to it (`-i`); otherwise it reads EOF at once.
     pub interactive: bool,
+    /// Ctrl-P Ctrl-Q in our stdin ends the session and leaves the process running
+    /// (`attach`, as Docker's detach keys).
+    pub detach_keys: bool,
+}
+
+/// Docker's default detach sequence, Ctrl-P Ctrl-Q, found in a stream of keys.
+#[derive(Debug, Default)]
+pub struct DetachKeys {
+    /// A Ctrl-P held back, in case a Ctrl-Q follows.
+    held: bool,
+}
+
+impl DetachKeys {
+    const CTRL_P: u8 = 0x10;
+    const CTRL_Q: u8 = 0x11;
+
+    /// The keys to pass on from `input`, and whether the sequence was typed (keys after
+    /// it are dropped). A Ctrl-P followed by anything else is passed on with it.
+    pub fn filter(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.held {
+                self.held = false;
+                if b == Self::CTRL_Q {
+                    return (out, true);
+                }
+                out.push(Self::CTRL_P);
+            }
+            if b == Self::CTRL_P {
+                self.held = true;
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
 }
 
 /// Where a session's streams go; `None`: this process's own.
@@ -51,6 +87,52 @@ pub struct Streams {
     pub stdout: Option<Box<dyn Write + Send>>,
     /// Where the process's stderr goes.
     pub stderr: Option<Box<dyn Write + Send>>,
+}
+
+/// What a session's process writes, kept in memory up to a limit (the rest is dropped):
+/// a builtin's table or error line, shown after it ended.
+#[derive(Clone)]
+pub struct Capture {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    limit: usize,
+}
+
+impl Capture {
+    /// Keeps at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: Default::default(),
+            limit,
+        }
+    }
+
+    /// What was kept, line by line: the guest's text, to be made safe before printing.
+    pub fn lines(&self) -> Vec<String> {
+        let v = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&v)
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect()
+    }
+
+    /// The first line, trimmed and safe to print (an error message).
+    pub fn line(&self) -> String {
+        let first = self.lines().into_iter().next().unwrap_or_default();
+        super::host::terminal_safe(first.trim())
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut v = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.limit.saturating_sub(v.len());
+        v.extend_from_slice(&data[..data.len().min(room)]);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The last stop signal (SIGINT, SIGTERM, SIGHUP) that reached `hyperxl exec`, not yet
@@ -65,6 +147,17 @@ extern "C" fn on_signal(sig: libc::c_int) {
     } else {
         SIGNALLED.store(sig, Ordering::SeqCst);
     }
+}
+
+/// Catches SIGWINCH alone (`run -t`, `attach`: the stop signals stay with the caller).
+pub fn install_winch_handler() {
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to atomics, which is async-signal-safe.
+    let _ = unsafe { sigaction(Signal::SIGWINCH, &act) };
 }
 
 /// Catches the stop signals (forwarded to the process, as `docker run`'s sig-proxy) and
@@ -104,12 +197,13 @@ pub fn window_size() -> Option<(u16, u16)> {
 
 /// Our stdin in raw mode (keys, ^C included, go to the VM's terminal as they are typed),
 /// restored when dropped.
-struct RawTerminal {
+pub struct RawTerminal {
     saved: Termios,
 }
 
 impl RawTerminal {
-    fn enter() -> anyhow::Result<Self> {
+    /// Puts our terminal in raw mode.
+    pub fn enter() -> anyhow::Result<Self> {
         let stdin = std::io::stdin();
         let saved = tcgetattr(&stdin).context("reading the terminal's settings")?;
         let mut raw = saved.clone();
@@ -120,6 +214,25 @@ impl RawTerminal {
 }
 
 impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Our terminal's settings as they are now, put back when dropped whatever changed them
+/// meanwhile (a thread's raw mode that may outlive its owner's wait).
+pub struct TerminalSettings {
+    saved: Termios,
+}
+
+impl TerminalSettings {
+    /// Saves the settings, if stdin is a terminal.
+    pub fn save() -> Option<Self> {
+        tcgetattr(std::io::stdin()).ok().map(|saved| Self { saved })
+    }
+}
+
+impl Drop for TerminalSettings {
     fn drop(&mut self) {
         let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
     }
@@ -151,7 +264,7 @@ pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> any
     reconcile_all(&vms, &host)?;
     let vm = vms.find(which)?;
     install_signal_handlers();
-    run_session(&vms, vm, opts, Streams::default())
+    run_session(&vms, vm, opts, Streams::default()).map(|end| end.unwrap_or(0))
 }
 
 /// Runs `opts` in VM `which` with `streams` (`hyperxl cp`); returns the exit code. Stop
@@ -167,31 +280,45 @@ pub fn exec_with(
     reconcile_all(&vms, &host)?;
     let vm = vms.find(which)?;
     install_signal_handlers();
-    run_session(&vms, vm, opts, streams)
+    run_session(&vms, vm, opts, streams).map(|end| end.unwrap_or(0))
 }
 
-/// `run -i`: feeds our stdin to the app of VM `id` (which this process watches) over an
-/// attach session, until EOF or until the app stops reading; signals stay with `run`.
-pub fn attach_stdin(state_dir: &std::path::Path, id: &str) -> anyhow::Result<()> {
+/// `run -i`/`-t`, `attach`: connects our stdin (with `interactive`) and, for a tty app,
+/// its terminal's output and size to the app of VM `id`, over an attach session once the
+/// app runs. Returns None when the user detached (with `detach_keys`), else once the
+/// session ended (the app closed its input or its terminal). The caller keeps the stop
+/// signals and sets our terminal raw.
+pub fn attach_app(
+    state_dir: &std::path::Path,
+    id: &str,
+    tty: bool,
+    interactive: bool,
+    detach_keys: bool,
+) -> anyhow::Result<Option<i32>> {
     let vms = VmStore::open(state_dir)?;
     let vm = vms.load(id)?;
+    let (rows, cols) = window_size().filter(|_| tty).unwrap_or((0, 0));
+    if tty {
+        install_winch_handler();
+    }
     let request = ExecRequest {
         args: Vec::new(),
         env: Vec::new(),
         user: None,
         workdir: None,
-        tty: false,
-        rows: 0,
-        cols: 0,
+        tty,
+        rows,
+        cols,
         detach: false,
         attach: true,
-        copy: None,
+        builtin: None,
     };
     let opts = ExecOptions {
         request,
-        interactive: true,
+        interactive,
+        detach_keys,
     };
-    run_session(&vms, vm, &opts, Streams::default()).map(drop)
+    run_session(&vms, vm, &opts, Streams::default())
 }
 
 /// One session with `vm`'s init, once its app runs; returns the exit code it reports.
@@ -200,7 +327,7 @@ fn run_session(
     mut vm: super::state::VmState,
     opts: &ExecOptions,
     streams: Streams,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Option<i32>> {
     // A VM just started with `run -d` may still be booting: its init listens for
     // sessions once the app runs, so wait for that (as long as a boot may take).
     let deadline = Instant::now() + START_TIMEOUT;
@@ -356,7 +483,7 @@ impl Client {
         name: &str,
         opts: &ExecOptions,
         streams: Streams,
-    ) -> anyhow::Result<i32> {
+    ) -> anyhow::Result<Option<i32>> {
         let tty = opts.request.tty;
         let detach = opts.request.detach;
         let stdin = match streams.stdin {
@@ -370,13 +497,17 @@ impl Client {
         let mut stdin_open = opts.interactive;
         // Stdin bytes the guest still has room for (it returns them as its process reads).
         let mut window = STDIN_WINDOW;
-        // Raw only when the keys come from a terminal (the CLI checked that for -it).
-        let _raw = (tty && opts.interactive)
+        // Raw only when the keys come from a terminal (the CLI checked that for -it);
+        // an attach session's caller does that itself.
+        let _raw = (tty && opts.interactive && !opts.request.attach)
             .then(RawTerminal::enter)
             .transpose()?;
+        let mut detach_keys = opts.detach_keys.then(DetachKeys::default);
+        // Locked per write, not for the session: a stdin-only session (run -i) must
+        // not hold up whoever prints the console meanwhile.
         let mut out: Box<dyn Write> = match streams.stdout {
             Some(w) => w,
-            None => Box::new(std::io::stdout().lock()),
+            None => Box::new(std::io::stdout()),
         };
         let mut err: Box<dyn Write> = match streams.stderr {
             Some(w) => w,
@@ -413,7 +544,7 @@ impl Client {
                         bail!("VM {name} speaks control protocol {version}, this hyperxl {CONTROL_VERSION}")
                     }
                     _ if !hello => bail!("VM {name} sent a frame before its hello"),
-                    Frame::Started { .. } if detach => return Ok(0),
+                    Frame::Started { .. } if detach => return Ok(Some(0)),
                     Frame::Started { .. } => {}
                     Frame::Stdout(d) => {
                         if let Err(e) = out.write_all(&d).and_then(|()| out.flush()) {
@@ -433,7 +564,7 @@ impl Client {
                         if let Some(m) = error {
                             eprintln!("hyperxl: {m}");
                         }
-                        return Ok(code);
+                        return Ok(Some(code));
                     }
                     other => bail!("VM {name} sent an unexpected frame (kind {})", other.kind()),
                 }
@@ -472,7 +603,19 @@ impl Client {
                     }
                     Ok(n) => {
                         window -= n;
-                        self.queue(&Frame::Stdin(buf[..n].to_vec()))?;
+                        let (keys, detached) = match detach_keys.as_mut() {
+                            Some(d) => d.filter(&buf[..n]),
+                            None => (buf[..n].to_vec(), false),
+                        };
+                        if !keys.is_empty() {
+                            self.queue(&Frame::Stdin(keys))?;
+                        }
+                        if detached {
+                            // What was typed before the keys goes first; then we leave
+                            // (the init keeps the app's input for the next attach).
+                            let _ = self.pump();
+                            return Ok(None);
+                        }
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => {
@@ -492,13 +635,13 @@ impl Client {
 
     /// Our stdout went away (`hyperxl exec VM cmd | head -1`): the process gets SIGPIPE
     /// as it would in a pipeline, and exec ends as a shell reports that (128 + 13).
-    fn stdout_failed(&mut self, e: std::io::Error) -> anyhow::Result<i32> {
+    fn stdout_failed(&mut self, e: std::io::Error) -> anyhow::Result<Option<i32>> {
         if e.kind() != ErrorKind::BrokenPipe {
             return Err(e).context("writing the process's output");
         }
         self.queue(&Frame::Signal(libc::SIGPIPE))?;
         let _ = self.pump();
-        Ok(128 + libc::SIGPIPE)
+        Ok(Some(128 + libc::SIGPIPE))
     }
 }
 
@@ -514,4 +657,25 @@ fn interrupted() -> anyhow::Result<()> {
 fn readable(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DetachKeys;
+
+    #[test]
+    fn ctrl_p_ctrl_q_detaches_and_anything_else_passes() {
+        let mut d = DetachKeys::default();
+        assert_eq!(d.filter(b"ls\r"), (b"ls\r".to_vec(), false));
+        // Ctrl-P then another key: both go on.
+        assert_eq!(d.filter(b"\x10a"), (b"\x10a".to_vec(), false));
+        // The sequence split over two reads; keys before it go on, after it are dropped.
+        assert_eq!(d.filter(b"x\x10"), (b"x".to_vec(), false));
+        assert_eq!(d.filter(b"\x11rest"), (Vec::new(), true));
+        let mut d = DetachKeys::default();
+        assert_eq!(d.filter(b"ab\x10\x11cd"), (b"ab".to_vec(), true));
+        // Ctrl-P Ctrl-P Ctrl-Q: the first Ctrl-P goes on, the rest detaches.
+        let mut d = DetachKeys::default();
+        assert_eq!(d.filter(b"\x10\x10\x11"), (b"\x10".to_vec(), true));
+    }
 }

@@ -4,7 +4,7 @@
 //! device and (with `--rm`) no state behind.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -467,37 +467,79 @@ pub fn write_spec(domid: DomId, spec: &Spec) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What an attached `run` connects to the app besides the console.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attach {
+    /// `-i`: our stdin goes to the app's.
+    pub stdin: bool,
+    /// `-t`: the app runs on a terminal in the guest; its output comes over the attach
+    /// session as it is written (the console log still records it).
+    pub tty: bool,
+}
+
 /// Runs the VM attached: console on stdout, Ctrl-C stops it; returns the app's exit code.
-/// With `stdin`, a thread feeds this process's stdin to the app's (`run -i`) over an
-/// attach session once the app runs.
-pub fn run_attached(vms: &VmStore, p: Prepared, stdin: bool) -> anyhow::Result<i32> {
-    let out = ConsoleOut::Attached {
-        show_init_lines: p.opts.show_init_lines,
+/// With `attach.stdin` or `attach.tty`, a thread connects to the app over an attach
+/// session once it runs (`run -i`, `run -t`).
+pub fn run_attached(vms: &VmStore, p: Prepared, attach: Attach) -> anyhow::Result<i32> {
+    let out = if attach.tty {
+        // The terminal's bytes come over the session, prompts without a newline too.
+        ConsoleOut::LogOnly
+    } else {
+        ConsoleOut::Attached {
+            show_init_lines: p.opts.show_init_lines,
+        }
     };
-    run_watched(vms, p, out, stdin)
+    run_watched(vms, p, out, attach)
 }
 
 /// A helper VM (see [`Prepared::helper`]), watched by this process, its console only in
 /// its log; returns its exit code.
 pub fn run_helper(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
-    run_watched(vms, p, ConsoleOut::LogOnly, false)
+    run_watched(vms, p, ConsoleOut::LogOnly, Attach::default())
 }
 
-fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, stdin: bool) -> anyhow::Result<i32> {
+fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, attach: Attach) -> anyhow::Result<i32> {
     let ctx = Context::new()?;
     let booted = create(&ctx, vms, &p)?;
-    if stdin {
+    // Put back on the way out, should the session's thread not be done with it by then.
+    let terminal = (attach.tty && attach.stdin)
+        .then(super::exec::TerminalSettings::save)
+        .flatten();
+    let session = (attach.stdin || attach.tty).then(|| {
         let (state_dir, id) = (vms.state_dir().to_path_buf(), booted.id.clone());
-        let feeder = std::thread::Builder::new().name("stdin".into());
-        let spawned = feeder.spawn(move || {
-            if let Err(e) = super::exec::attach_stdin(&state_dir, &id) {
-                eprintln!("hyperxl: the app's stdin: {e:#}");
-            }
-        });
+        let (done, ended) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("attach".into())
+            .spawn(move || {
+                // -it: keys go to the guest's terminal as typed (^C too). The session
+                // owns the raw mode: it is restored as soon as the session ends, even
+                // if that is a failure while the VM runs on.
+                let raw = (attach.tty && attach.stdin && std::io::stdin().is_terminal())
+                    .then(super::exec::RawTerminal::enter)
+                    .transpose();
+                let r = super::exec::attach_app(&state_dir, &id, attach.tty, attach.stdin, false);
+                drop(raw);
+                // Failing because the app already ended is no failure to report.
+                let still_running = || {
+                    VmStore::open(&state_dir)
+                        .and_then(|v| v.load(&id))
+                        .is_ok_and(|vm| vm.status.can_stop())
+                };
+                // A failure while the app runs on is said at once (the terminal is back
+                // to normal already; ^C stops the VM as without -i).
+                if let Err(e) = &r {
+                    if still_running() {
+                        let what = if attach.tty { "terminal" } else { "stdin" };
+                        eprintln!("hyperxl: the app's {what}: {e:#}");
+                    }
+                }
+                let _ = done.send(());
+            });
         if let Err(e) = spawned {
-            eprintln!("hyperxl: the app's stdin: {e}");
+            eprintln!("hyperxl: attaching to the app: {e}");
         }
-    }
+        ended
+    });
     let result = monitor::supervise(
         &ctx,
         vms,
@@ -507,6 +549,12 @@ fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, stdin: bool) -> anyh
         booted.disks,
         || {},
     );
+    // A tty app's last output is on its way over the session (the init waits for it
+    // before the VM powers off).
+    if let Some(ended) = session {
+        let _ = ended.recv_timeout(std::time::Duration::from_secs(3));
+    }
+    drop(terminal);
     monitor::finish(Some(&ctx), vms, &booted.id, Some(booted.domid), result)
 }
 

@@ -21,6 +21,10 @@ pub struct RunFlags {
     pub hostname: String,
     /// `run -i`: the app's stdin is fed from dom0.
     pub open_stdin: bool,
+    /// `run -t`: the app runs on a terminal in the guest.
+    pub terminal: bool,
+    /// `run -t` without `-d`: this process attaches to that terminal as the app starts.
+    pub attached: bool,
 }
 
 /// Errors building the spec.
@@ -71,6 +75,8 @@ pub fn build(config: &ImageConfiguration, flags: &RunFlags) -> Result<Spec, Spec
     let image_user = image.and_then(|c| c.user().clone());
     spec.user = flags.user.clone().or(image_user).unwrap_or_default();
     spec.open_stdin = flags.open_stdin;
+    spec.terminal = flags.terminal;
+    spec.attached = flags.terminal && flags.attached;
     spec.validate()?;
     Ok(spec)
 }
