@@ -21,21 +21,16 @@ pub struct StopArgs {
     pub vms: Vec<String>,
 }
 
-/// Stops the VMs together (all asked at once, one timeout for all, as `docker stop`);
-/// an exited VM is already stopped. Prints each name once it stopped.
+/// Stops each VM in turn; an exited VM is already stopped.
 pub fn run(state_dir: &Path, args: StopArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
     let host = Host::connect();
     reconcile_all(&vms, &host)?;
-    let mut running = Vec::new();
     for which in &args.vms {
         let vm = vms.find(which)?;
         if vm.status.can_stop() {
-            running.push(vm);
+            control::stop(&vms, &host, &vm, Duration::from_secs(args.time))?;
         }
-    }
-    control::stop_all(&vms, &host, &running, Duration::from_secs(args.time))?;
-    for which in &args.vms {
         println!("{which}");
     }
     Ok(0)
