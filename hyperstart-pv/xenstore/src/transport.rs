@@ -13,8 +13,7 @@ pub trait Transport {
     fn send(&mut self, msg: &[u8]) -> io::Result<()>;
     /// Fills `buf` completely, blocking as needed.
     fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()>;
-    /// Waits until data can be read. `None` waits forever; returns false on timeout and
-    /// when a signal interrupted the wait.
+    /// Waits until data can be read. `None` waits forever; returns false on timeout.
     fn wait_readable(&mut self, timeout: Option<Duration>) -> io::Result<bool>;
 }
 
@@ -82,17 +81,17 @@ impl<F: Read + Write + AsRawFd> Transport for FdTransport<F> {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            // A signal ends the wait as a timeout would: a caller sleeping without a
-            // timeout is woken by its stop signal and looks at its flags.
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
+        loop {
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
             }
-            return Err(e);
+            return Ok(r > 0);
         }
-        Ok(r > 0)
     }
 }
