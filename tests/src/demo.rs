@@ -62,13 +62,18 @@ impl Layer {
     }
 }
 
+/// The build host's static busybox, the one binary both test images carry.
+fn read_busybox() -> io::Result<Vec<u8>> {
+    fs::read("/bin/busybox")
+        .map_err(|e| io::Error::new(e.kind(), format!("/bin/busybox (busybox-static): {e}")))
+}
+
 fn layer() -> io::Result<Vec<u8>> {
     let mut l = Layer(tar::Builder::new(Vec::new()));
     for d in ["bin", "etc", "srv", "tmp"] {
         l.add(d, tar::EntryType::Directory, 0o755, b"", None)?;
     }
-    let busybox = fs::read("/bin/busybox")
-        .map_err(|e| io::Error::new(e.kind(), format!("/bin/busybox (busybox-static): {e}")))?;
+    let busybox = read_busybox()?;
     l.add(
         "bin/busybox",
         tar::EntryType::Regular,
@@ -140,8 +145,7 @@ pub fn write_scratch_image(path: &Path) -> io::Result<()> {
     for d in ["bin", "data", "data/sub"] {
         l.add(d, tar::EntryType::Directory, 0o755, b"", None)?;
     }
-    let busybox = fs::read("/bin/busybox")
-        .map_err(|e| io::Error::new(e.kind(), format!("/bin/busybox (busybox-static): {e}")))?;
+    let busybox = read_busybox()?;
     l.add(
         "bin/busybox",
         tar::EntryType::Regular,
