@@ -384,7 +384,7 @@ impl<T: Transport> Xenstore<T> {
     }
 
     /// Waits for the next watch event; `None` timeout waits forever, and `Ok(None)` means
-    /// the timeout passed without an event.
+    /// the timeout passed, or a signal interrupted the wait, without an event.
     pub fn next_watch_event(
         &mut self,
         timeout: Option<Duration>,

@@ -13,7 +13,8 @@ pub trait Transport {
     fn send(&mut self, msg: &[u8]) -> io::Result<()>;
     /// Fills `buf` completely, blocking as needed.
     fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()>;
-    /// Waits until data can be read. `None` waits forever; returns false on timeout.
+    /// Waits until data can be read. `None` waits forever; returns false on timeout and
+    /// when a signal interrupted the wait.
     fn wait_readable(&mut self, timeout: Option<Duration>) -> io::Result<bool>;
 }
 
@@ -81,17 +82,17 @@ impl<F: Read + Write + AsRawFd> Transport for FdTransport<F> {
             events: libc::POLLIN,
             revents: 0,
         };
-        loop {
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // A signal ends the wait as a timeout would: a caller sleeping without a
+            // timeout is woken by its stop signal and looks at its flags.
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
             }
-            return Ok(r > 0);
+            return Err(e);
         }
+        Ok(r > 0)
     }
 }

@@ -588,6 +588,7 @@ pub fn supervise(
     // starts failed (a missing kernel or image fails every time: give up, do not spin).
     let mut due: BTreeMap<(String, u32), (Instant, u32)> = BTreeMap::new();
     let mut given_up: BTreeSet<String> = BTreeSet::new();
+    let mut waker = DomainEnds::new();
     loop {
         if monitor::stop_requested() {
             // Ctrl-C on an attached `up` stops the deployment, as `compose up` does;
@@ -658,9 +659,65 @@ pub fn supervise(
             let _ = writeln!(out, "{}: nothing left running", dep.name);
             break;
         }
-        std::thread::sleep(Duration::from_millis(300));
+        let next_due = due.values().map(|(when, _)| *when).min();
+        waker.wait(next_due);
     }
     Ok(())
+}
+
+/// What wakes a supervisor: any domain's end (`@releaseDomain`), a restart falling due,
+/// or a stop signal. Idle, it sleeps; for a few seconds after a domain ended it looks
+/// again every 300 ms, since the VM's watcher records the end just after the domain is
+/// gone. Without xenstore it polls every 300 ms, as before.
+struct DomainEnds {
+    xs: Option<xenstore_wire::Xenstore<xenstore_wire::AnyTransport>>,
+    busy_until: Instant,
+}
+
+/// How long a supervisor looks again every 300 ms after a domain ended.
+const AFTER_AN_END: Duration = Duration::from_secs(5);
+/// The longest an idle supervisor sleeps (it bounds the cost of a missed event).
+const SUPERVISOR_IDLE: Duration = Duration::from_secs(10);
+
+impl DomainEnds {
+    fn new() -> Self {
+        let xs = xenstore_wire::Xenstore::open_default()
+            .ok()
+            .and_then(|mut xs| xs.watch("@releaseDomain", "ends").ok().map(|()| xs));
+        Self {
+            xs,
+            busy_until: Instant::now() + AFTER_AN_END,
+        }
+    }
+
+    fn wait(&mut self, next_due: Option<Instant>) {
+        let now = Instant::now();
+        let short = Duration::from_millis(300);
+        let Some(xs) = self.xs.as_mut() else {
+            std::thread::sleep(short);
+            return;
+        };
+        let mut timeout = if now < self.busy_until {
+            short
+        } else {
+            SUPERVISOR_IDLE
+        };
+        if let Some(due) = next_due {
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
+        match xs.next_watch_event(Some(timeout)) {
+            Ok(Some(_)) => {
+                // Take whatever else is queued, then look closely for a while.
+                while let Ok(Some(_)) = xs.next_watch_event(Some(Duration::ZERO)) {}
+                self.busy_until = Instant::now() + AFTER_AN_END;
+            }
+            Ok(None) => {}
+            Err(_) => {
+                self.xs = None;
+                std::thread::sleep(short);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -281,13 +281,47 @@ fn open_log_file(path: &Path) -> io::Result<File> {
 /// Where console lines go besides the log.
 pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
 
-/// Copies the console tty at `tty` to the log (and every line to `sink`) until `done`
-/// is set and nothing more is pending.
+/// Ends a console copier: a flag, and a pipe whose other end sits in the copier's `poll`
+/// beside the console, so the copier sleeps until the guest prints or it is stopped (an
+/// idle VM costs its watcher no wake-ups).
+#[derive(Debug)]
+pub struct CopierStop {
+    flag: AtomicBool,
+    wake_read: std::os::fd::OwnedFd,
+    wake_write: std::os::fd::OwnedFd,
+}
+
+impl CopierStop {
+    /// A stop not yet given.
+    pub fn new() -> io::Result<Self> {
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        Ok(Self {
+            flag: AtomicBool::new(false),
+            wake_read,
+            wake_write,
+        })
+    }
+
+    /// Tells the copier to drain what is pending and end.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // The pipe stays readable from now on; a full pipe is as good as a written one.
+        let _ = nix::unistd::write(&self.wake_write, &[1]);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies the console tty at `tty` to the log (and every line to `sink`) until `stop`
+/// is given and nothing more is pending.
 pub fn spawn_copier(
     tty: &Path,
     log: ConsoleLog,
     sink: Option<LineSink>,
-    done: Arc<AtomicBool>,
+    stop: Arc<CopierStop>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     let file = OpenOptions::new()
         .read(true)
@@ -300,19 +334,27 @@ pub fn spawn_copier(
         nix::sys::termios::cfmakeraw(&mut t);
         let _ = nix::sys::termios::tcsetattr(&file, nix::sys::termios::SetArg::TCSANOW, &t);
     }
-    Ok(thread::spawn(move || copy(file, log, sink, &done)))
+    Ok(thread::spawn(move || {
+        // SIGINT/SIGTERM are for the watcher's thread, whose sleep they interrupt.
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+        let mut stops = SigSet::empty();
+        stops.add(Signal::SIGINT);
+        stops.add(Signal::SIGTERM);
+        let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stops), None);
+        copy(file, log, sink, &stop)
+    }))
 }
 
-/// How long one `poll` waits before looking at `done` again.
-const POLL_MS: u16 = 100;
+/// How long the copier pauses on a hung-up console (which polls ready at once).
+const HUP_PAUSE_MS: u16 = 100;
 
 /// How long the copier keeps draining after `done`: a guest that reported its exit
 /// code and keeps printing must not hold its watcher (and so its teardown) forever.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The copy loop: poll, read into a fixed buffer, split, write. Runs until `done` is set
-/// and a last read found nothing (or [`DRAIN_LIMIT`] passed since).
-pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, done: &AtomicBool) {
+/// The copy loop: poll, read into a fixed buffer, split, write. Runs until `stop` is
+/// given and a last read found nothing (or [`DRAIN_LIMIT`] passed since).
+pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, stop: &CopierStop) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 64 * 1024];
     let mut lines = LineSplitter::default();
@@ -324,21 +366,27 @@ pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, done
     };
     let mut ending_since: Option<std::time::Instant> = None;
     loop {
-        let ending = done.load(Ordering::SeqCst);
+        let ending = stop.is_stopped();
         if ending {
             let since = *ending_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() > DRAIN_LIMIT {
                 break;
             }
         }
-        let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(
-            &mut fds,
-            PollTimeout::from(if ending { 0 } else { POLL_MS }),
-        );
+        let mut fds = [
+            PollFd::new(src.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.wake_read.as_fd(), PollFlags::POLLIN),
+        ];
+        // Asleep until the guest prints or the stop comes: no timeout.
+        let timeout = if ending {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::NONE
+        };
+        let ready = poll(&mut fds, timeout);
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         let mut got = 0;
-        if matches!(ready, Ok(n) if n > 0) {
+        if matches!(ready, Ok(n) if n > 0) && !revents.is_empty() {
             match src.read(&mut buf) {
                 Ok(n) => got = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -354,7 +402,7 @@ pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, done
             }
             if revents.contains(PollFlags::POLLHUP) || revents.contains(PollFlags::POLLERR) {
                 // A hung-up tty polls ready at once: do not spin on it.
-                thread::sleep(std::time::Duration::from_millis(u64::from(POLL_MS)));
+                thread::sleep(std::time::Duration::from_millis(u64::from(HUP_PAUSE_MS)));
             }
         }
     }
@@ -481,15 +529,15 @@ mod tests {
             s.0 += 1;
             s.1 = s.1.max(l.len());
         });
-        let done = Arc::new(AtomicBool::new(false));
-        let d2 = done.clone();
-        let t = thread::spawn(move || copy(reader, log, Some(sink), &d2));
+        let stop = Arc::new(CopierStop::new().unwrap());
+        let s3 = stop.clone();
+        let t = thread::spawn(move || copy(reader, log, Some(sink), &s3));
         for _ in 0..64 {
             writer.write_all(&[b'z'; 65536]).unwrap();
         }
         writer.write_all(b"end\n").unwrap();
         drop(writer);
-        done.store(true, Ordering::SeqCst);
+        stop.stop();
         t.join().unwrap();
         let (count, longest) = *seen.lock().unwrap();
         assert_eq!(longest, MAX_CONSOLE_LINE);
@@ -510,9 +558,10 @@ mod tests {
             max_files: 1,
         };
         let log = ConsoleLog::open(&dir.path().join("console.log"), limits).unwrap();
-        let done = AtomicBool::new(true);
+        let stop = CopierStop::new().unwrap();
+        stop.stop();
         let begun = std::time::Instant::now();
-        copy(endless, log, None, &done);
+        copy(endless, log, None, &stop);
         let took = begun.elapsed();
         assert!(took < DRAIN_LIMIT * 3, "drained for {took:?}");
     }

@@ -100,8 +100,8 @@ pub fn supervise(
     let grace = vm_stop_grace(vms, id);
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let tty = ctx.console_tty(domid).context("finding the console")?;
-    let done = Arc::new(AtomicBool::new(false));
-    let console = spawn_console(&tty, vms, id, out, done.clone())?;
+    let stop = Arc::new(console::CopierStop::new().context("making the console's stop pipe")?);
+    let console = spawn_console(&tty, vms, id, out, stop.clone())?;
     install_stop_handlers();
     reserve_space(vms, id);
     let result = (|| {
@@ -118,7 +118,7 @@ pub fn supervise(
     // The domain is torn down by `finish`, which every caller runs next.
     // Let the console drain what the guest wrote before it powered off.
     thread::sleep(Duration::from_millis(100));
-    done.store(true, Ordering::SeqCst);
+    stop.stop();
     let _ = console.join();
     result
 }
@@ -321,19 +321,39 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
                 bail!("the VM's domain died without reporting an exit code (crashed?)");
             }
         }
-        wait_for_event(xs)?;
+        // Asleep until a watch fires or a stop signal interrupts the wait; a short
+        // timeout only while a deadline runs (a stop's grace, a shut-down domain).
+        let deadline_running = stop_sent.is_some() || gone_at.is_some();
+        wait_for_event(
+            xs,
+            if deadline_running {
+                BUSY_WAIT
+            } else {
+                IDLE_WAIT
+            },
+        )?;
     }
 }
 
-/// Blocks until a watch fires (taking every event already queued) or a quarter second
-/// passed, so stop requests and timeouts are still seen without events.
-fn wait_for_event<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>) -> anyhow::Result<()> {
-    let mut timeout = Duration::from_millis(250);
+/// The longest an idle watcher sleeps: every event that matters (the guest's status
+/// keys, any domain's end, SIGINT/SIGTERM, which interrupt the wait) wakes it earlier;
+/// this only bounds the cost of a missed one.
+const IDLE_WAIT: Duration = Duration::from_secs(10);
+/// The wait while a deadline runs.
+const BUSY_WAIT: Duration = Duration::from_millis(250);
+
+/// Blocks until a watch fires (taking every event already queued), a signal arrives, or
+/// `timeout` passed.
+fn wait_for_event<T: xenstore_wire::Transport>(
+    xs: &mut Xenstore<T>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut timeout = timeout;
     let begun = Instant::now();
     loop {
         match xs.next_watch_event(Some(timeout)) {
             // A guest writing its keys in a loop must not keep us from stop requests.
-            Ok(Some(_)) if begun.elapsed() > Duration::from_millis(250) => return Ok(()),
+            Ok(Some(_)) if begun.elapsed() > BUSY_WAIT => return Ok(()),
             Ok(Some(_)) => timeout = Duration::ZERO,
             Ok(None) => return Ok(()),
             // A signal (Ctrl-C): handled by the caller's next round.
@@ -354,7 +374,7 @@ fn spawn_console(
     vms: &VmStore,
     id: &str,
     out: ConsoleOut,
-    done: Arc<AtomicBool>,
+    stop: Arc<console::CopierStop>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     let limits = vms.load(id).map(|vm| vm.log).unwrap_or_default();
     let log_path = vms.dir(id).join("console.log");
@@ -373,7 +393,7 @@ fn spawn_console(
             }
         })),
     };
-    console::spawn_copier(tty, log, sink, done)
+    console::spawn_copier(tty, log, sink, stop)
 }
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).
