@@ -5,7 +5,8 @@
 # hyperxl process, of xenstored and of dom0 as a whole, and the PSS of the hyperxl
 # processes. Prints:
 #   start LABEL N MS              the N-th `run -d`
-#   cpu LABEL WHAT PERCENT        over the sample, % of one CPU (WHAT: hyperxl, xenstored, dom0)
+#   cpu LABEL WHAT PERCENT        over the sample, % of one CPU (WHAT: hyperxl, xenstored,
+#                                 dom0, and guests: the idle guests themselves, xl's Time)
 #   pss LABEL KIB_PER_VM
 set -u
 count=${1:-8}
@@ -21,6 +22,7 @@ ticks() { # the utime+stime of the given pids, summed
     done
     echo $t
 }
+guests() { xl list | awk 'NR > 2 {s += $6} END {printf "%.1f", s}'; }
 dom0_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 pids_of() { for p in /proc/[0-9]*; do [ "$(readlink $p/exe 2>/dev/null)" = "$1" ] && echo ${p#/proc/}; done; }
 for spec in "$@"; do
@@ -35,13 +37,14 @@ for spec in "$@"; do
     sleep 10
     hx=$(pids_of "$(readlink -f "$dir/hyperxl")")
     xs=$(pidof xenstored)
-    h0=$(ticks $hx) x0=$(ticks $xs) d0=$(dom0_busy)
+    h0=$(ticks $hx) x0=$(ticks $xs) d0=$(dom0_busy) g0=$(guests)
     sleep "$secs"
-    h1=$(ticks $hx) x1=$(ticks $xs) d1=$(dom0_busy)
+    h1=$(ticks $hx) x1=$(ticks $xs) d1=$(dom0_busy) g1=$(guests)
     pct() { awk -v t="$1" -v s="$secs" -v hz="$hz" 'BEGIN {printf "%.2f", 100 * t / hz / s}'; }
     echo "cpu $label hyperxl $(pct $((h1 - h0)))"
     echo "cpu $label xenstored $(pct $((x1 - x0)))"
     echo "cpu $label dom0 $(pct $((d1 - d0)))"
+    echo "cpu $label guests $(awk -v a="$g0" -v b="$g1" -v s="$secs" 'BEGIN {printf "%.2f", 100 * (b - a) / s}')"
     pss=0
     for p in $hx; do pss=$((pss + $(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null || echo 0))); done
     echo "pss $label $((pss / count))"

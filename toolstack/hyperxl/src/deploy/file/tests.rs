@@ -110,7 +110,7 @@ fn errors_name_file_and_line() {
     assert_eq!(
         error("\n[vm.db]\nimage = 'x'\nmemory = '12q'\n"),
         "/nonexistent/shop.toml:4: VM \"db\": invalid memory size \"12q\": \
-         use a number with b, k, m or g (at least 32m, which HyperKernel needs to boot)"
+         use a number with b, k, m or g (at least 24m, which HyperKernel needs to boot)"
     );
     assert_eq!(
         error("[vm.db]\nimage = 'x'\n\n[vm.web]\nmemory = '64m'\n"),
