@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs inside the test host's dom0 (see scripts/bench-idle). For each build (BUILD=DIR
-# holding hyperxl, hyperxl-block, hyperxl-vif), starts COUNT idle 32 MiB VMs with
+# holding hyperxl, hyperxl-block, hyperxl-vif), starts COUNT idle 32 MiB VMs (of type
+# IDLE_TYPE, pvh by default) with
 # `run -d`, lets them settle, then samples for SECS seconds the CPU time of every
 # hyperxl process, of xenstored and of dom0 as a whole, and the PSS of the hyperxl
 # processes. Prints:
@@ -30,7 +31,7 @@ for spec in "$@"; do
     "$dir/hyperxl" load -i /images/demo.tar >/dev/null || exit 1
     for i in $(seq "$count"); do
         s=${EPOCHREALTIME//[.,]/}
-        "$dir/hyperxl" run -d -m 32m --name "idle$i" demo sh -c "echo up $i; exec sleep 100000" >/dev/null || echo "start $label $i failed"
+        "$dir/hyperxl" run -d -m 32m --type "${IDLE_TYPE:-pvh}" --name "idle$i" demo sh -c "echo up $i; exec sleep 100000" >/dev/null || echo "start $label $i failed"
         e=${EPOCHREALTIME//[.,]/}
         echo "start $label $i $(( (e - s) / 1000 ))"
     done

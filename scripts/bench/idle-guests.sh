@@ -27,6 +27,6 @@ for round in 1 2; do
         echo "r$round $k guests_pct $(awk -v a="$g0" -v b="$g1" 'BEGIN {printf "%.2f", 100 * (b - a) / 30}')"
         echo "r$round $k dom0_idle_pct $(((i1 - i0) * 100 / 3000))"
         echo "r$round $k guest_timer_irqs_per_s $(((t1 - t0) / 30))"
-        hyperxl rm -f $(seq -f "$k%g" 6) >/dev/null
+        hyperxl rm -f "${k}1" "${k}2" "${k}3" "${k}4" "${k}5" "${k}6" >/dev/null
     done
 done
