@@ -44,8 +44,9 @@ pub const STDIN_WINDOW: usize = 2 * MAX_PAYLOAD;
 pub const MAX_ARGS: usize = 4096;
 const MAGIC: [u8; 2] = *b"hx";
 
-/// What dom0 asks the guest to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What dom0 asks the guest to run. The default is no command at all: start from
+/// [`ExecRequest::attach_app`], [`ExecRequest::builtin`] or a struct literal with `args`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// argv; `args[0]` is looked up in the PATH of `env` (as `docker exec`).
@@ -121,6 +122,26 @@ pub enum CopyPlace {
 }
 
 impl ExecRequest {
+    /// A session attached to the app itself (`run -i`/`-t`, `attach`); with `tty`, the
+    /// terminal's size at start.
+    pub fn attach_app(tty: bool, rows: u16, cols: u16) -> Self {
+        Self {
+            tty,
+            rows,
+            cols,
+            attach: true,
+            ..Self::default()
+        }
+    }
+
+    /// A session in which the init runs `builtin` (`cp`, `top`).
+    pub fn builtin(builtin: Builtin) -> Self {
+        Self {
+            builtin: Some(builtin),
+            ..Self::default()
+        }
+    }
+
     /// Checks what the guest relies on: a command, `NAME=VALUE` entries, an absolute
     /// working directory, no NUL bytes anywhere, bounded counts.
     pub fn validate(&self) -> Result<(), FrameError> {

@@ -30,15 +30,9 @@ pub fn as_exec(builtin: &Builtin) -> ExecRequest {
     };
     ExecRequest {
         args: [vec!["/proc/self/exe".to_string()], args].concat(),
-        env: Vec::new(),
         user: Some("0".into()),
         workdir: Some("/".into()),
-        tty: false,
-        rows: 0,
-        cols: 0,
-        detach: false,
-        attach: false,
-        builtin: None,
+        ..ExecRequest::default()
     }
 }
 

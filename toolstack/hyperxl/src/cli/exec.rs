@@ -75,8 +75,7 @@ pub fn run(state_dir: &Path, args: ExecArgs) -> anyhow::Result<u8> {
         rows,
         cols,
         detach: args.detach,
-        attach: false,
-        builtin: None,
+        ..ExecRequest::default()
     };
     if let Err(e) = request.validate() {
         match e {

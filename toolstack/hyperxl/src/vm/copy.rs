@@ -63,18 +63,7 @@ fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
 
 /// A session request for the init's `builtin`.
 pub fn request(builtin: Builtin) -> ExecRequest {
-    ExecRequest {
-        args: Vec::new(),
-        env: Vec::new(),
-        user: None,
-        workdir: None,
-        tty: false,
-        rows: 0,
-        cols: 0,
-        detach: false,
-        attach: false,
-        builtin: Some(builtin),
-    }
+    ExecRequest::builtin(builtin)
 }
 
 /// `cp VM:SRC DEST`: DEST `-` writes the tar stream to stdout.

@@ -301,18 +301,7 @@ pub fn attach_app(
     if tty {
         install_winch_handler();
     }
-    let request = ExecRequest {
-        args: Vec::new(),
-        env: Vec::new(),
-        user: None,
-        workdir: None,
-        tty,
-        rows,
-        cols,
-        detach: false,
-        attach: true,
-        builtin: None,
-    };
+    let request = ExecRequest::attach_app(tty, rows, cols);
     let opts = ExecOptions {
         request,
         interactive,
