@@ -107,9 +107,9 @@ for i in $(seq "$rounds"); do
 done
 
 # The smallest memory the demo image still runs in (descending; stop at the first failure).
-# hyperxl refuses less than 32m (vm::spec::MIN_MEMORY_MIB): at 24 MiB Xen's domain builder
-# cannot fit HyperKernel ("segment kernel too large").
-for m in 64 48 40 32; do
+# hyperxl refuses less than 24m (vm::spec::MIN_MEMORY_MIB): at 20 MiB a PV domain cannot
+# be built and a PVH guest runs out of memory while booting.
+for m in 64 48 40 32 24; do
     if timeout 300 hyperxl run --rm -m "${m}m" demo echo ok 2>/tmp/mem.err | grep -qx ok; then
         echo "mem $m ok"
     else
