@@ -4,9 +4,8 @@ use std::path::Path;
 
 use anyhow::bail;
 use clap::Args;
-use hyperxl_contract::control::Builtin;
+use hyperxl_contract::control::{Builtin, ExecRequest};
 
-use crate::vm::copy;
 use crate::vm::exec::{exec_with, Capture, ExecOptions, Streams};
 use crate::vm::host::terminal_safe;
 
@@ -26,7 +25,7 @@ const MAX_CELL: usize = 256;
 pub fn run(state_dir: &Path, args: TopArgs) -> anyhow::Result<u8> {
     let (table, errors) = (Capture::new(MAX_TABLE), Capture::new(4096));
     let opts = ExecOptions {
-        request: copy::request(Builtin::Top),
+        request: ExecRequest::builtin(Builtin::Top),
         interactive: false,
         detach_keys: false,
     };

@@ -61,15 +61,10 @@ fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
     Ok((r.into(), w.into()))
 }
 
-/// A session request for the init's `builtin`.
-pub fn request(builtin: Builtin) -> ExecRequest {
-    ExecRequest::builtin(builtin)
-}
-
 /// `cp VM:SRC DEST`: DEST `-` writes the tar stream to stdout.
 pub fn copy_from(state_dir: &Path, vm: &str, src: &str, dest: &str) -> anyhow::Result<()> {
     let opts = ExecOptions {
-        request: request(Builtin::CopyOut {
+        request: ExecRequest::builtin(Builtin::CopyOut {
             path: src.trim_end_matches("/.").to_string(),
         }),
         interactive: false,
@@ -135,7 +130,7 @@ pub fn copy_to(state_dir: &Path, src: &str, vm: &str, dest: &str) -> anyhow::Res
         _ => CopyPlace::Named,
     };
     let opts = ExecOptions {
-        request: request(Builtin::CopyIn {
+        request: ExecRequest::builtin(Builtin::CopyIn {
             path: dest.to_string(),
             place,
         }),

@@ -37,7 +37,7 @@ pub enum SpecBuildError {
     #[error("invalid spec: {0}")]
     Invalid(#[from] hyperxl_contract::SpecError),
     /// A memory size that does not parse.
-    #[error("invalid memory size {0:?}: use a number with b, k, m or g (at least 24m, which HyperKernel needs to boot)")]
+    #[error("invalid memory size {0:?}: use a number with b, k, m or g (at least {MIN_MEMORY_MIB}m, which HyperKernel needs to boot)")]
     BadMemory(String),
 }
 
