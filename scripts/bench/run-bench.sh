@@ -8,8 +8,12 @@
 #       destroys it on poweroff; the disk goes through Xen's bash `block` hotplug script)
 # then the disk's hotplug step (hyperxl-block against Xen's bash block script) and the
 # smallest --memory at which the demo image still runs.
-# Prints "hx MS RC", "xl MS EXITCODE", "phase hx|NAME MS" (one set per timed hx run,
-# which begins with "phase-run"), "mem MIB ok|fail" lines; diagnostics go to stderr.
+# Each round also times the same runs with a ready VM in the pool (`hp`; `hxf`/`hpf`: to
+# the first output line of `echo`, cold and pooled; `xlf`: the xl route to the guest's
+# `started` key), the pool being refilled, untimed, before each pooled run.
+# Prints "hx MS RC", "hp MS RC", "xl MS EXITCODE", "xlf MS", "hxf MS", "hpf MS",
+# "phase NAME MS" (one set per timed hx run, which begins with "phase-run"; "wphase"
+# after "phase-warm" for hp), "mem MIB ok|fail" lines; diagnostics go to stderr.
 set -u
 rounds=${1:-5}
 # Times are $EPOCHREALTIME without its point, in microseconds (a $(...) would cost a fork).
@@ -59,7 +63,7 @@ EOF
 # The wait is a xenstore watch, not a poll: each xenstore tool costs ~60 ms of dom0's one
 # emulated CPU, which a polling loop would take from the guest.
 xl_run() {
-    local s e domid code="" path wfd wpid
+    local s e f="" domid code="" path wfd wpid
     s=${EPOCHREALTIME//[.,]/}
     if ! xl create -p /tmp/bench-xl.cfg >/dev/null 2>/tmp/xl.err; then
         echo "xl create failed:" >&2; cat /tmp/xl.err >&2; echo "xl 0 create-failed"; return
@@ -74,6 +78,8 @@ xl_run() {
     # removal (the last step of the destroy xl's own monitor does on poweroff).
     while read -r -t 300 path <&"$wfd"; do
         case $path in
+            "/local/domain/$domid/data/hyperxl/started")
+                [ -n "${f:-}" ] || { f=${EPOCHREALTIME//[.,]/}; echo "xlf $(ms "$s" "$f")" >&3; } ;;
             "/local/domain/$domid/data/hyperxl/exit-code") code=$(xenstore-read "$path" 2>/dev/null) ;;
             "/local/domain/$domid") xenstore-exists "$path" || break ;;
         esac
@@ -85,13 +91,54 @@ xl_run() {
     [ "$code" = 0 ] || tail -n 20 /var/log/xen/console/guest-bench-xl.log >&2 2>/dev/null
 }
 
-xl_run >/dev/null   # warm-up
+# First output: `hyperxl run --rm demo echo first` until its line is on our stdout.
+# Prints "$1 MS" (hxf: cold, hpf: from the pool).
+first_line() {
+    local s e line
+    s=${EPOCHREALTIME//[.,]/}
+    while IFS= read -r line; do
+        [ "$line" = first ] && { e=${EPOCHREALTIME//[.,]/}; echo "$1 $(ms "$s" "$e")"; }
+    done < <(hyperxl run --rm demo echo first 2>/dev/null)
+}
+
+# The pool of the default shape (PVH, 128 MiB): size 1 and ready, no refill running;
+# or none (the cold runs must not find one).
+pool_ready() {
+    hyperxl pool fill --size 1 >/dev/null || { echo "pool fill failed" >&2; return 1; }
+    for _ in $(seq 600); do
+        [ "$(hyperxl pool ls | awk '$4 == "ready"' | wc -l)" = 1 ] && ! pgrep -f 'pool fill' >/dev/null && return 0
+        sleep 0.5
+    done
+    echo "the pool did not refill" >&2
+}
+pool_off() { hyperxl pool fill --size 0 >/dev/null; }
+
+# One run from the pool: prints "hp MS RC" and its phases (as hx, "phase-warm").
+hp() {
+    local s e rc
+    s=${EPOCHREALTIME//[.,]/}
+    HYPERXL_TIMINGS=1 hyperxl run --rm demo true >/tmp/hp.out 2>/tmp/hp.err
+    rc=$?
+    e=${EPOCHREALTIME//[.,]/}
+    echo "hp $(ms "$s" "$e") $rc"
+    [ "$rc" = 0 ] || { echo "pooled run failed ($rc):" >&2; cat /tmp/hp.out /tmp/hp.err >&2; }
+    echo phase-warm
+    awk '$1 == "hyperxl-timing:" {print "wphase", $2, $3}' /tmp/hp.err
+}
+
+exec 3>&1
+xl_run >/dev/null 3>/dev/null   # warm-up
 r=0
 while [ $r -lt "$rounds" ]; do
+    pool_off
     hx timed
+    first_line hxf
     xl_run
+    pool_ready && hp
+    pool_ready && first_line hpf
     r=$((r + 1))
 done
+pool_off
 
 # The disk's hotplug step: hyperxl-block against Xen's bash `block` script on the same
 # loop device (hyperxl falls back to it when hyperxl-block is not beside it), interleaved.

@@ -34,6 +34,8 @@ pub use spec::{
 /// What the guest reports in `data/hyperxl/state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// A pre-booted VM (`hyperxl pool`): the init waits for its spec.
+    Pooled,
     /// The init runs and prepares the root filesystem.
     Booting,
     /// The app was exec'ed.
@@ -48,6 +50,7 @@ impl State {
     /// The value written to xenstore.
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Pooled => "pooled",
             State::Booting => "booting",
             State::Started => "started",
             State::Exited => "exited",
@@ -58,6 +61,7 @@ impl State {
     /// Parses a value read from xenstore.
     pub fn parse(s: &str) -> Option<State> {
         Some(match s {
+            "pooled" => State::Pooled,
             "booting" => State::Booting,
             "started" => State::Started,
             "exited" => State::Exited,

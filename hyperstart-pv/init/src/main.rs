@@ -41,13 +41,10 @@ fn run(status: &mut Status) -> Result<(), InitError> {
     mounts::early()?;
     let dev = mounts::xenbus_device()?;
     status.attach(Xenstore::open_xenbus_at(dev)?);
-    let watch_xs = Xenstore::open_xenbus_at(dev)?;
+    let mut watch_xs = Xenstore::open_xenbus_at(dev)?;
     status.state(State::Booting);
 
-    let raw = match status.xs() {
-        Some(xs) => xs.read(keys::SPEC)?,
-        None => unreachable!("status attached above"),
-    };
+    let raw = read_spec(status, &mut watch_xs)?;
     let spec = Spec::from_json(&raw)?;
     if let Some(job) = &spec.job {
         // A helper VM: the init does the work itself, no image, no app.
@@ -139,6 +136,46 @@ fn run(status: &mut Status) -> Result<(), InitError> {
         }
     }
     Ok(())
+}
+
+/// The line a pre-booted VM's init prints once its spec arrived: the toolstack shows
+/// nothing of the console before it (see the pool in the toolstack's docs).
+const SPEC_RECEIVED: &str = "spec received";
+
+/// The spec, read at once (`hyperxl run` writes it before the domain runs), or, in a
+/// pre-booted VM, waited for: the init reports `pooled` and sleeps on a watch of the
+/// spec key until the toolstack that takes the VM writes it.
+fn read_spec(
+    status: &mut Status,
+    watch_xs: &mut Xenstore<xenstore_wire::XenbusTransport>,
+) -> Result<Vec<u8>, InitError> {
+    let Some(xs) = status.xs() else {
+        unreachable!("status attached before the spec is read")
+    };
+    match xs.read(keys::SPEC) {
+        Err(xenstore_wire::XenstoreError::Server {
+            errno: xenstore_wire::XsErrno::NoEntry,
+            ..
+        }) => {}
+        other => return Ok(other?),
+    }
+    const TOKEN: &str = "spec";
+    watch_xs.watch(keys::SPEC, TOKEN)?;
+    status.state(State::Pooled);
+    say!("pooled: waiting for a spec");
+    let raw = loop {
+        // The first event fires at once; later ones as the key (or its directory)
+        // changes. Until the key is there and readable, keep sleeping.
+        watch_xs.next_watch_event(None)?;
+        if let Some(xs) = status.xs() {
+            if let Ok(raw) = xs.read(keys::SPEC) {
+                break raw;
+            }
+        }
+    };
+    watch_xs.unwatch(keys::SPEC, TOKEN)?;
+    say!("{SPEC_RECEIVED}");
+    Ok(raw)
 }
 
 fn power_off() -> ! {

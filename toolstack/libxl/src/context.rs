@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use libxl_sys as sys;
 
-use crate::config::DomainConfig;
+use crate::config::{Disk, DomainConfig, Nic};
 use crate::error::{check, ErrorCode, LibxlError};
 use crate::ops::{DomId, DomainExit, DomainInfo, DomainOps, ShutdownReason};
 use crate::raw::RawDomainConfig;
@@ -147,6 +147,53 @@ impl Context {
         // SAFETY: ctx is live; the call returns NULL or a malloc'd string.
         let p = unsafe { sys::libxl_domid_to_name(self.ctx, domid.0) };
         take_c_string(p).map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Renames domain `domid` from `old` to `new` (`libxl_domain_rename`, one xenstore
+    /// transaction); fails if it is not called `old` any more or `new` is taken.
+    pub fn rename(&self, domid: DomId, old: &str, new: &str) -> Result<(), LibxlError> {
+        let (Ok(c_old), Ok(c_new)) = (CString::new(old), CString::new(new)) else {
+            return Err(LibxlError::call("libxl_domain_rename", sys::ERROR_INVAL));
+        };
+        // SAFETY: ctx is live and both names are NUL-terminated strings that outlive
+        // the (synchronous) call.
+        let rc =
+            unsafe { sys::libxl_domain_rename(self.ctx, domid.0, c_old.as_ptr(), c_new.as_ptr()) };
+        check("libxl_domain_rename", rc)
+    }
+
+    /// Adds a disk to a running domain (`libxl_device_disk_add`, synchronous: returns
+    /// once the backend is set up and its hotplug script has run).
+    pub fn add_disk(&self, domid: DomId, disk: &Disk) -> Result<(), LibxlError> {
+        let mut raw = sys::libxl_device_disk::default();
+        // SAFETY: raw is writable memory for one libxl_device_disk; init only writes
+        // default values into it.
+        unsafe { sys::libxl_device_disk_init(&mut raw) };
+        let rc = crate::raw::fill_disk(&mut raw, disk).map(|()| {
+            // SAFETY: ctx is live, raw is an initialised disk that outlives the call,
+            // and a NULL ao_how makes it synchronous.
+            unsafe { sys::libxl_device_disk_add(self.ctx, domid.0, &mut raw, ptr::null()) }
+        });
+        // SAFETY: raw was initialised above; dispose frees what fill_disk allocated.
+        unsafe { sys::libxl_device_disk_dispose(&mut raw) };
+        check("libxl_device_disk_add", rc?)
+    }
+
+    /// Adds a vif to a running domain as device 0 (`libxl_device_nic_add`,
+    /// synchronous, as [`Context::add_disk`]).
+    pub fn add_nic(&self, domid: DomId, nic: &Nic) -> Result<(), LibxlError> {
+        let mut raw = sys::libxl_device_nic::default();
+        // SAFETY: raw is writable memory for one libxl_device_nic; init only writes
+        // default values into it.
+        unsafe { sys::libxl_device_nic_init(&mut raw) };
+        let rc = crate::raw::fill_nic(&mut raw, nic, 0).map(|()| {
+            // SAFETY: ctx is live, raw is an initialised nic that outlives the call,
+            // and a NULL ao_how makes it synchronous.
+            unsafe { sys::libxl_device_nic_add(self.ctx, domid.0, &mut raw, ptr::null()) }
+        });
+        // SAFETY: raw was initialised above; dispose frees what fill_nic allocated.
+        unsafe { sys::libxl_device_nic_dispose(&mut raw) };
+        check("libxl_device_nic_add", rc?)
     }
 
     /// The hypervisor's version and the host's memory and CPUs (what `xl info` opens

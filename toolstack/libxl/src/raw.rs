@@ -7,7 +7,7 @@ use std::ptr;
 
 use libxl_sys as sys;
 
-use crate::config::{DomainConfig, DomainType, ShutdownAction};
+use crate::config::{Disk, DomainConfig, DomainType, Nic, ShutdownAction};
 use crate::error::LibxlError;
 
 /// An owned `libxl_domain_config`, freed by `libxl_domain_config_dispose` on drop.
@@ -90,18 +90,7 @@ impl RawDomainConfig {
             for (i, disk) in config.disks.iter().enumerate() {
                 // SAFETY: i < n and every element was initialised above; no
                 // other reference to the array exists while this one lives.
-                let raw = unsafe { &mut *disks.add(i) };
-                raw.backend_domid = 0;
-                raw.pdev_path = c_string(disk.target.as_os_str().as_bytes())?;
-                raw.vdev = c_string(disk.vdev.as_bytes())?;
-                raw.backend = sys::LIBXL_DISK_BACKEND_PHY;
-                raw.format = sys::LIBXL_DISK_FORMAT_RAW;
-                raw.readwrite = i32::from(!disk.readonly);
-                raw.is_cdrom = 0;
-                raw.removable = 0;
-                if let Some(script) = &disk.script {
-                    raw.script = c_string(script.as_os_str().as_bytes())?;
-                }
+                fill_disk(unsafe { &mut *disks.add(i) }, disk)?;
             }
         }
 
@@ -113,24 +102,7 @@ impl RawDomainConfig {
             for (i, nic) in config.nics.iter().enumerate() {
                 // SAFETY: i < n and every element was initialised above; no other
                 // reference to the array exists while this one lives.
-                let raw = unsafe { &mut *nics.add(i) };
-                raw.backend_domid = 0;
-                raw.devid = c_int_len(i)?;
-                raw.mac = nic.mac;
-                // A PV/PVH guest has no device model: the vif is its only NIC.
-                raw.nictype = sys::LIBXL_NIC_TYPE_VIF;
-                if let Some(bridge) = &nic.bridge {
-                    raw.bridge = c_string(bridge.as_bytes())?;
-                }
-                if let Some(ifname) = &nic.ifname {
-                    raw.ifname = c_string(ifname.as_bytes())?;
-                }
-                if let Some(ip) = &nic.ip {
-                    raw.ip = c_string(ip.as_bytes())?;
-                }
-                if let Some(script) = &nic.script {
-                    raw.script = c_string(script.as_os_str().as_bytes())?;
-                }
+                fill_nic(unsafe { &mut *nics.add(i) }, nic, c_int_len(i)?)?;
             }
         }
 
@@ -188,6 +160,49 @@ impl Drop for RawDomainConfig {
 /// The libxl JSON of a domain configuration, without needing Xen.
 pub fn domain_config_to_json(config: &DomainConfig) -> Result<String, LibxlError> {
     RawDomainConfig::new(config)?.to_json()
+}
+
+/// Fills an initialised `libxl_device_disk`: a `phy` disk in raw format on dom0's
+/// backend, so libxl starts no QEMU for it.
+pub(crate) fn fill_disk(raw: &mut sys::libxl_device_disk, disk: &Disk) -> Result<(), LibxlError> {
+    raw.backend_domid = 0;
+    raw.pdev_path = c_string(disk.target.as_os_str().as_bytes())?;
+    raw.vdev = c_string(disk.vdev.as_bytes())?;
+    raw.backend = sys::LIBXL_DISK_BACKEND_PHY;
+    raw.format = sys::LIBXL_DISK_FORMAT_RAW;
+    raw.readwrite = i32::from(!disk.readonly);
+    raw.is_cdrom = 0;
+    raw.removable = 0;
+    if let Some(script) = &disk.script {
+        raw.script = c_string(script.as_os_str().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Fills an initialised `libxl_device_nic` as device `devid`.
+pub(crate) fn fill_nic(
+    raw: &mut sys::libxl_device_nic,
+    nic: &Nic,
+    devid: i32,
+) -> Result<(), LibxlError> {
+    raw.backend_domid = 0;
+    raw.devid = devid;
+    raw.mac = nic.mac;
+    // A PV/PVH guest has no device model: the vif is its only NIC.
+    raw.nictype = sys::LIBXL_NIC_TYPE_VIF;
+    if let Some(bridge) = &nic.bridge {
+        raw.bridge = c_string(bridge.as_bytes())?;
+    }
+    if let Some(ifname) = &nic.ifname {
+        raw.ifname = c_string(ifname.as_bytes())?;
+    }
+    if let Some(ip) = &nic.ip {
+        raw.ip = c_string(ip.as_bytes())?;
+    }
+    if let Some(script) = &nic.script {
+        raw.script = c_string(script.as_os_str().as_bytes())?;
+    }
+    Ok(())
 }
 
 fn action(a: ShutdownAction) -> sys::libxl_action_on_shutdown {

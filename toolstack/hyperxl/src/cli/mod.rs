@@ -20,6 +20,7 @@ mod login;
 mod logs;
 mod monitor;
 mod network;
+mod pool;
 mod port;
 mod progress;
 mod ps;
@@ -137,6 +138,8 @@ pub enum Command {
     Network(network::NetworkArgs),
     /// Manage volumes.
     Volume(volume::VolumeArgs),
+    /// Keep VMs booted ahead of time, so `run` starts in a ready one.
+    Pool(pool::PoolArgs),
     /// Disk usage (`system df`) and cleanup (`system prune`).
     System(system::SystemArgs),
     /// Show the versions of hyperxl and Xen.
@@ -161,6 +164,8 @@ impl Command {
                 | Command::Cp(_)
                 | Command::Attach(_)
                 | Command::Top(_)
+                // fill boots and drain destroys VMs, cleaning up after a failure.
+                | Command::Pool(_)
         )
     }
 }
@@ -198,6 +203,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Port(args) => port::run(&cli.state_dir, args),
         Command::Network(args) => network::run(&cli.state_dir, args),
         Command::Volume(args) => volume::run(&cli.state_dir, args),
+        Command::Pool(args) => pool::run(&cli.state_dir, args),
         Command::System(args) => system::run(&cli.state_dir, args),
         Command::Version(args) => version::run(args),
         Command::Completion(args) => completion::run(args),

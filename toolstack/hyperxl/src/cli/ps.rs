@@ -19,7 +19,8 @@ pub struct PsArgs {
     #[arg(long, value_name = "NAME")]
     pub deployment: Option<String>,
     /// Filter as Docker does: `label=KEY[=VALUE]`, `name=PART`, `id=PREFIX`,
-    /// `status=created|running|exited` (repeat to combine).
+    /// `status=created|running|exited`, or `pool` for the VMs `hyperxl pool` keeps
+    /// booted (hidden otherwise); repeat to combine.
     #[arg(short = 'f', long, value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
     /// Only print VM ids.
@@ -44,11 +45,16 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
             Some(d.clone()),
         ));
     }
+    let show_pooled = filters
+        .iter()
+        .any(|f| matches!(f, Filter::Label(k, _) if k == crate::vm::pool::LABEL_POOL));
     // Asking for a status shows exited VMs too, as with Docker.
     let all = args.all || filters.iter().any(|f| matches!(f, Filter::Status(_)));
     let list: Vec<_> = reconcile_all(&vms, &Host::connect())?
         .into_iter()
         .filter(|v| all || v.status != Status::Exited)
+        // Pooled VMs are nobody's yet: shown only when asked for by their label.
+        .filter(|v| show_pooled || !crate::vm::pool::is_pooled(v))
         .filter(|v| filters.iter().all(|f| f.matches(v)))
         .collect();
     if args.quiet {
@@ -115,8 +121,12 @@ enum Filter {
 
 impl Filter {
     fn parse(s: &str) -> anyhow::Result<Self> {
+        if s == "pool" {
+            // The VMs `hyperxl pool` keeps booted, hidden otherwise.
+            return Ok(Filter::Label(crate::vm::pool::LABEL_POOL.into(), None));
+        }
         let Some((key, value)) = s.split_once('=') else {
-            bail!("invalid filter {s:?}: use KEY=VALUE (label, name, id, status)");
+            bail!("invalid filter {s:?}: use KEY=VALUE (label, name, id, status) or pool");
         };
         Ok(match key {
             "label" => match value.split_once('=') {

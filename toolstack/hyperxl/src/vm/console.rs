@@ -321,6 +321,7 @@ pub fn spawn_copier(
     tty: &Path,
     log: ConsoleLog,
     sink: Option<LineSink>,
+    skip_until: Option<&'static str>,
     stop: Arc<CopierStop>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     let file = OpenOptions::new()
@@ -341,7 +342,7 @@ pub fn spawn_copier(
         stops.add(Signal::SIGINT);
         stops.add(Signal::SIGTERM);
         let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stops), None);
-        copy(file, log, sink, &stop)
+        copy(file, log, sink, skip_until, &stop)
     }))
 }
 
@@ -353,12 +354,27 @@ const HUP_PAUSE_MS: u16 = 100;
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The copy loop: poll, read into a fixed buffer, split, write. Runs until `stop` is
-/// given and a last read found nothing (or [`DRAIN_LIMIT`] passed since).
-pub fn copy(mut src: File, mut log: ConsoleLog, mut sink: Option<LineSink>, stop: &CopierStop) {
+/// given and a last read found nothing (or [`DRAIN_LIMIT`] passed since). With
+/// `skip_until`, every line before the first that reads exactly so is dropped (a
+/// pooled VM's boot, which is not its app's).
+pub fn copy(
+    mut src: File,
+    mut log: ConsoleLog,
+    mut sink: Option<LineSink>,
+    skip_until: Option<&str>,
+    stop: &CopierStop,
+) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 64 * 1024];
     let mut lines = LineSplitter::default();
+    let mut gate = skip_until;
     let mut emit = |line: &[u8]| {
+        if let Some(marker) = gate {
+            if line.trim_ascii_end() != marker.as_bytes() {
+                return;
+            }
+            gate = None;
+        }
         log.write_line(line);
         if let Some(sink) = sink.as_mut() {
             sink(line);
@@ -531,7 +547,7 @@ mod tests {
         });
         let stop = Arc::new(CopierStop::new().unwrap());
         let s3 = stop.clone();
-        let t = thread::spawn(move || copy(reader, log, Some(sink), &s3));
+        let t = thread::spawn(move || copy(reader, log, Some(sink), None, &s3));
         for _ in 0..64 {
             writer.write_all(&[b'z'; 65536]).unwrap();
         }
@@ -544,6 +560,36 @@ mod tests {
         assert_eq!(count, 64 * 65536 / MAX_CONSOLE_LINE + 1);
         let text = fs::read(&path).unwrap();
         assert_eq!(text.len(), 64 * 65536 + count - 1 + 4);
+    }
+
+    /// A pooled VM's boot lines are neither shown nor logged: only what follows the
+    /// marker (the marker too), and a later copy of the marker is an ordinary line.
+    #[test]
+    fn lines_before_the_marker_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        let (reader, mut writer) = (File::from(reader), File::from(writer));
+        let log = ConsoleLog::open(&path, LogLimits::default()).unwrap();
+        let shown = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let s2 = shown.clone();
+        let sink: LineSink = Box::new(move |l: &[u8]| {
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(l).into_owned());
+        });
+        let stop = Arc::new(CopierStop::new().unwrap());
+        let s3 = stop.clone();
+        let t = thread::spawn(move || copy(reader, log, Some(sink), Some("MARK"), &s3));
+        writer
+            .write_all(b"boot secret\nMARKER-ish\nMARK\r\napp 1\nMARK\n")
+            .unwrap();
+        drop(writer);
+        stop.stop();
+        t.join().unwrap();
+        let shown = shown.lock().unwrap().clone();
+        assert_eq!(shown, ["MARK\r\n", "app 1\n", "MARK\n"]);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "MARK\r\napp 1\nMARK\n");
     }
 
     /// From a review: a guest that reported its exit code and kept printing held its
@@ -561,7 +607,7 @@ mod tests {
         let stop = CopierStop::new().unwrap();
         stop.stop();
         let begun = std::time::Instant::now();
-        copy(endless, log, None, &stop);
+        copy(endless, log, None, None, &stop);
         let took = begun.elapsed();
         assert!(took < DRAIN_LIMIT * 3, "drained for {took:?}");
     }

@@ -122,7 +122,11 @@ impl Host {
                     .and_then(|xs| read_exit_code(xs, domid));
                 DomainFact::Ended { exit_code }
             }
-            Ok(Some(info)) if info.paused && self.never_started(domid) => DomainFact::NeverStarted,
+            Ok(Some(info))
+                if (info.paused || self.waits_for_spec(domid)) && self.never_started(domid) =>
+            {
+                DomainFact::NeverStarted
+            }
             Ok(Some(_)) => DomainFact::Alive,
             Ok(None) => DomainFact::Gone,
             // Not knowing is not the same as gone: leave the VM as it is.
@@ -141,6 +145,15 @@ impl Host {
                     ..
                 })
             )
+        })
+    }
+
+    /// Whether the init of `domid` says it waits for a spec (a pooled VM's): running,
+    /// yet started by nobody.
+    fn waits_for_spec(&self, domid: u32) -> bool {
+        self.xs.borrow_mut().as_mut().is_some_and(|xs| {
+            xs.read(&keys::abs(domid, keys::status::STATE))
+                .is_ok_and(|s| s == hyperxl_contract::State::Pooled.as_str().as_bytes())
         })
     }
 

@@ -18,6 +18,7 @@ use xenstore_wire::{Access, Perm, Xenstore};
 
 use super::disk::LoopDisk;
 use super::monitor::{self, ConsoleOut};
+use super::pool;
 use super::spec::{self, RunFlags};
 use super::state::{self, VmState, VmStore};
 
@@ -163,6 +164,17 @@ impl Prepared {
                 ..Default::default()
             },
         })
+    }
+
+    /// What a pooled VM must be to serve this VM.
+    pub fn shape(&self) -> pool::Shape {
+        pool::Shape {
+            pv: self.opts.pv,
+            memory_mib: self.opts.memory_mib,
+            vcpus: self.opts.vcpus,
+            kernel: self.opts.kernel.clone(),
+            initrd: self.opts.initrd.clone(),
+        }
     }
 
     /// Makes this a restart of `old` (a restart policy at work): same id, name and
@@ -420,10 +432,35 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         let extra = attach_extra(vms, &id, p, &mut loops)?;
         super::timing::mark("disk-attach");
         let config = domain_config(p, rootfs.as_deref(), &extra, net.as_ref())?;
-        let domid = ctx.create_paused(&config).context("creating the domain")?;
-        built = Some(domid);
+        let shape = p.shape();
+        let settings = pool::Settings::load(vms.state_dir())?;
+        let pooled = match settings.shapes.contains_key(&shape.key()) && p.restart_of.is_none() {
+            true => pool::take(ctx, vms, &p.vm, &shape)?,
+            false => None,
+        };
+        let domid = match pooled {
+            Some(domid) => {
+                built = Some(domid);
+                super::timing::mark("pool-take");
+                pool::plug(ctx, domid, &config)?;
+                super::timing::mark("hot-add");
+                domid
+            }
+            None => {
+                let domid = ctx.create_paused(&config).context("creating the domain")?;
+                built = Some(domid);
+                super::timing::mark("domain-build");
+                domid
+            }
+        };
+        if settings.shapes.contains_key(&shape.key()) {
+            // A refill, once this run's app started; without a ready VM this run
+            // booted cold and the refill catches up.
+            if let Err(e) = pool::spawn_refill(vms.state_dir(), pooled) {
+                eprintln!("hyperxl: refilling the pool: {e:#}");
+            }
+        }
         let recorded = vms.update(&id, |vm| vm.domid = Some(domid.0))?;
-        super::timing::mark("domain-build");
         if recorded.killed {
             bail!("killed while its domain was being built");
         }

@@ -9,6 +9,7 @@ pub mod files;
 pub mod host;
 pub mod launch;
 pub mod monitor;
+pub mod pool;
 pub mod reconcile;
 pub mod spec;
 pub mod state;

@@ -106,11 +106,15 @@ pub fn supervise(
     reserve_space(vms, id);
     let result = (|| {
         // `kill`/`rm -f` may have come while the domain was being built.
-        if vms.load(id)?.killed {
+        let vm = vms.load(id)?;
+        if vm.killed {
             return Ok(EXIT_KILLED);
         }
-        ctx.unpause(domid).context("unpausing the domain")?;
-        super::timing::mark("unpause");
+        // A pooled VM's domain runs already; its init waited for the spec.
+        if !vm.labels.contains_key(super::pool::LABEL_FROM_POOL) {
+            ctx.unpause(domid).context("unpausing the domain")?;
+            super::timing::mark("unpause");
+        }
         best_effort(vms.update(id, |vm| vm.status = Status::Running));
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)
@@ -376,7 +380,13 @@ fn spawn_console(
     out: ConsoleOut,
     stop: Arc<console::CopierStop>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
-    let limits = vms.load(id).map(|vm| vm.log).unwrap_or_default();
+    let vm = vms.load(id)?;
+    let limits = vm.log;
+    // A VM taken from the pool: its boot before the spec is not the app's output.
+    let skip_until = vm
+        .labels
+        .contains_key(super::pool::LABEL_FROM_POOL)
+        .then_some(super::pool::SPEC_RECEIVED);
     let log_path = vms.dir(id).join("console.log");
     let log = console::ConsoleLog::open(&log_path, limits)
         .with_context(|| format!("creating {}", log_path.display()))?;
@@ -393,7 +403,7 @@ fn spawn_console(
             }
         })),
     };
-    console::spawn_copier(tty, log, sink, stop)
+    console::spawn_copier(tty, log, sink, skip_until, stop)
 }
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).

@@ -20,8 +20,8 @@ pub enum DomainFact {
     },
     /// Running or paused.
     Alive,
-    /// Paused, and the guest never wrote `started`: a domain only its watcher would
-    /// have unpaused.
+    /// Paused (or running a pooled VM's init that waits for its spec), and the guest
+    /// never wrote `started`: a domain only its watcher would have started.
     NeverStarted,
 }
 

@@ -1,0 +1,175 @@
+//! `hyperxl pool fill|ls|drain`: VMs booted ahead of time, each serving one `run` of
+//! its shape (see [`crate::vm::pool`]).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use crate::vm::host::{reconcile_all, Host};
+use crate::vm::pool::{self, Settings, Shape};
+use crate::vm::spec;
+use crate::vm::state::{Status, VmStore};
+
+/// Arguments of `hyperxl pool`.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    command: PoolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Boot VMs until every shape has its size ready; with --size, set that first.
+    Fill(FillArgs),
+    /// List the pool's shapes and its VMs.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the pooled VMs' names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Stop keeping any pool, and destroy every pooled VM.
+    Drain,
+}
+
+/// `pool fill`: the shape as `run` spells it.
+#[derive(Debug, Args)]
+struct FillArgs {
+    /// Keep this many VMs of this shape ready (0: none; at most 64). Without it, the
+    /// shapes set before are refilled.
+    #[arg(long)]
+    size: Option<u32>,
+    /// Memory of each VM (as `run -m`).
+    #[arg(short = 'm', long = "memory", default_value = "128m")]
+    memory: String,
+    /// Virtual CPUs of each VM.
+    #[arg(long = "cpus", visible_alias = "vcpus", default_value_t = 1)]
+    cpus: u32,
+    /// Guest type.
+    #[arg(long = "type", default_value = "pvh", value_parser = ["pvh", "pv"])]
+    kind: String,
+    /// Guest kernel (default: as `run`).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest initramfs (default: as `run`).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Run as the refill `run` starts (output to the pool's log).
+    #[arg(long, hide = true)]
+    background: bool,
+    /// Wait for this domain's app to start first.
+    #[arg(long, hide = true)]
+    after: Option<u32>,
+}
+
+impl FillArgs {
+    fn shape(&self) -> anyhow::Result<Shape> {
+        let memory_mib = spec::parse_memory(&self.memory)?;
+        if self.cpus == 0 || self.cpus > libxl::MAX_VCPUS {
+            anyhow::bail!(
+                "invalid --cpus {}: give 1 to {}",
+                self.cpus,
+                libxl::MAX_VCPUS
+            );
+        }
+        let dir = super::run::guest_dir();
+        let shape = Shape {
+            pv: self.kind == "pv",
+            memory_mib,
+            vcpus: self.cpus,
+            kernel: self.kernel.clone().unwrap_or_else(|| dir.join("vmlinuz")),
+            initrd: self
+                .initrd
+                .clone()
+                .unwrap_or_else(|| dir.join("initramfs.cpio")),
+        };
+        // Checked now, not when the refill boots it.
+        shape.boot_id()?;
+        Ok(shape)
+    }
+}
+
+/// Runs `hyperxl pool ...`.
+pub fn run(state_dir: &Path, args: PoolArgs) -> anyhow::Result<u8> {
+    let vms = VmStore::open(state_dir)?;
+    match args.command {
+        PoolCommand::Fill(f) => fill(state_dir, &vms, f),
+        PoolCommand::Ls { quiet } => ls(state_dir, &vms, quiet),
+        PoolCommand::Drain => {
+            for name in pool::drain(state_dir, &vms)? {
+                println!("{name}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn fill(state_dir: &Path, vms: &VmStore, f: FillArgs) -> anyhow::Result<u8> {
+    if let Some(domid) = f.after {
+        pool::wait_started(libxl::DomId(domid));
+    }
+    if let Some(size) = f.size {
+        let shape = f.shape()?;
+        let _lock = vms.lock()?;
+        let mut settings = Settings::load(state_dir)?;
+        settings.set(shape, size)?;
+        settings.save(state_dir)?;
+    }
+    let quiet = f.background;
+    pool::fill(state_dir, vms, |name| {
+        if !quiet {
+            println!("{name}");
+        }
+    })?;
+    Ok(0)
+}
+
+fn ls(state_dir: &Path, vms: &VmStore, quiet: bool) -> anyhow::Result<u8> {
+    let pooled: Vec<_> = reconcile_all(vms, &Host::connect())?
+        .into_iter()
+        .filter(pool::is_pooled)
+        .collect();
+    if quiet {
+        for vm in &pooled {
+            println!("{}", vm.name);
+        }
+        return Ok(0);
+    }
+    let settings = Settings::load(state_dir)?;
+    println!(
+        "{:<18} {:>4} {:>5} {:>7}",
+        "SHAPE", "SIZE", "READY", "BOOTING"
+    );
+    for (key, entry) in &settings.shapes {
+        let of_shape = || {
+            pooled
+                .iter()
+                .filter(move |v| v.labels.get(pool::LABEL_POOL) == Some(key))
+        };
+        let ready = of_shape().filter(|v| v.status == Status::Running).count();
+        let booting = of_shape().filter(|v| v.status == Status::Created).count();
+        println!("{key:<18} {:>4} {ready:>5} {booting:>7}", entry.size);
+    }
+    if !pooled.is_empty() {
+        println!();
+        println!(
+            "{:<14} {:>5} {:<18} {:<8}",
+            "NAME", "DOMID", "SHAPE", "STATUS"
+        );
+        for vm in &pooled {
+            let status = match vm.status {
+                Status::Running => "ready",
+                Status::Created => "booting",
+                Status::Exited => "ended",
+            };
+            println!(
+                "{:<14} {:>5} {:<18} {:<8}",
+                vm.name,
+                vm.domid.map_or("-".into(), |d| d.to_string()),
+                vm.labels.get(pool::LABEL_POOL).map_or("?", |s| s.as_str()),
+                status
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,555 @@
+//! Pre-booted VMs (`hyperxl pool`): domains booted ahead of time with HyperKernel and
+//! hyperstart-pv, whose init waits for a spec (`state=pooled`). `run` takes one of its
+//! shape (type, memory, vCPUs, kernel and initramfs): it renames the domain to the
+//! VM's, hot-adds the rootfs (and volumes, scratch disk and vif) and writes the spec;
+//! the waiting init mounts and execs. A pooled VM serves one run and is destroyed with
+//! it: never reused, never shared between tenants.
+//!
+//! Daemonless, as the rest of hyperxl: a pooled VM is an ordinary VM record (labelled
+//! [`LABEL_POOL`], removed when it ends) that nobody watches while it waits, so
+//! reconcile treats it as every other VM; `run` starts a refill process
+//! (`pool fill --background`) after taking one. The refill boots one VM at a time,
+//! under one lock (`pool/refill.lock`), and only while Xen has the memory for it plus
+//! [`MEMORY_RESERVE_MIB`].
+//!
+//! What the guest printed before its spec (its own boot) is not the app's: a watcher
+//! shows the console of a VM taken from the pool only from the init's
+//! [`SPEC_RECEIVED`] line on.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hyperxl_contract::{keys, State};
+use libxl::{Context, DomId, DomainConfig, DomainOps, DomainType};
+use serde::{Deserialize, Serialize};
+use xenstore_wire::Xenstore;
+
+use super::files;
+use super::monitor;
+use super::state::{self, Status, VmState, VmStore};
+
+/// Label of a pooled VM: its shape's key ([`Shape::key`]).
+pub const LABEL_POOL: &str = "hyperxl.pool";
+/// Label of a pooled VM: the kernel and initramfs it booted ([`Shape::boot_id`]).
+pub const LABEL_BOOT: &str = "hyperxl.pool.boot";
+/// Label of a VM that `run` started on a pooled VM: that VM's name.
+pub const LABEL_FROM_POOL: &str = "hyperxl.pool.from";
+/// The console line of hyperstart-pv that ends a pooled VM's boot output.
+pub const SPEC_RECEIVED: &str = "hyperstart: spec received";
+/// The most VMs a pool of one shape may hold.
+pub const MAX_SIZE: u32 = 64;
+/// Memory Xen must have left after a refill boots a pooled VM.
+pub const MEMORY_RESERVE_MIB: u64 = 64;
+/// How long a pooled VM may take to boot to its waiting init.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a pooled VM must match to serve a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// PV instead of PVH.
+    pub pv: bool,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+}
+
+impl Shape {
+    /// `pvh-128m-1cpu`: type, memory and vCPUs (the kernel is matched by
+    /// [`Shape::boot_id`]).
+    pub fn key(&self) -> String {
+        format!(
+            "{}-{}m-{}cpu",
+            if self.pv { "pv" } else { "pvh" },
+            self.memory_mib,
+            self.vcpus
+        )
+    }
+
+    /// The kernel and initramfs as they are now (path, size, modification time): a VM
+    /// booted before either was rebuilt does not serve a run.
+    pub fn boot_id(&self) -> anyhow::Result<String> {
+        let one = |p: &Path| -> anyhow::Result<String> {
+            let m = std::fs::metadata(p)
+                .with_context(|| format!("guest kernel or initramfs {}", p.display()))?;
+            Ok(format!(
+                "{}:{}:{}.{}",
+                p.display(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            ))
+        };
+        Ok(format!("{}|{}", one(&self.kernel)?, one(&self.initrd)?))
+    }
+
+    fn domain_type(&self) -> DomainType {
+        if self.pv {
+            DomainType::Pv
+        } else {
+            DomainType::Pvh
+        }
+    }
+}
+
+/// One shape's setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The shape.
+    pub shape: Shape,
+    /// How many VMs of it to keep ready.
+    pub size: u32,
+}
+
+/// The pool sizes, per shape key (`pool/settings.json`; none by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Shape key -> setting.
+    pub shapes: BTreeMap<String, Entry>,
+}
+
+fn pool_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("pool")
+}
+
+impl Settings {
+    /// The settings, or none if never set.
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = pool_dir(state_dir).join("settings.json");
+        match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the settings atomically.
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let dir = pool_dir(state_dir);
+        files::private_subdir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("settings.json");
+        let json = serde_json::to_vec_pretty(self).context("serialising the pool settings")?;
+        files::write_atomic(&path, &json).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Sets the size of `shape` (0 removes it).
+    pub fn set(&mut self, shape: Shape, size: u32) -> anyhow::Result<()> {
+        if size > MAX_SIZE {
+            bail!("invalid pool size {size}: at most {MAX_SIZE} per shape");
+        }
+        let key = shape.key();
+        if size == 0 {
+            self.shapes.remove(&key);
+        } else {
+            self.shapes.insert(key, Entry { shape, size });
+        }
+        Ok(())
+    }
+}
+
+/// Whether `vm` is a pooled VM (not yet any user's).
+pub fn is_pooled(vm: &VmState) -> bool {
+    vm.labels.contains_key(LABEL_POOL)
+}
+
+/// A pooled VM that is ready: booted to its waiting init and recorded so.
+fn is_ready(vm: &VmState) -> bool {
+    is_pooled(vm) && vm.status == Status::Running && vm.domid.is_some()
+}
+
+/// The refill lock; held by whoever boots or destroys pooled VMs.
+fn refill_lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = pool_dir(state_dir);
+    files::private_subdir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("refill.lock");
+    files::lock(&path, true)
+        .with_context(|| format!("locking {}", path.display()))?
+        .context("the refill lock")
+}
+
+/// Gives VM `vm` (recorded, not yet built) the domain of a ready pooled VM of
+/// `shape`, if there is one: the domain is renamed to the VM's, the pooled VM's record
+/// goes, and the VM's record holds the domain. `None`: no pooled VM is ready (the
+/// caller boots one cold).
+///
+/// Under the store lock, so two runs never take the same one. The rename comes first:
+/// killed after it, the VM's record finds its domain by name and reconcile destroys it
+/// (a `Created` VM whose init still waits for a spec never started).
+pub fn take(
+    ctx: &Context,
+    vms: &VmStore,
+    vm: &VmState,
+    shape: &Shape,
+) -> anyhow::Result<Option<DomId>> {
+    let (key, boot) = (shape.key(), shape.boot_id()?);
+    let _lock = vms.lock()?;
+    let mut ready: Vec<VmState> = vms
+        .list()?
+        .into_iter()
+        .filter(|v| {
+            is_ready(v)
+                && v.labels.get(LABEL_POOL) == Some(&key)
+                && v.labels.get(LABEL_BOOT) == Some(&boot)
+        })
+        .collect();
+    ready.sort_by_key(|v| v.created_at);
+    let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    for pooled in ready {
+        let Some(domid) = pooled.domid.map(DomId) else {
+            continue;
+        };
+        let old = pooled.domain_name();
+        let alive = matches!(ctx.domain_info(domid),
+            Ok(Some(info)) if info.name.as_deref() == Some(old.as_str()) && !info.shutdown && !info.dying);
+        let waiting = xs
+            .read_string(&keys::abs(domid.0, keys::status::STATE))
+            .is_ok_and(|s| s == State::Pooled.as_str());
+        if !alive || !waiting {
+            // Not ready after all; reconcile records its end, or a refill replaces it.
+            continue;
+        }
+        if ctx.rename(domid, &old, &vm.domain_name()).is_err() {
+            continue;
+        }
+        vms.remove(&pooled.id)?;
+        vms.update(&vm.id, |v| {
+            v.domid = Some(domid.0);
+            v.labels.insert(LABEL_FROM_POOL.into(), pooled.name.clone());
+        })?;
+        return Ok(Some(domid));
+    }
+    Ok(None)
+}
+
+/// Hot-adds the devices of `config` (built for a cold boot of the same VM) to a
+/// pooled VM's domain: its disks, then its vif.
+pub fn plug(ctx: &Context, domid: DomId, config: &DomainConfig) -> anyhow::Result<()> {
+    for disk in config.disks() {
+        ctx.add_disk(domid, disk)
+            .with_context(|| format!("adding disk {}", disk.vdev))?;
+    }
+    for nic in config.nics() {
+        ctx.add_nic(domid, nic)
+            .context("adding the network interface")?;
+    }
+    Ok(())
+}
+
+/// What [`fill`] did.
+#[derive(Debug, Default)]
+pub struct Filled {
+    /// Names of the VMs booted.
+    pub booted: Vec<String>,
+    /// Names of the VMs destroyed (beyond their shape's size, of an old kernel, or of
+    /// a shape no longer set).
+    pub removed: Vec<String>,
+}
+
+/// Brings every shape to its size, one VM at a time, and destroys pooled VMs no shape
+/// wants. `on_boot` hears of each VM booted. Fails when Xen has not the memory for
+/// another VM (what was booted so far stays).
+pub fn fill(
+    state_dir: &Path,
+    vms: &VmStore,
+    mut on_boot: impl FnMut(&str),
+) -> anyhow::Result<Filled> {
+    let _refill = refill_lock(state_dir)?;
+    let ctx = Context::new()?;
+    let mut done = Filled::default();
+    loop {
+        let all = super::host::reconcile_all(vms, &super::host::Host::connect())?;
+        // Settings are read again each round: `pool drain` may have cleared them.
+        let settings = Settings::load(state_dir)?;
+        let mut counts: BTreeMap<String, Vec<VmState>> = BTreeMap::new();
+        for vm in all
+            .into_iter()
+            .filter(|v| is_pooled(v) && v.status.can_stop())
+        {
+            let wanted = vm
+                .labels
+                .get(LABEL_POOL)
+                .and_then(|k| settings.shapes.get(k));
+            let current = wanted.and_then(|e| e.shape.boot_id().ok());
+            if wanted.is_none() || current.as_ref() != vm.labels.get(LABEL_BOOT) {
+                destroy(&ctx, vms, &vm);
+                done.removed.push(vm.name.clone());
+                continue;
+            }
+            counts
+                .entry(vm.labels[LABEL_POOL].clone())
+                .or_default()
+                .push(vm);
+        }
+        let mut next = None;
+        for (key, entry) in &settings.shapes {
+            let have = counts.remove(key).unwrap_or_default();
+            let size = entry.size as usize;
+            if have.len() > size {
+                let mut extra = have;
+                extra.sort_by_key(|v| std::cmp::Reverse(v.created_at));
+                for vm in extra.iter().take(extra.len() - size) {
+                    destroy(&ctx, vms, vm);
+                    done.removed.push(vm.name.clone());
+                }
+            } else if have.len() < size && next.is_none() {
+                next = Some(entry.clone());
+            }
+        }
+        let Some(entry) = next else {
+            return Ok(done);
+        };
+        let free_mib = ctx.host_info()?.free_memory_kib / 1024;
+        if free_mib < entry.shape.memory_mib + MEMORY_RESERVE_MIB {
+            bail!(
+                "not enough free memory for another pooled VM of {}: Xen has {free_mib} MiB free, {} MiB needed ({} MiB kept back)",
+                entry.shape.key(),
+                entry.shape.memory_mib + MEMORY_RESERVE_MIB,
+                MEMORY_RESERVE_MIB
+            );
+        }
+        let name = boot_one(&ctx, vms, &entry.shape)?;
+        on_boot(&name);
+        done.booted.push(name);
+    }
+}
+
+/// Destroys a pooled VM and removes its record (best effort: reconcile finishes what
+/// fails here).
+fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
+    let _ = vms.update(&vm.id, |v| v.killed = true);
+    // A refill killed while libxl built the domain never recorded its domid.
+    let domid = vm
+        .domid
+        .map(DomId)
+        .or_else(|| ctx.domid_for_name(&vm.domain_name()).ok().flatten());
+    let _ = monitor::finish(Some(ctx), vms, &vm.id, domid, Ok(monitor::EXIT_KILLED));
+}
+
+/// Boots one pooled VM of `shape` to its waiting init; returns its name. On failure
+/// nothing of it is left.
+fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<String> {
+    let id = state::new_id();
+    let mut vm = VmState::new(id.clone(), format!("pool-{}", &id[..8]), "(pool)".into());
+    vm.kind = if shape.pv { "pv" } else { "pvh" }.into();
+    vm.auto_remove = true;
+    vm.labels.insert(LABEL_POOL.into(), shape.key());
+    vm.labels.insert(LABEL_BOOT.into(), shape.boot_id()?);
+    {
+        let _lock = vms.lock()?;
+        vms.create(&vm)?;
+    }
+    let mut built = None;
+    let booted = (|| {
+        let config = DomainConfig::builder(vm.domain_name())
+            .domain_type(shape.domain_type())
+            .kernel(&shape.kernel)
+            .ramdisk(&shape.initrd)
+            .cmdline(super::launch::GUEST_CMDLINE)
+            .memory_mib(shape.memory_mib)
+            .vcpus(shape.vcpus)
+            .build()
+            .context("building the domain config")?;
+        let domid = ctx.create_paused(&config).context("creating the domain")?;
+        built = Some(domid);
+        vms.update(&id, |v| v.domid = Some(domid.0))?;
+        ctx.unpause(domid).context("unpausing the domain")?;
+        wait_pooled(ctx, domid)?;
+        vms.update(&id, |v| {
+            v.status = Status::Running;
+            // Nobody watches it while it waits: reconcile judges it by its domain.
+            v.monitor_pid = None;
+        })?;
+        Ok(vm.name.clone())
+    })();
+    if let Err(e) = &booted {
+        let _ = monitor::finish(Some(ctx), vms, &id, built, Err(anyhow::anyhow!("{e:#}")));
+    }
+    booted
+}
+
+/// Waits until the init of `domid` says `pooled` (woken by a watch on its state).
+fn wait_pooled(ctx: &Context, domid: DomId) -> anyhow::Result<()> {
+    let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    let key = keys::abs(domid.0, keys::status::STATE);
+    xs.watch(&key, "state")
+        .context("watching the guest's state")?;
+    let start = Instant::now();
+    loop {
+        let state = xs.read_string(&key).unwrap_or_default();
+        if state == State::Pooled.as_str() {
+            return Ok(());
+        }
+        if !state.is_empty() && state != State::Booting.as_str() {
+            let why = super::host::read_guest_key(&mut xs, domid.0, keys::status::ERROR)
+                .unwrap_or_else(|| {
+                    format!("its init reported {:?}", super::host::terminal_safe(&state))
+                });
+            bail!("the pooled VM did not wait for a spec: {why}");
+        }
+        match ctx.domain_info(domid) {
+            Ok(Some(info)) if !info.shutdown && !info.dying => {}
+            _ => bail!("the pooled VM's domain ended while it booted"),
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            bail!(
+                "the pooled VM did not boot within {} s",
+                BOOT_TIMEOUT.as_secs()
+            );
+        }
+        let _ = xs.next_watch_event(Some(Duration::from_secs(1)));
+    }
+}
+
+/// `pool drain`: no shape is kept any more, and every pooled VM is destroyed (after a
+/// refill that is booting one has finished it). Returns their names.
+pub fn drain(state_dir: &Path, vms: &VmStore) -> anyhow::Result<Vec<String>> {
+    Settings::default().save(state_dir)?;
+    let _refill = refill_lock(state_dir)?;
+    let ctx = Context::new()?;
+    let mut gone = Vec::new();
+    for vm in vms.list()?.into_iter().filter(is_pooled) {
+        destroy(&ctx, vms, &vm);
+        gone.push(vm.name);
+    }
+    Ok(gone)
+}
+
+/// Starts `hyperxl pool fill --background` detached (its own process group, its output
+/// in `pool/refill.log`), to refill the pool after a run took a VM from it. With
+/// `after`, it first waits for that domain's app to start, so the refill does not take
+/// the CPU from the run it follows.
+pub fn spawn_refill(state_dir: &Path, after: Option<DomId>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the hyperxl executable")?;
+    let dir = pool_dir(state_dir);
+    files::private_subdir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join("refill.log");
+    // One refill's output at a time: bounded by what one fill says.
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.process_group(0)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["pool", "fill", "--background"]);
+    if let Some(d) = after {
+        cmd.args(["--after", &d.0.to_string()]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().context("the refill log")?)
+        .stderr(log)
+        .spawn()
+        .context("starting the pool refill")?;
+    Ok(())
+}
+
+/// Waits (at most 30 s) until the app of `domid` started or the domain is gone.
+pub fn wait_started(domid: DomId) {
+    let Ok(mut xs) = Xenstore::open_default() else {
+        return;
+    };
+    let key = keys::abs(domid.0, keys::status::STARTED);
+    if xs.watch(&key, "started").is_err() || xs.watch("@releaseDomain", "release").is_err() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        match xs.read(&key) {
+            Ok(_) => return,
+            Err(xenstore_wire::XenstoreError::Server {
+                errno: xenstore_wire::XsErrno::NoEntry,
+                ..
+            }) => {}
+            // The domain (and its keys) are gone.
+            Err(_) => return,
+        }
+        if xs.read(&keys::abs(domid.0, "name")).is_err() {
+            return;
+        }
+        let _ = xs.next_watch_event(Some(Duration::from_secs(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(dir: &Path) -> Shape {
+        let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio"));
+        std::fs::write(&kernel, b"kernel").unwrap();
+        std::fs::write(&initrd, b"initrd").unwrap();
+        Shape {
+            pv: false,
+            memory_mib: 128,
+            vcpus: 1,
+            kernel,
+            initrd,
+        }
+    }
+
+    #[test]
+    fn shapes_are_keyed_by_type_memory_and_cpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = shape(dir.path());
+        assert_eq!(s.key(), "pvh-128m-1cpu");
+        s.pv = true;
+        s.memory_mib = 32;
+        s.vcpus = 2;
+        assert_eq!(s.key(), "pv-32m-2cpu");
+    }
+
+    #[test]
+    fn a_rebuilt_kernel_changes_the_boot_id_and_a_missing_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shape(dir.path());
+        let before = s.boot_id().unwrap();
+        assert_eq!(before, s.boot_id().unwrap());
+        std::fs::write(&s.kernel, b"a longer kernel").unwrap();
+        assert_ne!(before, s.boot_id().unwrap());
+        std::fs::remove_file(&s.initrd).unwrap();
+        let err = s.boot_id().unwrap_err().to_string();
+        assert!(err.contains("initramfs.cpio"), "{err}");
+    }
+
+    #[test]
+    fn settings_round_trip_and_bound_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Settings::load(dir.path()).unwrap(), Settings::default());
+        let mut settings = Settings::default();
+        settings.set(shape(dir.path()), 2).unwrap();
+        assert!(settings.set(shape(dir.path()), MAX_SIZE + 1).is_err());
+        settings.save(dir.path()).unwrap();
+        let loaded = Settings::load(dir.path()).unwrap();
+        assert_eq!(loaded.shapes["pvh-128m-1cpu"].size, 2);
+        let mut cleared = loaded;
+        cleared.set(shape(dir.path()), 0).unwrap();
+        assert!(cleared.shapes.is_empty());
+    }
+
+    #[test]
+    fn only_a_running_pooled_vm_with_a_domain_is_ready() {
+        let mut vm = VmState::new("ab".repeat(8), "pool-abababab".into(), "(pool)".into());
+        assert!(!is_pooled(&vm));
+        vm.labels.insert(LABEL_POOL.into(), "pvh-128m-1cpu".into());
+        assert!(is_pooled(&vm) && !is_ready(&vm));
+        vm.status = Status::Running;
+        assert!(!is_ready(&vm), "no domain yet");
+        vm.domid = Some(7);
+        assert!(is_ready(&vm));
+    }
+}
