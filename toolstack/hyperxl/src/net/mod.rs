@@ -186,9 +186,9 @@ pub fn attach(
     def: &NetworkDef,
     req: &NetRequest,
     prefer: Option<Ipv4Addr>,
-) -> anyhow::Result<(VmNet, Network)> {
+) -> anyhow::Result<(VmNet, Network, PendingRules)> {
     let store = NetStore::open(vms.state_dir())?;
-    let _lock = store.lock()?;
+    let lock = store.lock()?;
     ensure_bridge(def).with_context(|| format!("setting up network {}", def.name))?;
     // Ports other live VMs publish.
     let taken: Vec<(PortMap, String)> = vms
@@ -256,10 +256,19 @@ pub fn attach(
         return Err(e.into());
     }
     let rules = nft::vm_rules(id, &vm_net.vif, &vm_net.mac, ip, &vm_net.ports);
-    if let Err(e) = apply_with_base(def, &rules) {
-        teardown(&store, id, &vm_net);
-        return Err(anyhow::Error::new(e).context("installing the VM's network rules"));
-    }
+    // `nft` runs while the domain is built (the caller waits before unpausing), still
+    // under the store lock, which the rules' thread holds until they are in or undone.
+    let pending = {
+        let (def, id, net) = (def.clone(), id.to_string(), vm_net.clone());
+        std::thread::spawn(move || {
+            let _lock = lock;
+            let applied = apply_with_base(&def, &rules);
+            if applied.is_err() {
+                teardown(&store, &id, &net);
+            }
+            applied
+        })
+    };
     let guest = Network {
         address: ip,
         prefix: def.subnet.prefix(),
@@ -273,7 +282,22 @@ pub fn attach(
         dns_search: req.dns_search.clone(),
         hosts: req.hosts.clone(),
     };
-    Ok((vm_net, guest))
+    Ok((vm_net, guest, PendingRules(pending)))
+}
+
+/// A VM's rules being installed; [`PendingRules::wait`] before the guest runs. Dropped
+/// unwaited (a failed build), the install finishes on its own, and whoever tears the VM
+/// down waits for it through the store lock.
+pub struct PendingRules(std::thread::JoinHandle<Result<(), nft::NftError>>);
+
+impl PendingRules {
+    /// Waits for the rules; on failure they and the address are already gone.
+    pub fn wait(self) -> anyhow::Result<()> {
+        match self.0.join() {
+            Ok(r) => r.context("installing the VM's network rules"),
+            Err(_) => bail!("installing the VM's network rules: the installer panicked"),
+        }
+    }
 }
 
 fn teardown(store: &NetStore, id: &str, net: &VmNet) {

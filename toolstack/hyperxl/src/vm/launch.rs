@@ -401,6 +401,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let booted = (|| {
         let mut spec = p.spec.clone();
         let mut net = None;
+        let mut pending_rules = None;
         if let Some(def) = &p.net {
             let prefer = p
                 .restart_of
@@ -408,9 +409,10 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
                 .and_then(|old| old.network.as_ref())
                 .filter(|n| n.network == def.name)
                 .map(|n| n.ip);
-            let (vm_net, guest) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
+            let (vm_net, guest, rules) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
             spec.network = Some(guest);
             net = Some(vm_net);
+            pending_rules = Some(rules);
         }
         super::timing::mark("network");
         vms.write_file(&id, "spec.json", spec.to_json()?.as_bytes())
@@ -463,6 +465,11 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         let recorded = vms.update(&id, |vm| vm.domid = Some(domid.0))?;
         if recorded.killed {
             bail!("killed while its domain was being built");
+        }
+        // Before the spec: a pooled VM's init runs on as soon as it is written.
+        if let Some(rules) = pending_rules.take() {
+            rules.wait()?;
+            super::timing::mark("network-rules");
         }
         write_spec(domid, &spec)?;
         super::timing::mark("xenstore");

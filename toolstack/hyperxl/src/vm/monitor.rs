@@ -194,8 +194,12 @@ pub fn finish(
     if let (Some(ctx), Some(other)) = (ctx, recorded.filter(|d| Some(*d) != domid)) {
         let _ = destroy_if_present(ctx, other);
     }
-    // With the domain gone: its rules and its address go too.
-    crate::net::detach(vms.state_dir(), &vm);
+    // With the domain gone: its rules and its address go too, while blkback lets go of
+    // the disks.
+    let net_gone = {
+        let (state_dir, vm) = (vms.state_dir().to_path_buf(), vm.clone());
+        std::thread::spawn(move || crate::net::detach(&state_dir, &vm))
+    };
     let mut still_bound = Vec::new();
     for (dev, file) in vm.loops() {
         // blkback closes the device shortly after the domain is gone; autoclear then
@@ -207,6 +211,7 @@ pub fn finish(
             }
         }
     }
+    let _ = net_gone.join();
     // The VM's own snapshots and scratch disk go with its run; volumes stay.
     crate::volume::remove_private_files(&vm);
     let record = |vm: &mut state::VmState| {
