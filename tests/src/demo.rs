@@ -2,7 +2,8 @@
 //! `docker save` tarball of `demo:latest` built here, with no Docker engine.
 //!
 //! One layer: static busybox with a few applets, users root/nobody/app, `/srv`, and
-//! `/bin/xs` (the static xenstore tool `scripts/build-guest` builds; and `/bin/vchan-hostile`) so tests can probe
+//! `/bin/xs` (the static xenstore tool `scripts/build-guest` builds; and `/bin/vchan-hostile`,
+//! `/bin/conn-flood`) so tests can probe
 //! from inside a guest what xenstore lets it do. The config sets Cmd, Env, WorkingDir
 //! and User, so a test can see each of them honoured.
 
@@ -90,9 +91,10 @@ fn layer() -> io::Result<Vec<u8>> {
             Some("busybox"),
         )?;
     }
-    // Static test tools scripts/build-guest builds: `xs` (xenstore) and `vchan-hostile`
-    // (a guest process that corrupts an exec session's ring).
-    for tool in ["xs", "vchan-hostile"] {
+    // Static test tools scripts/build-guest builds: `xs` (xenstore), `vchan-hostile`
+    // (a guest process that corrupts an exec session's ring) and `conn-flood` (a guest
+    // that opens connection after connection).
+    for tool in ["xs", "vchan-hostile", "conn-flood"] {
         let path = guest_dir().join(tool);
         let data = fs::read(&path).map_err(|e| {
             io::Error::new(

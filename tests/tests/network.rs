@@ -1,8 +1,8 @@
 //! VM networking in the Xen test host, through the real binary (issue 11): published
-//! ports from dom0 and from "the outside", egress through NAT, `--network none`, networks
-//! kept apart, anti-spoofing, dom0's own ports closed to guests, bad input refused
-//! before any domain exists, and nothing left behind after rm, kill, a killed watcher
-//! and `down`.
+//! ports from dom0 and from "the outside", egress through NAT, a guest's connection
+//! flood capped in dom0's conntrack, `--network none`, networks kept apart,
+//! anti-spoofing, dom0's own ports closed to guests, bad input refused before any
+//! domain exists, and nothing left behind after rm, kill, a killed watcher and `down`.
 //!
 //! The test host has no NIC: "the outside" is a network namespace in dom0 joined by a
 //! veth pair, addressed from 198.18.0.0/15 (dom0 198.18.0.1, outside 198.18.0.2).
@@ -99,6 +99,22 @@ fn vms_serve_publish_ports_and_stay_apart() {
             &step(
                 r#"hyperxl run --rm demo timeout 10 wget -q -O - http://198.18.0.2/cgi-bin/ip
                 echo "rc=$?""#,
+            ),
+        )
+        .step(
+            // A guest opening connection after connection (UDP, a new source port
+            // each) fills dom0's conntrack table only up to its own cap; another VM
+            // still gets out.
+            "flood",
+            &step(
+                r#"hyperxl run -d --name flood demo sleep 600 >/dev/null || exit 1
+                ct() { cat /proc/sys/net/netfilter/nf_conntrack_count; }
+                echo "max=$(cat /proc/sys/net/netfilter/nf_conntrack_max)"
+                before=$(ct)
+                hyperxl exec flood /bin/conn-flood 198.18.0.2 9 6000
+                echo "grew=$(($(ct) - before))"
+                echo "others=$(hyperxl run --rm demo timeout 10 wget -q -O - http://198.18.0.2/)"
+                hyperxl rm -f flood >/dev/null"#,
             ),
         )
         .step(
@@ -205,6 +221,17 @@ fn vms_serve_publish_ports_and_stay_apart() {
         egress.stdout, "198.18.0.1\nrc=0\n",
         "the outside sees dom0's address: {egress}"
     );
+
+    let flood = &run["flood"].assert_success("flood").stdout;
+    eprintln!("network: flood\n{flood}");
+    assert_eq!(value(flood, "sent "), "6000", "{flood}");
+    let grew: u32 = value(flood, "grew=").parse().unwrap();
+    // The cap (CONNTRACK_PER_GUEST, 4096) stopped the flood, not the guest: it reached it.
+    assert!(
+        (4000..=4096 + 64).contains(&grew),
+        "conntrack grew by {grew}: {flood}"
+    );
+    assert_eq!(value(flood, "others="), "outside-page", "{flood}");
 
     let files = &run["files"].assert_success("files").stdout;
     let lines: Vec<&str> = files.lines().collect();

@@ -444,8 +444,6 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
             Some(domid) => {
                 built = Some(domid);
                 super::timing::mark("pool-take");
-                pool::plug(ctx, domid, &config)?;
-                super::timing::mark("hot-add");
                 domid
             }
             None => {
@@ -456,8 +454,8 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
             }
         };
         if settings.shapes.contains_key(&shape.key()) {
-            // A refill, once this run's app started; without a ready VM this run
-            // booted cold and the refill catches up.
+            // A refill, once this run ended or ran a while; without a ready VM this
+            // run booted cold and the refill catches up.
             if let Err(e) = pool::spawn_refill(vms.state_dir(), pooled) {
                 eprintln!("hyperxl: refilling the pool: {e:#}");
             }
@@ -473,6 +471,12 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         }
         write_spec(domid, &spec)?;
         super::timing::mark("xenstore");
+        if pooled.is_some() {
+            // The waiting init reads its spec meanwhile, and then waits for the disks
+            // and the vif (as in any boot).
+            pool::plug(ctx, domid, &config)?;
+            super::timing::mark("hot-add");
+        }
         Ok(Booted {
             id: id.clone(),
             domid,

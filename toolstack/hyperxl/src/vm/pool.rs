@@ -427,8 +427,8 @@ pub fn drain(state_dir: &Path, vms: &VmStore) -> anyhow::Result<Vec<String>> {
 
 /// Starts `hyperxl pool fill --background` detached (its own process group, its output
 /// in `pool/refill.log`), to refill the pool after a run took a VM from it. With
-/// `after`, it first waits for that domain's app to start, so the refill does not take
-/// the CPU from the run it follows.
+/// `after`, it first waits for that run to end or to have run a while
+/// ([`wait_for_run`]), so the refill does not take the CPU from the run it follows.
 pub fn spawn_refill(state_dir: &Path, after: Option<DomId>) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the hyperxl executable")?;
     let dir = pool_dir(state_dir);
@@ -458,8 +458,15 @@ pub fn spawn_refill(state_dir: &Path, after: Option<DomId>) -> anyhow::Result<()
     Ok(())
 }
 
-/// Waits (at most 30 s) until the app of `domid` started or the domain is gone.
-pub fn wait_started(domid: DomId) {
+/// How long after a run's app started its refill waits for the run to end first: a
+/// short run (`run --rm IMG true`) then ends without a refill booting beside it on
+/// dom0's CPU (measured: it doubled the app and teardown phases of a pooled run in the
+/// test host), while a service's pool is refilled soon after it started.
+const REFILL_AFTER_START: Duration = Duration::from_secs(10);
+
+/// Waits until the run on `domid` ended, or [`REFILL_AFTER_START`] after its app
+/// started (at most a minute for an app that never starts).
+pub fn wait_for_run(domid: DomId) {
     let Ok(mut xs) = Xenstore::open_default() else {
         return;
     };
@@ -467,21 +474,22 @@ pub fn wait_started(domid: DomId) {
     if xs.watch(&key, "started").is_err() || xs.watch("@releaseDomain", "release").is_err() {
         return;
     }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        match xs.read(&key) {
-            Ok(_) => return,
-            Err(xenstore_wire::XenstoreError::Server {
-                errno: xenstore_wire::XsErrno::NoEntry,
-                ..
-            }) => {}
-            // The domain (and its keys) are gone.
-            Err(_) => return,
-        }
+    let begun = Instant::now();
+    let mut started: Option<Instant> = None;
+    while begun.elapsed() < Duration::from_secs(60) {
+        // The domain (and its keys) gone: the run ended.
         if xs.read(&keys::abs(domid.0, "name")).is_err() {
             return;
         }
-        let _ = xs.next_watch_event(Some(Duration::from_secs(1)));
+        if started.is_none() && xs.read(&key).is_ok() {
+            started = Some(Instant::now());
+        }
+        let wait = match started {
+            Some(at) if at.elapsed() >= REFILL_AFTER_START => return,
+            Some(at) => REFILL_AFTER_START - at.elapsed(),
+            None => Duration::from_secs(1),
+        };
+        let _ = xs.next_watch_event(Some(wait.min(Duration::from_secs(1))));
     }
 }
 
