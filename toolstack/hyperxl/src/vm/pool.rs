@@ -163,9 +163,10 @@ pub fn is_pooled(vm: &VmState) -> bool {
     vm.labels.contains_key(LABEL_POOL)
 }
 
-/// A pooled VM that is ready: booted to its waiting init and recorded so.
+/// A pooled VM that is ready: booted to its waiting init, recorded so, and not being
+/// destroyed.
 fn is_ready(vm: &VmState) -> bool {
-    is_pooled(vm) && vm.status == Status::Running && vm.domid.is_some()
+    is_pooled(vm) && vm.status == Status::Running && vm.domid.is_some() && !vm.killed
 }
 
 /// The refill lock; held by whoever boots or destroys pooled VMs.
@@ -325,9 +326,21 @@ pub fn fill(
 }
 
 /// Destroys a pooled VM and removes its record (best effort: reconcile finishes what
-/// fails here).
+/// fails here). Under the store lock it is first marked killed, which no `take` picks,
+/// unless a run took it meanwhile: then it is that run's and left alone.
 fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
-    let _ = vms.update(&vm.id, |v| v.killed = true);
+    let marked = {
+        let Ok(_lock) = vms.lock() else {
+            return;
+        };
+        match vms.load(&vm.id) {
+            Ok(current) if is_pooled(&current) => vms.update(&vm.id, |v| v.killed = true),
+            _ => return,
+        }
+    };
+    let Ok(vm) = marked else {
+        return;
+    };
     // A refill killed while libxl built the domain never recorded its domid.
     let domid = vm
         .domid
@@ -559,5 +572,7 @@ mod tests {
         assert!(!is_ready(&vm), "no domain yet");
         vm.domid = Some(7);
         assert!(is_ready(&vm));
+        vm.killed = true;
+        assert!(!is_ready(&vm), "being destroyed");
     }
 }
