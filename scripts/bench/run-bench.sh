@@ -106,7 +106,7 @@ first_line() {
 pool_ready() {
     hyperxl pool fill --size 1 >/dev/null || { echo "pool fill failed" >&2; return 1; }
     for _ in $(seq 600); do
-        [ "$(hyperxl pool ls | awk '$4 == "ready"' | wc -l)" = 1 ] && ! pgrep -f 'pool fill' >/dev/null && return 0
+        [ "$(hyperxl pool ls | awk '$4 == "ready"' | wc -l)" = 1 ] && ! ps -o args | grep -q '[p]ool fill' && return 0
         sleep 0.5
     done
     echo "the pool did not refill" >&2

@@ -21,7 +21,7 @@ fn runs_start_in_pooled_vms_once_each_and_the_pool_cleans_up() {
     hyperxl_e2e::demo::write_docker_save(&image).unwrap();
     // Waits until the pool holds N ready VMs and no refill runs.
     let settle = r#"settle() { for t in $(seq 600); do
-    [ "$(hyperxl pool ls | awk '$4 == "ready"' | wc -l)" = "$1" ] && ! pgrep -f 'pool fill' >/dev/null && return 0
+    [ "$(hyperxl pool ls | awk '$4 == "ready"' | wc -l)" = "$1" ] && ! ps -o args | grep -q '[p]ool fill' && return 0
     sleep 0.5; done; return 1; }
 pooled() { hyperxl pool ls | awk '$4 == "ready" {print $2}' | sort -n | tr '\n' ' '; }"#;
     let fill = format!(
