@@ -57,9 +57,6 @@ struct FillArgs {
     /// Run as the refill `run` starts (output to the pool's log).
     #[arg(long, hide = true)]
     background: bool,
-    /// Wait for the run on this domain to end, or to have run a while, first.
-    #[arg(long, hide = true)]
-    after: Option<u32>,
 }
 
 impl FillArgs {
@@ -105,9 +102,6 @@ pub fn run(state_dir: &Path, args: PoolArgs) -> anyhow::Result<u8> {
 }
 
 fn fill(state_dir: &Path, vms: &VmStore, f: FillArgs) -> anyhow::Result<u8> {
-    if let Some(domid) = f.after {
-        pool::wait_for_run(libxl::DomId(domid));
-    }
     if let Some(size) = f.size {
         let shape = f.shape()?;
         let _lock = vms.lock()?;

@@ -453,10 +453,10 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
                 domid
             }
         };
-        if settings.shapes.contains_key(&shape.key()) {
-            // A refill, once this run ended or ran a while; without a ready VM this
-            // run booted cold and the refill catches up.
-            if let Err(e) = pool::spawn_refill(vms.state_dir(), pooled) {
+        if pooled.is_none() && settings.shapes.contains_key(&shape.key()) {
+            // No ready VM of a shape that is kept: the refill catches up. (After a run
+            // on a pooled VM, its watcher starts the refill: see pool::refill_once.)
+            if let Err(e) = pool::spawn_refill(vms.state_dir()) {
                 eprintln!("hyperxl: refilling the pool: {e:#}");
             }
         }

@@ -242,6 +242,10 @@ pub fn finish(
         Ok(())
     };
     super::timing::mark("teardown");
+    if vm.labels.contains_key(super::pool::LABEL_FROM_POOL) {
+        // The run is over: its pooled VM is replaced now, if not already.
+        super::pool::refill_once(vms.state_dir());
+    }
     // The run's own error matters more than a failure to record it.
     let code = result?;
     recorded?;
@@ -262,6 +266,12 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
     let mut gone_at: Option<Instant> = None;
     let mut started = false;
     let mut destroyed = false;
+    // A VM taken from the pool: its refill starts once the app has run a while (or
+    // at its end, in `finish`).
+    let pooled = vms
+        .load(id)
+        .is_ok_and(|vm| vm.labels.contains_key(super::pool::LABEL_FROM_POOL));
+    let mut refill_at: Option<Instant> = None;
     // Woken by the guest's status keys and by any domain's death, not by a timer: on a
     // busy dom0 (or one emulated CPU) polling would take time from the guests.
     xs.watch(&keys::abs(domid.0, keys::STATUS_DIR), "status")
@@ -300,6 +310,13 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
                 d.release();
             }
             best_effort(vms.update(id, |vm| vm.started_at = Some(state::now())));
+            if pooled {
+                refill_at = Some(Instant::now() + super::pool::REFILL_AFTER_START);
+            }
+        }
+        if refill_at.is_some_and(|t| Instant::now() >= t) {
+            refill_at = None;
+            super::pool::refill_once(vms.state_dir());
         }
         if STOP_REQUESTED.load(Ordering::SeqCst) && stop_sent.is_none() {
             let _ = xs.write(&keys::abs(domid.0, keys::SHUTDOWN), b"stop");
@@ -333,14 +350,13 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         // Asleep until a watch fires or a stop signal interrupts the wait; a short
         // timeout only while a deadline runs (a stop's grace, a shut-down domain).
         let deadline_running = stop_sent.is_some() || gone_at.is_some();
-        wait_for_event(
-            xs,
-            if deadline_running {
-                BUSY_WAIT
-            } else {
-                IDLE_WAIT
-            },
-        )?;
+        let wait = if deadline_running {
+            BUSY_WAIT
+        } else {
+            IDLE_WAIT
+        };
+        let until_refill = refill_at.map_or(wait, |t| t.saturating_duration_since(Instant::now()));
+        wait_for_event(xs, wait.min(until_refill))?;
     }
 }
 

@@ -7,8 +7,9 @@
 //!
 //! Daemonless, as the rest of hyperxl: a pooled VM is an ordinary VM record (labelled
 //! [`LABEL_POOL`], removed when it ends) that nobody watches while it waits, so
-//! reconcile treats it as every other VM; `run` starts a refill process
-//! (`pool fill --background`) after taking one. The refill boots one VM at a time,
+//! reconcile treats it as every other VM; the watcher of a run on a pooled VM starts a
+//! refill process (`pool fill --background`) once the run ended or ran a while
+//! ([`refill_once`]). The refill boots one VM at a time,
 //! under one lock (`pool/refill.lock`), and only while Xen has the memory for it plus
 //! [`MEMORY_RESERVE_MIB`].
 //!
@@ -439,10 +440,8 @@ pub fn drain(state_dir: &Path, vms: &VmStore) -> anyhow::Result<Vec<String>> {
 }
 
 /// Starts `hyperxl pool fill --background` detached (its own process group, its output
-/// in `pool/refill.log`), to refill the pool after a run took a VM from it. With
-/// `after`, it first waits for that run to end or to have run a while
-/// ([`wait_for_run`]), so the refill does not take the CPU from the run it follows.
-pub fn spawn_refill(state_dir: &Path, after: Option<DomId>) -> anyhow::Result<()> {
+/// in `pool/refill.log`), to refill the pool (see [`refill_once`]).
+pub fn spawn_refill(state_dir: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the hyperxl executable")?;
     let dir = pool_dir(state_dir);
     files::private_subdir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -455,15 +454,12 @@ pub fn spawn_refill(state_dir: &Path, after: Option<DomId>) -> anyhow::Result<()
         .custom_flags(libc::O_NOFOLLOW)
         .open(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.process_group(0)
+    Command::new(exe)
+        .process_group(0)
         .arg("--state-dir")
         .arg(state_dir)
-        .args(["pool", "fill", "--background"]);
-    if let Some(d) = after {
-        cmd.args(["--after", &d.0.to_string()]);
-    }
-    cmd.stdin(Stdio::null())
+        .args(["pool", "fill", "--background"])
+        .stdin(Stdio::null())
         .stdout(log.try_clone().context("the refill log")?)
         .stderr(log)
         .spawn()
@@ -471,40 +467,28 @@ pub fn spawn_refill(state_dir: &Path, after: Option<DomId>) -> anyhow::Result<()
     Ok(())
 }
 
+/// Set once this process started the refill for the VM it watches.
+static REFILL_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts the refill that follows a run on a pooled VM, once per process: its watcher
+/// calls this when the run ended, or [`REFILL_AFTER_START`] after its app started,
+/// whichever comes first, so the refill's boot never shares dom0's CPU with the start
+/// of the run it follows.
+pub fn refill_once(state_dir: &Path) {
+    if REFILL_STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if let Err(e) = spawn_refill(state_dir) {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "hyperxl: refilling the pool: {e:#}");
+    }
+}
+
 /// How long after a run's app started its refill waits for the run to end first: a
 /// short run (`run --rm IMG true`) then ends without a refill booting beside it on
 /// dom0's CPU (measured: it doubled the app and teardown phases of a pooled run in the
 /// test host), while a service's pool is refilled soon after it started.
-const REFILL_AFTER_START: Duration = Duration::from_secs(10);
-
-/// Waits until the run on `domid` ended, or [`REFILL_AFTER_START`] after its app
-/// started (at most a minute for an app that never starts).
-pub fn wait_for_run(domid: DomId) {
-    let Ok(mut xs) = Xenstore::open_default() else {
-        return;
-    };
-    let key = keys::abs(domid.0, keys::status::STARTED);
-    if xs.watch(&key, "started").is_err() || xs.watch("@releaseDomain", "release").is_err() {
-        return;
-    }
-    let begun = Instant::now();
-    let mut started: Option<Instant> = None;
-    while begun.elapsed() < Duration::from_secs(60) {
-        // The domain (and its keys) gone: the run ended.
-        if xs.read(&keys::abs(domid.0, "name")).is_err() {
-            return;
-        }
-        if started.is_none() && xs.read(&key).is_ok() {
-            started = Some(Instant::now());
-        }
-        let wait = match started {
-            Some(at) if at.elapsed() >= REFILL_AFTER_START => return,
-            Some(at) => REFILL_AFTER_START - at.elapsed(),
-            None => Duration::from_secs(1),
-        };
-        let _ = xs.next_watch_event(Some(wait.min(Duration::from_secs(1))));
-    }
-}
+pub const REFILL_AFTER_START: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
