@@ -10,10 +10,16 @@
 //! makes guest-writable. A stop request is best sent through [`SHUTDOWN`]: the guest
 //! kernel's own handler also consumes `control/shutdown` (it acknowledges by writing "").
 
+/// dom0's directory for the guest: the spec, stop requests, exec sessions (guest
+/// read-only).
+pub const SPEC_DIR: &str = "hyperxl";
 /// The spec JSON, written by dom0, read-only for the guest.
 pub const SPEC: &str = "hyperxl/spec";
-/// The contract's own shutdown request, written by dom0 (any non-empty value, e.g. `stop`).
+/// The contract's own shutdown request, written by dom0 (any non-empty value; dom0
+/// writes [`STOP_REQUEST`]).
 pub const SHUTDOWN: &str = "hyperxl/shutdown";
+/// The value dom0 writes to [`SHUTDOWN`] (`hyperxl stop`, a watcher's SIGTERM).
+pub const STOP_REQUEST: &str = "stop";
 /// Exec sessions: dom0 announces each one's vchan at `hyperxl/exec/<ID>` (`ring-ref`,
 /// `event-channel`, guest read-only); the guest connects and speaks
 /// [`crate::control`] on it. dom0 removes the directory when the session ends.
@@ -67,6 +73,9 @@ mod tests {
             "/local/domain/3/data/hyperxl/exit-code"
         );
         assert!(status::STATE.starts_with(STATUS_DIR));
+        for dom0s in [SPEC, SHUTDOWN, EXEC_DIR] {
+            assert!(dom0s.starts_with(&format!("{SPEC_DIR}/")), "{dom0s}");
+        }
     }
 
     #[test]

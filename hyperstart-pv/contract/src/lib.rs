@@ -16,6 +16,7 @@
 //! assert_eq!(spec.rootfs.device, "/dev/xvda");
 //! ```
 
+pub mod console;
 pub mod control;
 pub mod env;
 pub mod exit;

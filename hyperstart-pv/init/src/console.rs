@@ -1,7 +1,6 @@
 //! The init's own console lines, prefixed so the host can filter them.
 
-/// The prefix of every line the init itself prints.
-pub const PREFIX: &str = "hyperstart: ";
+pub use hyperxl_contract::console::PREFIX;
 
 /// Prints one prefixed line on the console (stderr of PID 1 is /dev/console).
 macro_rules! say {

@@ -138,10 +138,6 @@ fn run(status: &mut Status) -> Result<(), InitError> {
     Ok(())
 }
 
-/// The line a pre-booted VM's init prints once its spec arrived: the toolstack shows
-/// nothing of the console before it (see the pool in the toolstack's docs).
-const SPEC_RECEIVED: &str = "spec received";
-
 /// The spec, read at once (`hyperxl run` writes it before the domain runs), or, in a
 /// pre-booted VM, waited for: the init reports `pooled` and sleeps on a watch of the
 /// spec key until the toolstack that takes the VM writes it.
@@ -162,7 +158,7 @@ fn read_spec(
     const TOKEN: &str = "spec";
     watch_xs.watch(keys::SPEC, TOKEN)?;
     status.state(State::Pooled);
-    say!("pooled: waiting for a spec");
+    eprintln!("{}", hyperxl_contract::console::POOLED_WAITING);
     let raw = loop {
         // The first event fires at once; later ones as the key (or its directory)
         // changes. Until the key is there and readable, keep sleeping.
@@ -174,7 +170,8 @@ fn read_spec(
         }
     };
     watch_xs.unwatch(keys::SPEC, TOKEN)?;
-    say!("{SPEC_RECEIVED}");
+    // The toolstack shows nothing of the console before this line.
+    eprintln!("{}", hyperxl_contract::console::SPEC_RECEIVED);
     Ok(raw)
 }
 

@@ -8,7 +8,7 @@ use xenstore_wire::{AnyTransport, Xenstore};
 use super::reconcile::DomainFact;
 
 /// Exit status when the VM died without reporting one, or the init failed.
-pub const EXIT_CRASHED: i32 = 125;
+pub const EXIT_CRASHED: i32 = hyperxl_contract::exit::INIT_FAILED;
 
 /// Reads one of the guest's keys as text fit for a terminal. Everything under `data/`
 /// is written by the guest, so it is untrusted: control and format characters become
@@ -191,11 +191,13 @@ impl Host {
     /// not (any more) the one called `name`.
     pub fn request_stop(&self, domid: u32, name: &str) -> bool {
         self.is_ours(domid, name)
-            && self
-                .xs
-                .borrow_mut()
-                .as_mut()
-                .is_some_and(|xs| xs.write(&keys::abs(domid, keys::SHUTDOWN), b"stop").is_ok())
+            && self.xs.borrow_mut().as_mut().is_some_and(|xs| {
+                xs.write(
+                    &keys::abs(domid, keys::SHUTDOWN),
+                    keys::STOP_REQUEST.as_bytes(),
+                )
+                .is_ok()
+            })
     }
 }
 

@@ -492,7 +492,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
 /// Writes the spec where the guest reads it: readable, never writable, by the guest.
 pub fn write_spec(domid: DomId, spec: &Spec) -> anyhow::Result<()> {
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
-    let dir = keys::abs(domid.0, "hyperxl");
+    let dir = keys::abs(domid.0, keys::SPEC_DIR);
     let spec_path = keys::spec_path(domid.0);
     let perms = [
         Perm {

@@ -282,7 +282,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         if let Some(code) = read_exit_code(xs, domid.0) {
             // The key is dom0's own (the guest cannot write below `hyperxl/`).
             let stop_key = xs.read(&keys::abs(domid.0, keys::SHUTDOWN));
-            if stop_key.is_ok_and(|v| v == b"stop") {
+            if stop_key.is_ok_and(|v| v == keys::STOP_REQUEST.as_bytes()) {
                 STOP_SEEN.store(true, Ordering::SeqCst);
             }
             if !started {
@@ -319,7 +319,10 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             super::pool::refill_once(vms.state_dir());
         }
         if STOP_REQUESTED.load(Ordering::SeqCst) && stop_sent.is_none() {
-            let _ = xs.write(&keys::abs(domid.0, keys::SHUTDOWN), b"stop");
+            let _ = xs.write(
+                &keys::abs(domid.0, keys::SHUTDOWN),
+                keys::STOP_REQUEST.as_bytes(),
+            );
             stop_sent = Some(Instant::now());
         }
         let overdue = Duration::from_secs(u64::from(grace) + 5);
@@ -407,7 +410,7 @@ fn spawn_console(
     let skip_until = vm
         .labels
         .contains_key(super::pool::LABEL_FROM_POOL)
-        .then_some(super::pool::SPEC_RECEIVED);
+        .then_some(hyperxl_contract::console::SPEC_RECEIVED);
     let log_path = vms.dir(id).join("console.log");
     let log = console::ConsoleLog::open(&log_path, limits)
         .with_context(|| format!("creating {}", log_path.display()))?;
@@ -429,7 +432,9 @@ fn spawn_console(
 
 /// The guest kernel's and the init's own console lines (hidden unless `--debug`).
 pub fn is_init_line(line: &str) -> bool {
-    line.starts_with("hyperstart: ") || line.starts_with("reboot: ") || is_kernel_line(line)
+    hyperxl_contract::console::is_init_line(line)
+        || line.starts_with("reboot: ")
+        || is_kernel_line(line)
 }
 
 /// A kernel message as printk prints it: `[  12.345678] ...`. Other lines that start

@@ -15,7 +15,7 @@
 //!
 //! What the guest printed before its spec (its own boot) is not the app's: a watcher
 //! shows the console of a VM taken from the pool only from the init's
-//! [`SPEC_RECEIVED`] line on.
+//! [`hyperxl_contract::console::SPEC_RECEIVED`] line on.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -40,8 +40,6 @@ pub const LABEL_POOL: &str = "hyperxl.pool";
 pub const LABEL_BOOT: &str = "hyperxl.pool.boot";
 /// Label of a VM that `run` started on a pooled VM: that VM's name.
 pub const LABEL_FROM_POOL: &str = "hyperxl.pool.from";
-/// The console line of hyperstart-pv that ends a pooled VM's boot output.
-pub const SPEC_RECEIVED: &str = "hyperstart: spec received";
 /// The most VMs a pool of one shape may hold.
 pub const MAX_SIZE: u32 = 64;
 /// Memory Xen must have left after a refill boots a pooled VM.
