@@ -222,11 +222,18 @@ pub fn take(
         if ctx.rename(domid, &old, &vm.domain_name()).is_err() {
             continue;
         }
-        vms.remove(&pooled.id)?;
-        vms.update(&vm.id, |v| {
+        let recorded = vms.update(&vm.id, |v| {
             v.domid = Some(domid.0);
             v.labels.insert(LABEL_FROM_POOL.into(), pooled.name.clone());
-        })?;
+        });
+        if let Err(e) = recorded {
+            // Renamed but nobody's: gone again rather than left behind.
+            let _ = ctx.destroy(domid);
+            return Err(e.into());
+        }
+        // Should this fail, the pooled record names a domain that is not called so any
+        // more: reconcile drops it (the domain is the VM's).
+        let _ = vms.remove(&pooled.id);
         return Ok(Some(domid));
     }
     Ok(None)
