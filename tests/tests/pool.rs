@@ -2,8 +2,8 @@
 //! a ready VM of its shape (hot-added rootfs, volume and vif; the spec written to the
 //! waiting init), each pooled VM serves one run in a domain of its own, nothing the
 //! pooled VM printed before its spec reaches the app's output, the pool refills
-//! itself, a refill killed with -9 leaves nothing `pool drain` cannot clean, and
-//! `pool drain` leaves only Domain-0.
+//! itself (after a run, and at boot through `system reconcile`), a refill killed with
+//! -9 leaves nothing `pool drain` cannot clean, and `pool drain` leaves only Domain-0.
 //!
 //! The VMs are PV with 64 MiB (an idle PVH guest is costly in the emulated test host
 //! only: see density.rs); one PVH pool shows the default type's hot-add too.
@@ -75,6 +75,17 @@ hyperxl stop web >/dev/null; echo "web_exit=$(hyperxl wait web)"
 hyperxl rm web >/dev/null
 echo "reused=$(hyperxl run --rm -m 64m -v data:/data demo cat /data/f)""#
     );
+    // As after a dom0 reboot: the pooled domains are gone; the boot-time reconcile
+    // refills the pool.
+    let reboot = format!(
+        r#"{settle}
+settle 1 || exit 1
+for d in $(xl list | awk '/^hyperxl-pool-/ {{print $1}}'); do xl destroy $d; done
+echo "left=$(xl list | grep -c '^hyperxl-pool-')"
+echo "refill_msg=$(hyperxl system reconcile | grep -c 'pool: refilling')"
+settle 1 && echo "refilled=yes"
+echo "pool_domains=$(xl list | grep -c '^hyperxl-pool-')""#
+    );
     // A refill killed with -9 halfway through a boot; then `pool drain`.
     let kill = format!(
         r#"{settle}
@@ -98,6 +109,7 @@ echo "shapes=$(hyperxl pool ls | tail -n +2 | wc -l)""#
         .step("fill", &fill)
         .step("runs", &runs)
         .step("devices", &devices)
+        .step("reboot", &reboot)
         .step("kill", &kill);
     let run = batch.run().expect("test host runs the batch");
 
@@ -157,6 +169,13 @@ echo "shapes=$(hyperxl pool ls | tail -n +2 | wc -l)""#
     assert_eq!(value(d, "web_boot_lines="), "0", "{d}");
     assert_eq!(value(d, "web_exit="), "143", "{d}");
     assert_eq!(value(d, "reused="), "kept", "{d}");
+
+    let b = &run["reboot"].assert_success("reboot").stdout;
+    eprintln!("pool: reboot\n{b}");
+    assert_eq!(value(b, "left="), "0", "{b}");
+    assert_eq!(value(b, "refill_msg="), "1", "{b}");
+    assert_eq!(value(b, "refilled="), "yes", "{b}");
+    assert_eq!(value(b, "pool_domains="), "1", "{b}");
 
     let k = &run["kill"].assert_success("kill").stdout;
     eprintln!("pool: kill\n{k}");

@@ -45,7 +45,8 @@ enum SystemCommand {
     /// After a dom0 reboot or a crash, records may say a VM runs whose domain, loop
     /// devices and vif are gone. Every command reconciles what it touches; this does it
     /// for all VMs at once: ended VMs are marked exited (restart policies and `ps` see
-    /// the truth), their addresses and volume claims released.
+    /// the truth), their addresses and volume claims released; a pool that is kept
+    /// (`hyperxl pool fill --size`) is refilled in the background.
     Reconcile,
 }
 
@@ -208,6 +209,14 @@ fn reconcile(state_dir: &Path) -> anyhow::Result<u8> {
     }
     let running = vms.iter().filter(|v| v.status.can_stop()).count();
     println!("{} VMs: {running} running, {ended} found ended", vms.len());
+    // After a reboot the pooled VMs are gone with every domain: refill in the background.
+    if !crate::vm::pool::Settings::load(state_dir)?
+        .shapes
+        .is_empty()
+    {
+        crate::vm::pool::spawn_refill(state_dir)?;
+        println!("pool: refilling in the background");
+    }
     Ok(0)
 }
 
