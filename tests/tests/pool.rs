@@ -2,8 +2,9 @@
 //! a ready VM of its shape (hot-added rootfs, volume and vif; the spec written to the
 //! waiting init), each pooled VM serves one run in a domain of its own, nothing the
 //! pooled VM printed before its spec reaches the app's output, the pool refills
-//! itself (after a run, and at boot through `system reconcile`), a refill killed with
-//! -9 leaves nothing `pool drain` cannot clean, and `pool drain` leaves only Domain-0.
+//! itself (after a run, and at boot through `system reconcile`), a run killed with -9
+//! right after it took a pooled VM leaves no app running, a refill killed with -9
+//! leaves nothing `pool drain` cannot clean, and `pool drain` leaves only Domain-0.
 //!
 //! The VMs are PV with 64 MiB (an idle PVH guest is costly in the emulated test host
 //! only: see density.rs); one PVH pool shows the default type's hot-add too.
@@ -75,16 +76,31 @@ hyperxl stop web >/dev/null; echo "web_exit=$(hyperxl wait web)"
 hyperxl rm web >/dev/null
 echo "reused=$(hyperxl run --rm -m 64m -v data:/data demo cat /data/f)""#
     );
-    // As after a dom0 reboot: the pooled domains are gone; the boot-time reconcile
-    // refills the pool.
+    // A `run -d` killed with -9 as soon as it took the pooled VM (the domain has the
+    // run's name): the domain stays paused until a watcher would unpause it, so the
+    // next command finds a VM that never started and destroys it: no app runs
+    // unwatched. Then, as after a dom0 reboot: the pooled domains are gone; the
+    // boot-time reconcile refills the pool. Last, `stop` of a pooled VM destroys it.
     let reboot = format!(
         r#"{settle}
 settle 1 || exit 1
+hyperxl run -d --name early -m 64m --network none demo sh -c 'echo app-early; sleep 1000' >/dev/null 2>&1 &
+run=$!
+for t in $(seq 600); do xl domid hyperxl-early >/dev/null 2>&1 && break; sleep 0.05; done
+kill -9 $run; wait $run 2>/dev/null
+echo "early_taken=$(xl list | grep -c '^hyperxl-early ')"
+hyperxl ps -a >/dev/null
+echo "early_domain=$(xl list | grep -c '^hyperxl-early ')"
+echo "early_exited=$(hyperxl ps -a --filter name=early | grep -c exited)"
+hyperxl rm early >/dev/null && echo "early_removed=yes"
 for d in $(xl list | awk '/^hyperxl-pool-/ {{print $1}}'); do xl destroy $d; done
 echo "left=$(xl list | grep -c '^hyperxl-pool-')"
 echo "refill_msg=$(hyperxl system reconcile | grep -c 'pool: refilling')"
 settle 1 && echo "refilled=yes"
-echo "pool_domains=$(xl list | grep -c '^hyperxl-pool-')""#
+echo "pool_domains=$(xl list | grep -c '^hyperxl-pool-')"
+hyperxl stop "$(hyperxl pool ls -q)" >/dev/null && echo "pool_stopped=yes"
+echo "after_stop=$(xl list | grep -c '^hyperxl-pool-')"
+hyperxl pool fill >/dev/null && settle 1 && echo "refilled_again=yes""#
     );
     // A refill killed with -9 halfway through a boot; then `pool drain`.
     let kill = format!(
@@ -172,10 +188,21 @@ echo "shapes=$(hyperxl pool ls | tail -n +2 | wc -l)""#
 
     let b = &run["reboot"].assert_success("reboot").stdout;
     eprintln!("pool: reboot\n{b}");
+    assert_eq!(value(b, "early_taken="), "1", "{b}");
+    assert_eq!(
+        value(b, "early_domain="),
+        "0",
+        "the taken VM outlived its run: {b}"
+    );
+    assert_eq!(value(b, "early_exited="), "1", "{b}");
+    assert_eq!(value(b, "early_removed="), "yes", "{b}");
     assert_eq!(value(b, "left="), "0", "{b}");
     assert_eq!(value(b, "refill_msg="), "1", "{b}");
     assert_eq!(value(b, "refilled="), "yes", "{b}");
     assert_eq!(value(b, "pool_domains="), "1", "{b}");
+    assert_eq!(value(b, "pool_stopped="), "yes", "{b}");
+    assert_eq!(value(b, "after_stop="), "0", "{b}");
+    assert_eq!(value(b, "refilled_again="), "yes", "{b}");
 
     let k = &run["kill"].assert_success("kill").stdout;
     eprintln!("pool: kill\n{k}");

@@ -162,6 +162,13 @@ impl Context {
         check("libxl_domain_rename", rc)
     }
 
+    /// Pauses domain `domid` (`libxl_domain_pause`); devices can still be added to it.
+    pub fn pause(&self, domid: DomId) -> Result<(), LibxlError> {
+        // SAFETY: ctx is live; NULL ao_how makes the call synchronous.
+        let rc = unsafe { sys::libxl_domain_pause(self.ctx, domid.0, ptr::null()) };
+        check("libxl_domain_pause", rc)
+    }
+
     /// Adds a disk to a running domain (`libxl_device_disk_add`, synchronous: returns
     /// once the backend is set up and its hotplug script has run).
     pub fn add_disk(&self, domid: DomId, disk: &Disk) -> Result<(), LibxlError> {
@@ -179,14 +186,14 @@ impl Context {
         check("libxl_device_disk_add", rc?)
     }
 
-    /// Adds a vif to a running domain as device 0 (`libxl_device_nic_add`,
-    /// synchronous, as [`Context::add_disk`]).
-    pub fn add_nic(&self, domid: DomId, nic: &Nic) -> Result<(), LibxlError> {
+    /// Adds a vif to a running domain as device `devid` (`libxl_device_nic_add`,
+    /// synchronous, as [`Context::add_disk`]); the domain's vifs are numbered from 0.
+    pub fn add_nic(&self, domid: DomId, nic: &Nic, devid: i32) -> Result<(), LibxlError> {
         let mut raw = sys::libxl_device_nic::default();
         // SAFETY: raw is writable memory for one libxl_device_nic; init only writes
         // default values into it.
         unsafe { sys::libxl_device_nic_init(&mut raw) };
-        let rc = crate::raw::fill_nic(&mut raw, nic, 0).map(|()| {
+        let rc = crate::raw::fill_nic(&mut raw, nic, devid).map(|()| {
             // SAFETY: ctx is live, raw is an initialised nic that outlives the call,
             // and a NULL ao_how makes it synchronous.
             unsafe { sys::libxl_device_nic_add(self.ctx, domid.0, &mut raw, ptr::null()) }

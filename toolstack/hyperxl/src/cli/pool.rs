@@ -54,7 +54,8 @@ struct FillArgs {
     /// Guest initramfs (default: as `run`).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Run as the refill `run` starts (output to the pool's log).
+    /// Run as the refill `run` starts: only if no refill runs (else that one refills
+    /// again), output to the pool's log.
     #[arg(long, hide = true)]
     background: bool,
 }
@@ -109,12 +110,15 @@ fn fill(state_dir: &Path, vms: &VmStore, f: FillArgs) -> anyhow::Result<u8> {
         settings.set(shape, size)?;
         settings.save(state_dir)?;
     }
-    let quiet = f.background;
-    pool::fill(state_dir, vms, |name| {
-        if !quiet {
-            println!("{name}");
+    if f.background {
+        pool::fill_background(state_dir, vms)?;
+    } else {
+        // The names of the VMs booted on stdout; those destroyed on stderr.
+        let done = pool::fill(state_dir, vms, |name| println!("{name}"))?;
+        for name in done.removed {
+            eprintln!("hyperxl: destroyed pooled VM {name}");
         }
-    })?;
+    }
     Ok(0)
 }
 

@@ -70,6 +70,11 @@ pub fn kill(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<()> {
 /// Asks the app to stop (SIGTERM in the guest), and destroys the domain if it has not
 /// ended after `timeout`.
 pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyhow::Result<()> {
+    if super::pool::is_pooled(vm) {
+        // A pooled VM runs no app to stop, and a request left in its xenstore must
+        // never reach the run that would take it.
+        return kill(vms, host, vm);
+    }
     // A stop must work on a full state disk too: the record is then only a wish.
     let vm = match vms.update(&vm.id, |vm| vm.stopped_by_user = true) {
         Ok(vm) => vm,

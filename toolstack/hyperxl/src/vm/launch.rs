@@ -334,7 +334,8 @@ pub fn domain_config(
         .context("building the domain config")
 }
 
-/// A VM recorded, its loop device attached and its domain built, paused, with the spec
+/// A VM recorded, its loop device attached and its domain built (or taken from the
+/// pool), paused, with the spec
 /// in xenstore.
 struct Booted {
     id: String,
@@ -435,9 +436,17 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         super::timing::mark("disk-attach");
         let config = domain_config(p, rootfs.as_deref(), &extra, net.as_ref())?;
         let shape = p.shape();
-        let settings = pool::Settings::load(vms.state_dir())?;
+        // The pool only ever speeds a run up: whatever is wrong with it, the run boots
+        // cold (and says why).
+        let settings = pool::Settings::load(vms.state_dir()).unwrap_or_else(|e| {
+            eprintln!("hyperxl: warning: not using the pool: {e:#}");
+            pool::Settings::default()
+        });
         let pooled = match settings.shapes.contains_key(&shape.key()) && p.restart_of.is_none() {
-            true => pool::take(ctx, vms, &p.vm, &shape)?,
+            true => pool::take(ctx, vms, &p.vm, &shape).unwrap_or_else(|e| {
+                eprintln!("hyperxl: warning: not using the pool: {e:#}");
+                None
+            }),
             false => None,
         };
         let domid = match pooled {
@@ -464,7 +473,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         if recorded.killed {
             bail!("killed while its domain was being built");
         }
-        // Before the spec: a pooled VM's init runs on as soon as it is written.
+        // Before the spec: once unpaused, the init of a pooled VM runs on with it.
         if let Some(rules) = pending_rules.take() {
             rules.wait()?;
             super::timing::mark("network-rules");
@@ -472,8 +481,8 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         write_spec(domid, &spec)?;
         super::timing::mark("xenstore");
         if pooled.is_some() {
-            // The waiting init reads its spec meanwhile, and then waits for the disks
-            // and the vif (as in any boot).
+            // Paused still: the watcher unpauses it, and the init reads its spec and
+            // finds its disks and vif (as in any boot).
             pool::plug(ctx, domid, &config)?;
             super::timing::mark("hot-add");
         }

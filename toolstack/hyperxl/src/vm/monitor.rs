@@ -110,11 +110,9 @@ pub fn supervise(
         if vm.killed {
             return Ok(EXIT_KILLED);
         }
-        // A pooled VM's domain runs already; its init waited for the spec.
-        if !vm.labels.contains_key(super::pool::LABEL_FROM_POOL) {
-            ctx.unpause(domid).context("unpausing the domain")?;
-            super::timing::mark("unpause");
-        }
+        // A pooled VM's domain too: `pool::take` paused it until now.
+        ctx.unpause(domid).context("unpausing the domain")?;
+        super::timing::mark("unpause");
         best_effort(vms.update(id, |vm| vm.status = Status::Running));
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)

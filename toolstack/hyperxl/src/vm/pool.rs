@@ -28,7 +28,7 @@ use anyhow::{bail, Context as _};
 use hyperxl_contract::{keys, State};
 use libxl::{Context, DomId, DomainConfig, DomainOps, DomainType};
 use serde::{Deserialize, Serialize};
-use xenstore_wire::Xenstore;
+use xenstore_wire::{AnyTransport, Xenstore};
 
 use super::files;
 use super::monitor;
@@ -74,18 +74,22 @@ impl Shape {
         )
     }
 
-    /// The kernel and initramfs as they are now (path, size, modification time): a VM
-    /// booted before either was rebuilt does not serve a run.
+    /// The kernel and initramfs as they are now (path, inode, size, modification and
+    /// change times): a VM booted before either was rebuilt or replaced does not serve
+    /// a run.
     pub fn boot_id(&self) -> anyhow::Result<String> {
         let one = |p: &Path| -> anyhow::Result<String> {
             let m = std::fs::metadata(p)
                 .with_context(|| format!("guest kernel or initramfs {}", p.display()))?;
             Ok(format!(
-                "{}:{}:{}.{}",
+                "{}:{}:{}:{}.{}:{}.{}",
                 p.display(),
+                m.ino(),
                 m.size(),
                 m.mtime(),
-                m.mtime_nsec()
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
             ))
         };
         Ok(format!("{}|{}", one(&self.kernel)?, one(&self.initrd)?))
@@ -179,13 +183,16 @@ fn refill_lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::Fi
 }
 
 /// Gives VM `vm` (recorded, not yet built) the domain of a ready pooled VM of
-/// `shape`, if there is one: the domain is renamed to the VM's, the pooled VM's record
-/// goes, and the VM's record holds the domain. `None`: no pooled VM is ready (the
-/// caller boots one cold).
+/// `shape`, if there is one: the domain is renamed to the VM's and paused, the pooled
+/// VM's record goes, and the VM's record holds the domain. `None`: no pooled VM is
+/// ready (the caller boots one cold).
 ///
 /// Under the store lock, so two runs never take the same one. The rename comes first:
 /// killed after it, the VM's record finds its domain by name and reconcile destroys it
-/// (a `Created` VM whose init still waits for a spec never started).
+/// (a `Created` VM whose init still waits for a spec never started). Paused, the
+/// domain is like a cold run's before its watcher unpauses it: the init reads its spec
+/// only once someone watches the run, so a run killed before its watcher started
+/// leaves no app running unwatched.
 pub fn take(
     ctx: &Context,
     vms: &VmStore,
@@ -199,12 +206,14 @@ pub fn take(
         .into_iter()
         .filter(|v| {
             is_ready(v)
+                && !v.stopped_by_user
                 && v.labels.get(LABEL_POOL) == Some(&key)
                 && v.labels.get(LABEL_BOOT) == Some(&boot)
         })
         .collect();
     ready.sort_by_key(|v| v.created_at);
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    let new = vm.domain_name();
     for pooled in ready {
         let Some(domid) = pooled.domid.map(DomId) else {
             continue;
@@ -212,27 +221,37 @@ pub fn take(
         let old = pooled.domain_name();
         let alive = matches!(ctx.domain_info(domid),
             Ok(Some(info)) if info.name.as_deref() == Some(old.as_str()) && !info.shutdown && !info.dying);
-        let waiting = xs
-            .read_string(&keys::abs(domid.0, keys::status::STATE))
-            .is_ok_and(|s| s == State::Pooled.as_str());
-        if !alive || !waiting {
+        if !alive || !init_waits(&mut xs, domid) {
             // Not ready after all; reconcile records its end, or a refill replaces it.
             continue;
         }
-        if ctx.rename(domid, &old, &vm.domain_name()).is_err() {
+        if ctx.rename(domid, &old, &new).is_err() {
+            // The rename is one transaction, yet its answer may be lost: a domain that
+            // has the new name is nobody's and goes.
+            if ctx.name_of(domid).as_deref() == Some(new.as_str()) {
+                let _ = ctx.destroy(domid);
+            }
             continue;
         }
-        let recorded = vms.update(&vm.id, |v| {
-            v.domid = Some(domid.0);
-            v.labels.insert(LABEL_FROM_POOL.into(), pooled.name.clone());
-        });
+        let recorded = ctx
+            .pause(domid)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                // Nothing asked of the pooled VM reaches its tenant.
+                let _ = xs.rm(&keys::abs(domid.0, keys::SHUTDOWN));
+                Ok(vms.update(&vm.id, |v| {
+                    v.domid = Some(domid.0);
+                    v.labels.insert(LABEL_FROM_POOL.into(), pooled.name.clone());
+                })?)
+            });
         if let Err(e) = recorded {
             // Renamed but nobody's: gone again rather than left behind.
             let _ = ctx.destroy(domid);
-            return Err(e.into());
+            return Err(e);
         }
         // Should this fail, the pooled record names a domain that is not called so any
-        // more: reconcile drops it (the domain is the VM's).
+        // more: reconcile drops it (the domain is the VM's), and [`destroy`] leaves
+        // the domain alone.
         let _ = vms.remove(&pooled.id);
         return Ok(Some(domid));
     }
@@ -246,8 +265,9 @@ pub fn plug(ctx: &Context, domid: DomId, config: &DomainConfig) -> anyhow::Resul
         ctx.add_disk(domid, disk)
             .with_context(|| format!("adding disk {}", disk.vdev))?;
     }
-    for nic in config.nics() {
-        ctx.add_nic(domid, nic)
+    // A pooled VM has no vif yet: the config's are numbered from 0, as in a cold boot.
+    for (devid, nic) in (0..).zip(config.nics()) {
+        ctx.add_nic(domid, nic, devid)
             .context("adding the network interface")?;
     }
     Ok(())
@@ -266,13 +286,19 @@ pub struct Filled {
 /// Brings every shape to its size, one VM at a time, and destroys pooled VMs no shape
 /// wants. `on_boot` hears of each VM booted. Fails when Xen has not the memory for
 /// another VM (what was booted so far stays).
-pub fn fill(
+pub fn fill(state_dir: &Path, vms: &VmStore, on_boot: impl FnMut(&str)) -> anyhow::Result<Filled> {
+    let _refill = refill_lock(state_dir)?;
+    fill_locked(state_dir, vms, on_boot)
+}
+
+/// [`fill`], by the holder of the refill lock.
+fn fill_locked(
     state_dir: &Path,
     vms: &VmStore,
     mut on_boot: impl FnMut(&str),
 ) -> anyhow::Result<Filled> {
-    let _refill = refill_lock(state_dir)?;
     let ctx = Context::new()?;
+    let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let mut done = Filled::default();
     loop {
         let all = super::host::reconcile_all(vms, &super::host::Host::connect())?;
@@ -288,7 +314,12 @@ pub fn fill(
                 .get(LABEL_POOL)
                 .and_then(|k| settings.shapes.get(k));
             let current = wanted.and_then(|e| e.shape.boot_id().ok());
-            if wanted.is_none() || current.as_ref() != vm.labels.get(LABEL_BOOT) {
+            // Killed but never finished (its destroyer died), or ready yet no longer
+            // waiting for a spec: no run takes it, so it must not hold a place.
+            let stuck = vm.killed
+                || (vm.status == Status::Running
+                    && vm.domid.is_some_and(|d| !init_waits(&mut xs, DomId(d))));
+            if stuck || wanted.is_none() || current.as_ref() != vm.labels.get(LABEL_BOOT) {
                 destroy(&ctx, vms, &vm);
                 done.removed.push(vm.name.clone());
                 continue;
@@ -333,25 +364,34 @@ pub fn fill(
 
 /// Destroys a pooled VM and removes its record (best effort: reconcile finishes what
 /// fails here). Under the store lock it is first marked killed, which no `take` picks,
-/// unless a run took it meanwhile: then it is that run's and left alone.
+/// unless a run took it meanwhile: then it is that run's and left alone. Only a domain
+/// that still has the pooled VM's name is destroyed: a run that took it renamed it, and
+/// after a reboot its domid may be another VM's.
 fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
+    let name = vm.domain_name();
     let marked = {
         let Ok(_lock) = vms.lock() else {
             return;
         };
         match vms.load(&vm.id) {
-            Ok(current) if is_pooled(&current) => vms.update(&vm.id, |v| v.killed = true),
+            Ok(current) if is_pooled(&current) => {
+                // A refill killed while libxl built the domain never recorded its domid.
+                let domid = current
+                    .domid
+                    .filter(|d| ctx.name_of(DomId(*d)).as_deref() == Some(name.as_str()))
+                    .or_else(|| ctx.domid_for_name(&name).ok().flatten().map(|d| d.0));
+                vms.update(&vm.id, |v| {
+                    v.killed = true;
+                    v.domid = domid;
+                })
+            }
             _ => return,
         }
     };
     let Ok(vm) = marked else {
         return;
     };
-    // A refill killed while libxl built the domain never recorded its domid.
-    let domid = vm
-        .domid
-        .map(DomId)
-        .or_else(|| ctx.domid_for_name(&vm.domain_name()).ok().flatten());
+    let domid = vm.domid.map(DomId);
     let _ = monitor::finish(Some(ctx), vms, &vm.id, domid, Ok(monitor::EXIT_KILLED));
 }
 
@@ -397,6 +437,12 @@ fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<Strin
     booted
 }
 
+/// Whether the init of `domid` says it waits for a spec (not knowing is not waiting).
+fn init_waits(xs: &mut Xenstore<AnyTransport>, domid: DomId) -> bool {
+    xs.read_string(&keys::abs(domid.0, keys::status::STATE))
+        .is_ok_and(|s| s == State::Pooled.as_str())
+}
+
 /// Waits until the init of `domid` says `pooled` (woken by a watch on its state).
 fn wait_pooled(ctx: &Context, domid: DomId) -> anyhow::Result<()> {
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
@@ -437,38 +483,82 @@ pub fn drain(state_dir: &Path, vms: &VmStore) -> anyhow::Result<Vec<String>> {
     let _refill = refill_lock(state_dir)?;
     let ctx = Context::new()?;
     let mut gone = Vec::new();
-    for vm in vms.list()?.into_iter().filter(is_pooled) {
+    // Records of domains that ended are finished first, so only live ones are named.
+    let all = super::host::reconcile_all(vms, &super::host::Host::connect())?;
+    for vm in all.into_iter().filter(is_pooled) {
         destroy(&ctx, vms, &vm);
         gone.push(vm.name);
     }
     Ok(gone)
 }
 
-/// Starts `hyperxl pool fill --background` detached (its own process group, its output
-/// in `pool/refill.log`), to refill the pool (see [`refill_once`]).
+/// Starts `hyperxl pool fill --background` detached (its own process group), to
+/// refill the pool (see [`refill_once`] and [`fill_background`]).
 pub fn spawn_refill(state_dir: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the hyperxl executable")?;
-    let dir = pool_dir(state_dir);
-    files::private_subdir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log_path = dir.join("refill.log");
-    // One refill's output at a time: bounded by what one fill says.
-    let log = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
     Command::new(exe)
         .process_group(0)
         .arg("--state-dir")
         .arg(state_dir)
         .args(["pool", "fill", "--background"])
         .stdin(Stdio::null())
-        .stdout(log.try_clone().context("the refill log")?)
-        .stderr(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .context("starting the pool refill")?;
+    Ok(())
+}
+
+/// `pool fill --background`, the refill [`spawn_refill`] starts. At most one runs: a
+/// refill asked for while another holds the refill lock only leaves a mark
+/// (`pool/refill.pending`) and exits; the holder looks for that mark after it let go
+/// of the lock, and refills again if it is there. So refills never pile up, and none
+/// asked for is lost (the mark is made before the lock is tried, and looked for after
+/// it is released). The holder's output goes to `pool/refill.log`, rewritten by each
+/// holder: bounded by what one refill says.
+pub fn fill_background(state_dir: &Path, vms: &VmStore) -> anyhow::Result<()> {
+    let dir = pool_dir(state_dir);
+    files::private_subdir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pending = dir.join("refill.pending");
+    files::write_atomic(&pending, b"").context("marking a refill as pending")?;
+    loop {
+        let lock_path = dir.join("refill.lock");
+        let Some(lock) = files::lock(&lock_path, false)
+            .with_context(|| format!("locking {}", lock_path.display()))?
+        else {
+            // The holder refills again for this mark.
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(&pending);
+        log_to(&dir.join("refill.log"))?;
+        let result = fill_locked(state_dir, vms, |name| println!("booted {name}"));
+        drop(lock);
+        match &result {
+            Ok(done) => done.removed.iter().for_each(|n| println!("destroyed {n}")),
+            Err(e) => eprintln!("hyperxl: refilling the pool: {e:#}"),
+        }
+        if !pending.exists() {
+            return result.map(drop);
+        }
+    }
+}
+
+/// Sends this process's stdout and stderr to `path` (created afresh, never through a
+/// symlink).
+fn log_to(path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        nix::unistd::dup2(log.as_raw_fd(), fd)
+            .with_context(|| format!("writing to {}", path.display()))?;
+    }
     Ok(())
 }
 
