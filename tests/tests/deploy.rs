@@ -69,7 +69,8 @@ fn deployments_and_xl_configs_run_as_documented() {
         .step(
             "config",
             "hyperxl config --name cfgtest -e WHO=config demo sh -c 'echo booted from hyperxl config by $WHO' >/tmp/c.cfg &&
-             grep -c '^# hyperxl-spec: ' /tmp/c.cfg",
+             grep -c '^# hyperxl-spec: ' /tmp/c.cfg && grep -c '^vif' /tmp/c.cfg;
+             hyperxl config -p 8080:80 demo true >/tmp/p.cfg 2>/tmp/p.err; echo \"net rc=$? $(wc -l < /tmp/p.err) $(wc -c < /tmp/p.cfg)\"",
         )
         .step("config_boot", &xl_boot_file("/tmp/c.cfg", "hyperxl-cfgtest"))
         .step("after_xl", LEFTOVERS)
@@ -127,7 +128,11 @@ fn deployments_and_xl_configs_run_as_documented() {
     let run = batch.run().expect("test host runs the batch");
 
     run["setup"].assert_success("setup");
-    assert_eq!(run["config"].assert_success("config").stdout, "1\n");
+    // The spec line, no vif; a published port is refused in one line, printing nothing.
+    assert_eq!(
+        run["config"].assert_success("config").stdout,
+        "1\n0\nnet rc=125 1 0\n"
+    );
     assert_eq!(
         run["config_boot"]
             .assert_success("config_boot")

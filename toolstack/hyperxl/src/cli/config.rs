@@ -17,7 +17,20 @@ pub const SPEC_LINE: &str = "# hyperxl-spec: ";
 
 /// Prints the xl.cfg, with the spec in a comment line `hyperxl spec write` reads.
 pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
-    let (opts, flags) = run::launch_inputs(&args)?;
+    let (mut opts, flags) = run::launch_inputs(&args)?;
+    let networked = args.network.as_deref().is_some_and(|n| n != "none");
+    if networked
+        || args.ip.is_some()
+        || !args.publish.is_empty()
+        || args.publish_all
+        || !args.dns.is_empty()
+        || !args.dns_search.is_empty()
+        || !args.add_host.is_empty()
+    {
+        bail!("hyperxl config cannot express networking (--network, -p, -P, --ip, --dns, --add-host) as xl.cfg: a network's addresses and rules are hyperxl run's; use hyperxl run");
+    }
+    // A domain `xl create` builds has no lease, rules or vif of hyperxl's: no network.
+    opts.net.disabled = true;
     let p = launch::prepare(state_dir, &opts, &flags)?;
     if !p.storage.disks.is_empty() {
         bail!("hyperxl config cannot express volumes (-v, --storage-opt, an image's VOLUME) as xl.cfg: use hyperxl run");
@@ -38,6 +51,9 @@ pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     };
     let name = p.vm.domain_name();
     print!("{}", cfg.render()?);
+    println!(
+        "\n# No vif: hyperxl's networks (addresses, rules, published ports) need hyperxl run."
+    );
     println!(
         "\n# Boot it: xl create -p THIS.cfg && hyperxl spec write $(xl domid {name}) THIS.cfg && xl unpause {name}"
     );

@@ -104,7 +104,7 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop and remove the VMs of a deployment file, in reverse order.
     Down(up::DownArgs),
-    /// Print the xl.cfg equivalent to a `run` (takes the same arguments).
+    /// Print the xl.cfg equivalent to a `run` (same arguments; no network or volumes).
     Config(run::RunArgs),
     /// Container specs for domains made with plain `xl create`.
     Spec(config::SpecArgs),
