@@ -40,10 +40,7 @@ pub fn wait_exited(
 /// Marks the VM killed (an end without an exit code is then 137, and no restart policy
 /// applies) and destroys its domain, if it has one yet; returns the updated record.
 pub fn destroy(vms: &VmStore, host: &Host, vm: &VmState) -> anyhow::Result<VmState> {
-    let vm = match vms.update(&vm.id, |vm| {
-        vm.killed = true;
-        vm.stopped_by_user = true;
-    }) {
+    let vm = match vms.update(&vm.id, VmState::mark_killed) {
         Ok(vm) => vm,
         // A full state disk must not keep a domain alive: destroy it, record later.
         Err(e) => {

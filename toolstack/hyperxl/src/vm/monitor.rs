@@ -21,10 +21,10 @@ use xenstore_wire::Xenstore;
 use super::console;
 use super::disk::{self, LoopDisk};
 use super::host::{destroy_if_present, read_exit_code, read_guest_key};
-use super::state::{self, Status, VmStore};
+use super::state::{self, VmStore};
 
-/// Exit code recorded when `kill` (or `stop` past its timeout) destroyed the domain.
-pub const EXIT_KILLED: i32 = 137;
+/// The exit code of a killed VM (see [`state::EXIT_KILLED`]).
+pub use super::state::EXIT_KILLED;
 
 /// Where the console goes besides the VM's log.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +113,7 @@ pub fn supervise(
         // A pooled VM's domain too: `pool::take` paused it until now.
         ctx.unpause(domid).context("unpausing the domain")?;
         super::timing::mark("unpause");
-        best_effort(vms.update(id, |vm| vm.status = Status::Running));
+        best_effort(vms.update(id, state::VmState::mark_running));
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)
     })();
@@ -213,19 +213,15 @@ pub fn finish(
     // The VM's own snapshots and scratch disk go with its run; volumes stay.
     crate::volume::remove_private_files(&vm);
     let record = |vm: &mut state::VmState| {
-        vm.status = Status::Exited;
-        vm.domid = None;
-        vm.clear_loops_except(&still_bound);
-        vm.finished_at = Some(state::now());
         if STOP_SEEN.load(Ordering::SeqCst) {
             vm.stopped_by_user = true;
         }
-        match &result {
-            Ok(code) => vm.exit_code = Some(*code),
-            // Killed on purpose while it was being built: that is no failure.
-            Err(_) if vm.killed => vm.exit_code = Some(EXIT_KILLED),
-            Err(err) => vm.error = Some(format!("{err:#}")),
-        }
+        // Killed on purpose while it was being built: that is no failure.
+        let outcome = match &result {
+            Ok(code) => Ok(*code),
+            Err(err) => Err(format!("{err:#}")),
+        };
+        vm.record_end(outcome, &still_bound);
     };
     // On a full state disk the space kept back at the start takes this record.
     let reserve = vms.dir(id).join(RESERVE_FILE);
@@ -327,7 +323,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
         if !destroyed && stop_sent.is_some_and(|t| t.elapsed() > overdue) {
             destroyed = true;
             // Recorded for `finish` (and reconcile); this watcher also knows it itself.
-            best_effort(vms.update(id, |vm| vm.killed = true));
+            best_effort(vms.update(id, state::VmState::mark_killed));
             let _ = destroy_if_present(ctx, domid);
         }
         let info = ctx.domain_info(domid).context("querying the domain")?;

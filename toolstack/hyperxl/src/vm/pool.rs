@@ -381,7 +381,7 @@ fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
                     .filter(|d| ctx.name_of(DomId(*d)).as_deref() == Some(name.as_str()))
                     .or_else(|| ctx.domid_for_name(&name).ok().flatten().map(|d| d.0));
                 vms.update(&vm.id, |v| {
-                    v.killed = true;
+                    v.mark_killed();
                     v.domid = domid;
                 })
             }
@@ -425,7 +425,7 @@ fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<Strin
         ctx.unpause(domid).context("unpausing the domain")?;
         wait_pooled(ctx, domid)?;
         vms.update(&id, |v| {
-            v.status = Status::Running;
+            v.mark_running();
             // Nobody watches it while it waits: reconcile judges it by its domain.
             v.monitor_pid = None;
         })?;

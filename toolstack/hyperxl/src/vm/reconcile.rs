@@ -109,25 +109,18 @@ pub fn reconcile(
                     still_bound.push(dev);
                 }
             }
-            vm.clear_loops_except(&still_bound);
-            vm.status = Status::Exited;
-            vm.domid = None;
-            vm.finished_at = Some(state::now());
-            if let DomainFact::Ended { exit_code: Some(c) } = fact {
-                vm.exit_code = Some(c);
-            } else if vm.killed {
-                vm.exit_code = Some(137);
-            }
-            if fact == DomainFact::NeverStarted && !vm.killed {
-                vm.error = Some(
+            let outcome = match fact {
+                DomainFact::Ended { exit_code: Some(c) } => Ok(c),
+                DomainFact::NeverStarted => Err(
                     "its watcher died before the VM started; the paused domain was destroyed"
                         .into(),
-                );
-            }
-            if vm.exit_code.is_none() {
-                vm.error
-                    .get_or_insert_with(|| "the VM ended without reporting an exit code".into());
-            }
+                ),
+                _ => Err(vm
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the VM ended without reporting an exit code".into())),
+            };
+            vm.record_end(outcome, &still_bound);
         });
         if let Ok(vm) = &updated {
             // The domain is gone: so must its rules, its address and its private disks.

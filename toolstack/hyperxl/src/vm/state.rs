@@ -149,6 +149,46 @@ pub struct VmState {
     pub disks: Vec<crate::volume::AttachedDisk>,
 }
 
+/// The exit code of a VM whose domain `kill` (or `stop` past its timeout) destroyed, as
+/// Docker reports SIGKILL.
+pub const EXIT_KILLED: i32 = 137;
+
+/// A VM's status changes, in one place for every writer (the watcher, reconcile, `kill`,
+/// the pool): `created` -> `running` -> `exited`, with `killed` and `stopped_by_user`
+/// as what `kill` and `stop` asked for on the way.
+impl VmState {
+    /// `created` -> `running`: its domain was unpaused (or, for a pooled VM, booted to
+    /// its waiting init). An end recorded meanwhile stays.
+    pub fn mark_running(&mut self) {
+        if self.status == Status::Created {
+            self.status = Status::Running;
+        }
+    }
+
+    /// `kill`, `rm -f` or a `stop` past its timeout destroys the domain: an end without
+    /// an exit code is then [`EXIT_KILLED`], not a failure, and no restart policy
+    /// applies.
+    pub fn mark_killed(&mut self) {
+        self.killed = true;
+        self.stopped_by_user = true;
+    }
+
+    /// -> `exited`, once the domain is gone: `outcome` is the app's exit code, or why
+    /// there is none (for a VM killed on purpose that is [`EXIT_KILLED`]);
+    /// `still_bound` are the loop devices that could not be freed and stay recorded.
+    pub fn record_end(&mut self, outcome: Result<i32, String>, still_bound: &[PathBuf]) {
+        self.status = Status::Exited;
+        self.domid = None;
+        self.clear_loops_except(still_bound);
+        self.finished_at = Some(now());
+        match outcome {
+            Ok(code) => self.exit_code = Some(code),
+            Err(_) if self.killed => self.exit_code = Some(EXIT_KILLED),
+            Err(why) => self.error = Some(why),
+        }
+    }
+}
+
 impl VmState {
     /// A fresh record for a VM about to be created.
     pub fn new(id: String, name: String, image: String) -> Self {
@@ -671,6 +711,44 @@ mod tests {
         for bad in ["", "-a", ".a", "a/b", "a b", "../x", &"x".repeat(64)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The end is written by the watcher and by reconcile through one method: an exit
+    /// code wins, a killed VM without one ends 137 and no failure, any other VM without
+    /// one records why.
+    #[test]
+    fn transitions_record_the_end_one_way() {
+        let mut vm = VmState::new("ab".repeat(8), "t".into(), "img".into());
+        vm.domid = Some(3);
+        vm.loop_device = Some("/dev/loop9".into());
+        vm.mark_running();
+        assert_eq!(vm.status, Status::Running);
+        let mut ended = vm.clone();
+        ended.record_end(Ok(5), &[]);
+        assert_eq!(
+            (
+                ended.status,
+                ended.exit_code,
+                ended.domid,
+                &ended.loop_device
+            ),
+            (Status::Exited, Some(5), None, &None)
+        );
+        assert!(ended.finished_at.is_some() && ended.error.is_none());
+        ended.mark_running();
+        assert_eq!(ended.status, Status::Exited, "an end recorded stays");
+
+        let mut failed = vm.clone();
+        failed.record_end(Err("no exit code".into()), &["/dev/loop9".into()]);
+        assert_eq!(failed.exit_code, None);
+        assert_eq!(failed.error.as_deref(), Some("no exit code"));
+        assert_eq!(failed.loop_device, None, "the rootfs loop is never kept");
+
+        let mut killed = vm;
+        killed.mark_killed();
+        assert!(killed.killed && killed.stopped_by_user);
+        killed.record_end(Err("destroyed".into()), &[]);
+        assert_eq!((killed.exit_code, killed.error), (Some(EXIT_KILLED), None));
     }
 
     #[test]
