@@ -2,6 +2,8 @@
 # Runs inside the test host's dom0 (see scripts/bench-net), under bash ($EPOCHREALTIME).
 # Prints, ROUNDS each, interleaved:
 #   boot net|none MS        `hyperxl run --rm demo true` with a network / --network none
+#   started net|none MS     the same runs from start to the app started (their phases
+#                           before `app`: what networking adds to a boot)
 #   phase net|none NAME MS  its phases (HYPERXL_TIMINGS=1)
 #   vif hyperxl-vif|vif-bridge MS   the domain-build phase (the vif's hotplug step runs in
 #                           it) with hyperxl-vif, and with Xen's bash vif-bridge
@@ -25,6 +27,9 @@ boot() {
     e=${EPOCHREALTIME//[.,]/}
     echo "boot $kind $(ms "$s" "$e")"
     awk -v k="$kind" '$1 == "hyperxl-timing:" {print "phase", k, $2, $3}' /tmp/b.err
+    # The issue's measure: from `run` to the app started (every phase before the app's).
+    awk -v k="$kind" '$1 == "hyperxl-timing:" && $2 != "app" && $2 != "teardown" {t += $3}
+        END {printf "started %s %.1f\n", k, t}' /tmp/b.err
 }
 for i in $(seq "$rounds"); do
     boot net
