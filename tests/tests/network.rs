@@ -109,6 +109,9 @@ fn vms_serve_publish_ports_and_stay_apart() {
             &step(
                 r#"hyperxl run -d --name flood demo sleep 600 >/dev/null || exit 1
                 ct() { cat /proc/sys/net/netfilter/nf_conntrack_count; }
+                # Unreplied UDP entries live 30 s: on a loaded emulator the flood's first
+                # ones expired before the count (grew=1779 once); they must outlive it.
+                echo 300 > /proc/sys/net/netfilter/nf_conntrack_udp_timeout
                 echo "max=$(cat /proc/sys/net/netfilter/nf_conntrack_max)"
                 before=$(ct)
                 hyperxl exec flood /bin/conn-flood 198.18.0.2 9 6000
