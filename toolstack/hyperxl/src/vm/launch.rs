@@ -282,22 +282,12 @@ pub fn prepare(
     })
 }
 
-/// The VM's vif, as its watcher hot-adds it (see [`super::monitor::supervise`]).
-pub fn vif(net: &crate::net::VmNet) -> Nic {
-    let mut nic = Nic::new(crate::net::subnet::mac_for(net.ip));
-    nic.bridge = Some(net.bridge.clone());
-    nic.ifname = Some(net.vif.clone());
-    nic.ip = Some(net.ip.to_string());
-    nic.script = vif_script();
-    nic
-}
-
-/// The libxl domain config of a prepared VM whose rootfs is `disk`. It has no vif: the
-/// watcher hot-adds that once the guest boots (see [`super::monitor::supervise`]).
+/// The libxl domain config of a prepared VM whose rootfs is `disk`, on network `net`.
 pub fn domain_config(
     p: &Prepared,
     rootfs: Option<&Path>,
     extra: &[crate::volume::AttachedDisk],
+    net: Option<&crate::net::VmNet>,
 ) -> anyhow::Result<DomainConfig> {
     let mut builder = DomainConfig::builder(p.vm.domain_name());
     if let Some(disk) = rootfs {
@@ -320,6 +310,14 @@ pub fn domain_config(
             disk = disk.script(script);
         }
         builder = builder.disk(disk);
+    }
+    if let Some(net) = net {
+        let mut nic = Nic::new(crate::net::subnet::mac_for(net.ip));
+        nic.bridge = Some(net.bridge.clone());
+        nic.ifname = Some(net.vif.clone());
+        nic.ip = Some(net.ip.to_string());
+        nic.script = vif_script();
+        builder = builder.nic(nic);
     }
     builder
         .domain_type(if p.opts.pv {
@@ -403,6 +401,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
     let mut built: Option<DomId> = None;
     let booted = (|| {
         let mut spec = p.spec.clone();
+        let mut net = None;
         let mut pending_rules = None;
         if let Some(def) = &p.net {
             let prefer = p
@@ -411,9 +410,9 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
                 .and_then(|old| old.network.as_ref())
                 .filter(|n| n.network == def.name)
                 .map(|n| n.ip);
-            // Recorded on the VM: its watcher adds the vif from that record.
-            let (_, guest, rules) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
+            let (vm_net, guest, rules) = crate::net::attach(vms, &id, def, &p.opts.net, prefer)?;
             spec.network = Some(guest);
+            net = Some(vm_net);
             pending_rules = Some(rules);
         }
         super::timing::mark("network");
@@ -435,7 +434,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         let rootfs = loops.first().map(|l| l.path().to_path_buf());
         let extra = attach_extra(vms, &id, p, &mut loops)?;
         super::timing::mark("disk-attach");
-        let config = domain_config(p, rootfs.as_deref(), &extra)?;
+        let config = domain_config(p, rootfs.as_deref(), &extra, net.as_ref())?;
         let shape = p.shape();
         // The pool only ever speeds a run up: whatever is wrong with it, the run boots
         // cold (and says why).
@@ -482,8 +481,8 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         write_spec(domid, &spec)?;
         super::timing::mark("xenstore");
         if pooled.is_some() {
-            // Paused still: the watcher unpauses it and adds the vif, and the init
-            // reads its spec and finds its disks and vif (as in any boot).
+            // Paused still: the watcher unpauses it, and the init reads its spec and
+            // finds its disks and vif (as in any boot).
             pool::plug(ctx, domid, &config)?;
             super::timing::mark("hot-add");
         }

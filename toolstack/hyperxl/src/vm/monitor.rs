@@ -114,15 +114,6 @@ pub fn supervise(
         ctx.unpause(domid).context("unpausing the domain")?;
         super::timing::mark("unpause");
         best_effort(vms.update(id, state::VmState::mark_running));
-        // The vif joins while the guest kernel boots, off the build's critical path
-        // (netback's device and the hotplug step took about half a second of the
-        // build in the test host); the init waits for eth0 before it needs it, and
-        // the VM's rules were in place before the domain was built.
-        if let Some(net) = &vm.network {
-            ctx.add_nic(domid, &super::launch::vif(net), 0)
-                .context("adding the network interface")?;
-            super::timing::mark("vif-add");
-        }
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)
     })();

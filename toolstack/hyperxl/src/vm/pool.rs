@@ -258,12 +258,17 @@ pub fn take(
     Ok(None)
 }
 
-/// Hot-adds the disks of `config` (built for a cold boot of the same VM) to a pooled
-/// VM's domain; the vif follows as in a cold boot (its watcher adds it).
+/// Hot-adds the devices of `config` (built for a cold boot of the same VM) to a
+/// pooled VM's domain: its disks, then its vif.
 pub fn plug(ctx: &Context, domid: DomId, config: &DomainConfig) -> anyhow::Result<()> {
     for disk in config.disks() {
         ctx.add_disk(domid, disk)
             .with_context(|| format!("adding disk {}", disk.vdev))?;
+    }
+    // A pooled VM has no vif yet: the config's are numbered from 0, as in a cold boot.
+    for (devid, nic) in (0..).zip(config.nics()) {
+        ctx.add_nic(domid, nic, devid)
+            .context("adding the network interface")?;
     }
     Ok(())
 }
