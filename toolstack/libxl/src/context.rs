@@ -126,8 +126,8 @@ impl Context {
         self.ctx
     }
 
-    /// The id of the domain called `name`, if there is one.
-    pub fn domid_for_name(&self, name: &str) -> Result<Option<DomId>, LibxlError> {
+    /// [`DomainOps::domid_for_name`] through `libxl_name_to_domid`.
+    fn name_to_domid(&self, name: &str) -> Result<Option<DomId>, LibxlError> {
         let Ok(c_name) = CString::new(name) else {
             return Ok(None);
         };
@@ -238,11 +238,6 @@ impl Context {
         Ok(info)
     }
 
-    /// One domain's state; `Ok(None)` when it does not exist.
-    pub fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, LibxlError> {
-        self.query(domid, true)
-    }
-
     /// `libxl_domain_info`, with the name read from xenstore if `with_name`.
     fn query(&self, domid: DomId, with_name: bool) -> Result<Option<DomainInfo>, LibxlError> {
         let mut info = sys::libxl_dominfo::default();
@@ -294,6 +289,14 @@ impl Context {
 }
 
 impl DomainOps for Context {
+    fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, LibxlError> {
+        self.query(domid, true)
+    }
+
+    fn domid_for_name(&self, name: &str) -> Result<Option<DomId>, LibxlError> {
+        self.name_to_domid(name)
+    }
+
     /// `libxl_domain_create_new`, synchronous (NULL `ao_how`). The domain is
     /// left paused. On failure libxl destroys what it had built.
     fn create_paused(&self, config: &DomainConfig) -> Result<DomId, LibxlError> {

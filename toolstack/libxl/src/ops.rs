@@ -110,6 +110,20 @@ pub trait DomainOps {
     fn destroy(&self, domid: DomId) -> Result<(), LibxlError>;
     /// All domains, dom0 included.
     fn list(&self) -> Result<Vec<DomainInfo>, LibxlError>;
+    /// One domain's state; `Ok(None)` when it does not exist. (By default from
+    /// [`Self::list`]; Xen answers for one domain.)
+    fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, LibxlError> {
+        Ok(self.list()?.into_iter().find(|d| d.domid == domid))
+    }
+    /// The id of the domain called `name`, if there is one. (By default from
+    /// [`Self::list`].)
+    fn domid_for_name(&self, name: &str) -> Result<Option<DomId>, LibxlError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|d| d.name.as_deref() == Some(name))
+            .map(|d| d.domid))
+    }
     /// Waits until the domain shuts down or disappears, at most `timeout`
     /// ([`LibxlError::Timeout`] after that).
     fn wait_for_death(&self, domid: DomId, timeout: Duration) -> Result<DomainExit, LibxlError>;

@@ -17,7 +17,7 @@ use hyperxl_contract::control::{
     self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
 };
 use hyperxl_contract::keys;
-use libxl::{ClientState, VchanServer};
+use libxl::{ClientState, DomainOps, VchanServer};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};

@@ -79,7 +79,10 @@ pub fn read_exit_code<T: xenstore_wire::Transport>(
 }
 
 /// Destroys domain `domid` if it exists (libxl logs an error for one that does not).
-pub fn destroy_if_present(ctx: &Context, domid: DomId) -> Result<(), libxl::LibxlError> {
+pub fn destroy_if_present(
+    ctx: &dyn libxl::DomainOps,
+    domid: DomId,
+) -> Result<(), libxl::LibxlError> {
     if !matches!(ctx.domain_info(domid), Ok(Some(_))) {
         return Ok(());
     }

@@ -175,9 +175,10 @@ fn vm_stop_grace(vms: &VmStore, id: &str) -> u32 {
 }
 
 /// Records a VM's end, whatever it was: no domain, no loop device left, and with
-/// `--rm` no state either. Returns the exit code to report.
+/// `--rm` no state either. Returns the exit code to report. `ctx`: Xen (a fake in
+/// tests), or none when it cannot be reached (the record is written all the same).
 pub fn finish(
-    ctx: Option<&Context>,
+    ctx: Option<&dyn DomainOps>,
     vms: &VmStore,
     id: &str,
     domid: Option<DomId>,
@@ -478,6 +479,99 @@ mod tests {
             "hello",
         ] {
             assert!(!is_init_line(shown), "{shown}");
+        }
+    }
+
+    /// The watcher's teardown against a fake Xen (no root, no Xen needed).
+    mod finish {
+        use libxl::fake::FakeDomainOps;
+        use libxl::{DomId, DomainConfig, DomainOps};
+
+        use super::super::{finish, EXIT_KILLED};
+        use crate::vm::state::{Status, VmState, VmStore};
+
+        fn domain(xen: &FakeDomainOps, name: &str) -> DomId {
+            let config = DomainConfig::builder(name)
+                .kernel("/k")
+                .memory_mib(32)
+                .build()
+                .unwrap();
+            xen.create_paused(&config).unwrap()
+        }
+
+        fn record(vms: &VmStore, name: &str, domid: Option<DomId>) -> VmState {
+            let mut vm = VmState::new(crate::vm::state::new_id(), name.into(), "img".into());
+            vm.domid = domid.map(|d| d.0);
+            vm.mark_running();
+            vms.create(&vm).unwrap();
+            vm
+        }
+
+        #[test]
+        fn the_domain_goes_and_the_exit_code_is_recorded() {
+            let dir = tempfile::tempdir().unwrap();
+            let vms = VmStore::open(dir.path()).unwrap();
+            let xen = FakeDomainOps::new();
+            let (mine, other) = (domain(&xen, "hyperxl-a"), domain(&xen, "hyperxl-b"));
+            let vm = record(&vms, "a", Some(mine));
+            assert_eq!(
+                finish(Some(&xen), &vms, &vm.id, Some(mine), Ok(3)).unwrap(),
+                3
+            );
+            assert_eq!(xen.domids(), [other], "only its own domain goes");
+            let ended = vms.load(&vm.id).unwrap();
+            assert_eq!(
+                (ended.status, ended.exit_code, ended.domid),
+                (Status::Exited, Some(3), None)
+            );
+        }
+
+        /// A watcher that knows one domain while the record names another (a restart,
+        /// a domain found by name): both go; with `--rm` the record goes too, and the
+        /// run's own error is what the caller hears.
+        #[test]
+        fn the_recorded_domain_goes_too_and_rm_removes_the_record() {
+            let dir = tempfile::tempdir().unwrap();
+            let vms = VmStore::open(dir.path()).unwrap();
+            let xen = FakeDomainOps::new();
+            let (known, recorded) = (domain(&xen, "hyperxl-c"), domain(&xen, "hyperxl-c2"));
+            let vm = record(&vms, "c", Some(recorded));
+            vms.update(&vm.id, |v| v.auto_remove = true).unwrap();
+            let err = finish(
+                Some(&xen),
+                &vms,
+                &vm.id,
+                Some(known),
+                Err(anyhow::anyhow!("the guest crashed")),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("crashed"), "{err}");
+            assert!(xen.domids().is_empty());
+            assert!(vms.load(&vm.id).is_err(), "--rm removes the record");
+        }
+
+        /// Killed on purpose: no exit code from the guest is 137 and no failure; a
+        /// domain already gone is no error; without Xen the record is written anyway.
+        #[test]
+        fn a_killed_vm_ends_137_even_without_xen() {
+            let dir = tempfile::tempdir().unwrap();
+            let vms = VmStore::open(dir.path()).unwrap();
+            let xen = FakeDomainOps::new();
+            let vm = record(&vms, "k", Some(DomId(42)));
+            vms.update(&vm.id, VmState::mark_killed).unwrap();
+            let _ = finish(
+                Some(&xen),
+                &vms,
+                &vm.id,
+                Some(DomId(42)),
+                Err(anyhow::anyhow!("x")),
+            );
+            let ended = vms.load(&vm.id).unwrap();
+            assert_eq!((ended.exit_code, ended.error), (Some(EXIT_KILLED), None));
+
+            let other = record(&vms, "n", None);
+            let _ = finish(None, &vms, &other.id, None, Ok(0));
+            assert_eq!(vms.load(&other.id).unwrap().status, Status::Exited);
         }
     }
 }
