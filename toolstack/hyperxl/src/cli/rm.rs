@@ -1,15 +1,13 @@
 //! `hyperxl rm [-f] VM...`: remove exited VMs (with `-f`, destroy running ones first).
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
 
+use crate::vm::control;
 use crate::vm::host::{reconcile_all, Host};
-use crate::vm::reconcile::unwatched;
 use crate::vm::state::{StateError, VmStore};
-use crate::vm::{control, disk};
 
 /// Arguments of `hyperxl rm`.
 #[derive(Debug, Args)]
@@ -25,7 +23,7 @@ pub struct RmArgs {
     pub vms: Vec<String>,
 }
 
-/// Removes the VMs; fails on the first that cannot be removed.
+/// Removes the VMs (see [`control::remove`]); fails on the first that cannot be removed.
 pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
     let host = Host::connect();
@@ -33,7 +31,7 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
     for which in &args.vms {
         let vm = match vms.find(which) {
             Ok(vm) => vm,
-            Err(StateError::NotFound(_)) if args.force && remove_corrupt(&vms, which)? => {
+            Err(StateError::NotFound(_)) if args.force && control::remove_corrupt(&vms, which)? => {
                 println!("{which}");
                 continue;
             }
@@ -42,56 +40,18 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
             }
             Err(e) => return Err(e.into()),
         };
-        if vm.status.can_stop() {
-            if !args.force {
-                bail!("VM {} is running: stop it first or use rm -f", vm.name);
-            }
-            let vm = control::destroy(&vms, &host, &vm)?;
-            if !unwatched(&vm) {
-                // Let the watcher finish its record, so it does not write after us.
-                let _ = control::wait_exited(&vms, &host, &vm.id, Some(Duration::from_secs(10)));
-            }
-        }
-        // What a killed watcher could not tear down: the loop device, the network.
-        if let Ok(vm) = vms.load(&vm.id) {
-            crate::net::detach(state_dir, &vm);
-            for (dev, file) in vm.loops() {
-                if !disk::wait_freed(&dev, Duration::from_secs(3)) {
-                    disk::detach(&dev, &vm.id, file.as_deref())?;
-                }
-            }
-        }
-        if !vms.remove_if(&vm.id, |now| args.force || !now.status.can_stop())? {
-            bail!(
-                "VM {} is running again: stop it first or use rm -f",
-                vm.name
-            );
-        }
-        if args.volumes {
-            crate::volume::remove_anonymous(state_dir, &vms, &vm);
-        }
+        control::remove(
+            &vms,
+            &host,
+            &vm,
+            control::Removal {
+                force: args.force,
+                volumes: args.volumes,
+            },
+        )?;
         println!("{which}");
     }
     Ok(0)
-}
-
-/// `rm -f` of a VM whose record does not parse, named by its id or an id prefix: its
-/// directory goes (what it held cannot be known; its domain, if any, is left to
-/// `xl destroy`). Returns whether `which` named one.
-fn remove_corrupt(vms: &VmStore, which: &str) -> anyhow::Result<bool> {
-    match vms.corrupt_ids(which)?.as_slice() {
-        [] => Ok(false),
-        [id] => {
-            let _lock = vms.lock_vm(id)?;
-            // Rewritten meanwhile (a live watcher's update)? Then it is not ours to drop.
-            if !matches!(vms.load(id), Err(StateError::Corrupt { .. })) {
-                bail!("the record of VM {id} changed meanwhile; run rm again");
-            }
-            vms.remove(id)?;
-            Ok(true)
-        }
-        _ => Err(StateError::Ambiguous(which.to_owned()).into()),
-    }
 }
 
 #[cfg(test)]

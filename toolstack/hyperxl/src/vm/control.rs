@@ -1,13 +1,15 @@
-//! Acting on a VM some other process watches: stop, kill, wait. Each records what it
-//! asked for under the VM's lock, acts through Xen, and then waits for the watcher (or,
-//! when the watcher is gone, reconciliation) to record the end.
+//! Acting on a VM some other process watches: stop, kill, wait, remove. Each records
+//! what it asked for under the VM's lock, acts through Xen, and then waits for the
+//! watcher (or, when the watcher is gone, reconciliation) to record the end.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+use super::disk;
 use super::host::{reconcile_all, Host};
+use super::reconcile::unwatched;
 use super::state::{StateError, VmState, VmStore};
 
 /// How long a watcher gets to record an end after the domain is gone.
@@ -93,5 +95,68 @@ pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyh
     match wait_exited(vms, host, &vm.id, Some(timeout)) {
         Ok(_) => Ok(()),
         Err(_) => kill(vms, host, &vm),
+    }
+}
+
+/// How [`remove`] treats a VM that still runs, and its anonymous volumes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Removal {
+    /// Destroy a running VM's domain first (`rm -f`); without it a running VM is an
+    /// error.
+    pub force: bool,
+    /// Remove its anonymous volumes too (`rm -v`; named volumes stay).
+    pub volumes: bool,
+}
+
+/// `rm`: removes the VM's record, after destroying its domain if `how.force` says so
+/// and tearing down what a killed watcher could not (the loop devices, the network).
+pub fn remove(vms: &VmStore, host: &Host, vm: &VmState, how: Removal) -> anyhow::Result<()> {
+    if vm.status.can_stop() {
+        if !how.force {
+            bail!("VM {} is running: stop it first or use rm -f", vm.name);
+        }
+        let vm = destroy(vms, host, vm)?;
+        if !unwatched(&vm) {
+            // Let the watcher finish its record, so it does not write after us.
+            let _ = wait_exited(vms, host, &vm.id, Some(Duration::from_secs(10)));
+        }
+    }
+    // What a killed watcher could not tear down: the loop device, the network.
+    if let Ok(vm) = vms.load(&vm.id) {
+        crate::net::detach(vms.state_dir(), &vm);
+        for (dev, file) in vm.loops() {
+            if !disk::wait_freed(&dev, Duration::from_secs(3)) {
+                disk::detach(&dev, &vm.id, file.as_deref())?;
+            }
+        }
+    }
+    if !vms.remove_if(&vm.id, |now| how.force || !now.status.can_stop())? {
+        bail!(
+            "VM {} is running again: stop it first or use rm -f",
+            vm.name
+        );
+    }
+    if how.volumes {
+        crate::volume::remove_anonymous(vms.state_dir(), vms, vm);
+    }
+    Ok(())
+}
+
+/// `rm -f` of a VM whose record does not parse, named by its id or an id prefix: its
+/// directory goes (what it held cannot be known; its domain, if any, is left to
+/// `xl destroy`). Returns whether `which` named one.
+pub fn remove_corrupt(vms: &VmStore, which: &str) -> anyhow::Result<bool> {
+    match vms.corrupt_ids(which)?.as_slice() {
+        [] => Ok(false),
+        [id] => {
+            let _lock = vms.lock_vm(id)?;
+            // Rewritten meanwhile (a live watcher's update)? Then it is not ours to drop.
+            if !matches!(vms.load(id), Err(StateError::Corrupt { .. })) {
+                bail!("the record of VM {id} changed meanwhile; run rm again");
+            }
+            vms.remove(id)?;
+            Ok(true)
+        }
+        _ => Err(StateError::Ambiguous(which.to_owned()).into()),
     }
 }
