@@ -66,7 +66,7 @@ pub fn run(state_dir: &Path, args: AttachArgs) -> anyhow::Result<u8> {
                 })
                 .context("starting the stdin thread")?;
         }
-        super::logs::print_log(&vms, &vm.id, false, true, true)?;
+        crate::vm::logs::print_log(&vms, &vm.id, false, true, true)?;
     }
     // The app's end: its exit code, as `docker attach` exits with it.
     match control::wait_exited(&vms, &host, &vm.id, None)? {

@@ -1,16 +1,10 @@
 //! `hyperxl logs [-f] VM`: the VM's console as recorded by its watcher.
 
-use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 
-use crate::vm::console::{self, LineSplitter};
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::monitor::is_init_line;
+use crate::vm::logs::print_log;
 use crate::vm::state::VmStore;
 
 /// Arguments of `hyperxl logs`.
@@ -32,122 +26,4 @@ pub fn run(state_dir: &Path, args: LogsArgs) -> anyhow::Result<u8> {
     let vm = vms.find(&args.vm)?;
     print_log(&vms, &vm.id, args.debug, args.follow, false)?;
     Ok(0)
-}
-
-/// Prints VM `id`'s console log, from its start (with the rotated files) or, with
-/// `from_end`, only what is written from now on; with `follow`, until the VM ended.
-pub fn print_log(
-    vms: &VmStore,
-    id: &str,
-    debug: bool,
-    follow: bool,
-    from_end: bool,
-) -> anyhow::Result<()> {
-    let path = vms.dir(id).join("console.log");
-    let host = follow.then(Host::connect);
-    let stdout = std::io::stdout();
-    let mut show = |raw: &[u8]| -> std::io::Result<()> {
-        let text = String::from_utf8_lossy(raw);
-        let text = text.trim_end_matches(['\r', '\n']);
-        if debug || !is_init_line(text) {
-            let mut out = stdout.lock();
-            writeln!(out, "{text}")?;
-            out.flush()?;
-        }
-        Ok(())
-    };
-    let mut lines = LineSplitter::default();
-    // The rotated files first (oldest first), each whole: they no longer change.
-    let files = console::log_files(&path);
-    let (current, rotated) = files.split_last().expect("log_files ends with the log");
-    if !from_end {
-        for old in rotated {
-            if let Ok(mut f) = File::open(old) {
-                copy_lines(&mut f, &mut lines, &mut show)?;
-            }
-        }
-    }
-    let mut reader = open_if_present(current)?;
-    if let (true, Some(f)) = (from_end, reader.as_mut()) {
-        f.seek(std::io::SeekFrom::End(0))
-            .context("reading the console log")?;
-    }
-    let mut last_round = false;
-    loop {
-        if reader.is_none() {
-            reader = open_if_present(&path)?;
-        }
-        if let Some(f) = reader.as_mut() {
-            copy_lines(f, &mut lines, &mut show)?;
-            if rotated_away(f, &path) {
-                // The watcher rotated the log: finish the old file, go on with the new.
-                copy_lines(f, &mut lines, &mut show)?;
-                reader = open_if_present(&path)?;
-                continue;
-            }
-        }
-        if last_round {
-            break;
-        }
-        let Some(host) = &host else { break };
-        let vms_now = reconcile_all(vms, host)?;
-        let running = vms_now.iter().any(|v| v.id == id && v.status.can_stop());
-        if !running {
-            // One more round for what the watcher wrote before recording the end.
-            std::thread::sleep(Duration::from_millis(200));
-            last_round = true;
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // The VM has ended (or no -f): no rest of a last unfinished line is coming.
-    let mut err = Ok(());
-    lines.finish(|l| err = show(l));
-    err?;
-    Ok(())
-}
-
-/// Opens the log if it exists yet.
-fn open_if_present(path: &Path) -> anyhow::Result<Option<File>> {
-    match File::open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Shows every complete line `f` holds from its position on (an unfinished last line
-/// stays in `lines` until its rest arrives).
-fn copy_lines(
-    f: &mut File,
-    lines: &mut LineSplitter,
-    show: &mut impl FnMut(&[u8]) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut err = Ok(());
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        lines.push(&buf[..n], |l| {
-            if err.is_ok() {
-                err = show(l);
-            }
-        });
-        std::mem::replace(&mut err, Ok(()))?;
-    }
-    Ok(())
-}
-
-/// Whether `path` now names another file than the open `f` (the log was rotated).
-fn rotated_away(f: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (f.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(now)) => open.ino() != now.ino() || open.dev() != now.dev(),
-        // Gone for a moment between rename and re-create: not a new file yet.
-        _ => false,
-    }
 }

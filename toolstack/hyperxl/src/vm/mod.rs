@@ -8,6 +8,7 @@ pub mod exec;
 pub mod files;
 pub mod host;
 pub mod launch;
+pub mod logs;
 pub mod monitor;
 pub mod pool;
 pub mod reconcile;

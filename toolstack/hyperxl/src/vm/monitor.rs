@@ -412,14 +412,7 @@ fn spawn_console(
     let sink: Option<console::LineSink> = match out {
         ConsoleOut::LogOnly => None,
         ConsoleOut::Attached { show_init_lines } => Some(Box::new(move |line: &[u8]| {
-            let text = String::from_utf8_lossy(line);
-            let trimmed = text.trim_end_matches(['\r', '\n']);
-            if show_init_lines || !is_init_line(trimmed) {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(trimmed.as_bytes());
-                let _ = out.write_all(b"\n");
-                let _ = out.flush();
-            }
+            let _ = super::logs::print_line(line, show_init_lines);
         })),
     };
     console::spawn_copier(tty, log, sink, skip_until, stop)
