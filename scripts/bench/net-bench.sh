@@ -5,6 +5,7 @@
 #   started net|none MS     the same runs from start to the app started (their phases
 #                           before `app`: what networking adds to a boot)
 #   phase net|none NAME MS  its phases (HYPERXL_TIMINGS=1)
+#   span net NAME MS        work beside the phases (the VM's nft run, during the build)
 #   vif hyperxl-vif|vif-bridge MS   the domain-build phase (the vif's hotplug step runs in
 #                           it) with hyperxl-vif, and with Xen's bash vif-bridge
 #   tput veth|guest-out|guest-guest MB/S   100 MiB over TCP (busybox dd | nc): two dom0
@@ -27,6 +28,7 @@ boot() {
     e=${EPOCHREALTIME//[.,]/}
     echo "boot $kind $(ms "$s" "$e")"
     awk -v k="$kind" '$1 == "hyperxl-timing:" {print "phase", k, $2, $3}' /tmp/b.err
+    awk -v k="$kind" '$1 == "hyperxl-timing-span:" {print "span", k, $2, $3}' /tmp/b.err
     # The issue's measure: from `run` to the app started (every phase before the app's).
     awk -v k="$kind" '$1 == "hyperxl-timing:" && $2 != "app" && $2 != "teardown" {t += $3}
         END {printf "started %s %.1f\n", k, t}' /tmp/b.err

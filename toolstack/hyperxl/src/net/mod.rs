@@ -262,7 +262,9 @@ pub fn attach(
         let (def, id, net) = (def.clone(), id.to_string(), vm_net.clone());
         std::thread::spawn(move || {
             let _lock = lock;
+            let began = std::time::Instant::now();
             let applied = apply_with_base(&def, &rules);
+            crate::vm::timing::span("nft-rules", began.elapsed());
             if applied.is_err() {
                 teardown(&store, &id, &net);
             }
