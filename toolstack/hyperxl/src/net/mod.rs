@@ -320,7 +320,27 @@ fn teardown(store: &NetStore, id: &str, net: &VmNet) {
         let keys = nft::ports_jumping_to(&nft::list_ports_map(), &publ);
         nft::apply_each(&nft::vm_removal(id, &net.vif, &keys));
     }
+    // Before the address is free again: no successor's connection may be flushed.
+    forget_connections(net.ip);
     store.release(&net.network, net.ip, id);
+}
+
+/// Deletes dom0's conntrack entries of a VM's address that ended (connections it
+/// opened, and those DNAT'ed to it), so the next VM given the address does not inherit
+/// them: its cap of new connections (`ct count` per source address) would count a
+/// predecessor's flood until those entries expired (30 s for UDP, 5 days for an
+/// established TCP connection nobody closed). Best effort, through conntrack(8) of
+/// conntrack-tools; without it the entries only expire.
+fn forget_connections(ip: std::net::Ipv4Addr) {
+    let ip = ip.to_string();
+    for side in ["--orig-src", "--reply-src"] {
+        let _ = std::process::Command::new("conntrack")
+            .args(["-D", "-f", "ipv4", side, &ip])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// Removes a VM's rules and frees its address (idempotent, best effort: called by the
