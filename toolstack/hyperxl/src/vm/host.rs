@@ -78,6 +78,13 @@ pub fn read_exit_code<T: xenstore_wire::Transport>(
         .map(|c| c.parse::<i32>().unwrap_or(EXIT_CRASHED))
 }
 
+/// Whether the init of `domid` says it waits for a spec (`state=pooled`); not knowing
+/// is not waiting.
+pub fn init_waits_for_spec<T: xenstore_wire::Transport>(xs: &mut Xenstore<T>, domid: u32) -> bool {
+    xs.read(&keys::abs(domid, keys::status::STATE))
+        .is_ok_and(|s| s == hyperxl_contract::State::Pooled.as_str().as_bytes())
+}
+
 /// Destroys domain `domid` if it exists (libxl logs an error for one that does not).
 pub fn destroy_if_present(
     ctx: &dyn libxl::DomainOps,
@@ -154,10 +161,10 @@ impl Host {
     /// Whether the init of `domid` says it waits for a spec (a pooled VM's): running,
     /// yet started by nobody.
     fn waits_for_spec(&self, domid: u32) -> bool {
-        self.xs.borrow_mut().as_mut().is_some_and(|xs| {
-            xs.read(&keys::abs(domid, keys::status::STATE))
-                .is_ok_and(|s| s == hyperxl_contract::State::Pooled.as_str().as_bytes())
-        })
+        self.xs
+            .borrow_mut()
+            .as_mut()
+            .is_some_and(|xs| init_waits_for_spec(xs, domid))
     }
 
     /// The domid of the domain called `name`, if there is one.

@@ -335,8 +335,7 @@ pub fn domain_config(
 }
 
 /// A VM recorded, its loop device attached and its domain built (or taken from the
-/// pool), paused, with the spec
-/// in xenstore.
+/// pool), paused, with the spec in xenstore.
 struct Booted {
     id: String,
     domid: DomId,
@@ -438,15 +437,15 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
         let shape = p.shape();
         // The pool only ever speeds a run up: whatever is wrong with it, the run boots
         // cold (and says why).
-        let settings = pool::Settings::load(vms.state_dir()).unwrap_or_else(|e| {
-            eprintln!("hyperxl: warning: not using the pool: {e:#}");
-            pool::Settings::default()
-        });
+        let no_pool = |e: &anyhow::Error| eprintln!("hyperxl: warning: not using the pool: {e:#}");
+        let settings = pool::Settings::load(vms.state_dir())
+            .inspect_err(no_pool)
+            .unwrap_or_default();
         let pooled = match settings.shapes.contains_key(&shape.key()) && p.restart_of.is_none() {
-            true => pool::take(ctx, vms, &p.vm, &shape).unwrap_or_else(|e| {
-                eprintln!("hyperxl: warning: not using the pool: {e:#}");
-                None
-            }),
+            true => pool::take(ctx, vms, &p.vm, &shape)
+                .inspect_err(no_pool)
+                .ok()
+                .flatten(),
             false => None,
         };
         let domid = match pooled {

@@ -217,7 +217,7 @@ pub fn finish(
         if STOP_SEEN.load(Ordering::SeqCst) {
             vm.stopped_by_user = true;
         }
-        // Killed on purpose while it was being built: that is no failure.
+        // (A VM killed on purpose ends 137 whatever the error: see `record_end`.)
         let outcome = match &result {
             Ok(code) => Ok(*code),
             Err(err) => Err(format!("{err:#}")),

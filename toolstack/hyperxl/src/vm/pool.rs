@@ -28,9 +28,10 @@ use anyhow::{bail, Context as _};
 use hyperxl_contract::{keys, State};
 use libxl::{Context, DomId, DomainConfig, DomainOps, DomainType};
 use serde::{Deserialize, Serialize};
-use xenstore_wire::{AnyTransport, Xenstore};
+use xenstore_wire::Xenstore;
 
 use super::files;
+use super::host::init_waits_for_spec;
 use super::monitor;
 use super::state::{self, Status, VmState, VmStore};
 
@@ -221,7 +222,7 @@ pub fn take(
         let old = pooled.domain_name();
         let alive = matches!(ctx.domain_info(domid),
             Ok(Some(info)) if info.name.as_deref() == Some(old.as_str()) && !info.shutdown && !info.dying);
-        if !alive || !init_waits(&mut xs, domid) {
+        if !alive || !init_waits_for_spec(&mut xs, domid.0) {
             // Not ready after all; reconcile records its end, or a refill replaces it.
             continue;
         }
@@ -318,7 +319,7 @@ fn fill_locked(
             // waiting for a spec: no run takes it, so it must not hold a place.
             let stuck = vm.killed
                 || (vm.status == Status::Running
-                    && vm.domid.is_some_and(|d| !init_waits(&mut xs, DomId(d))));
+                    && vm.domid.is_some_and(|d| !init_waits_for_spec(&mut xs, d)));
             if stuck || wanted.is_none() || current.as_ref() != vm.labels.get(LABEL_BOOT) {
                 destroy(&ctx, vms, &vm);
                 done.removed.push(vm.name.clone());
@@ -435,12 +436,6 @@ fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<Strin
         let _ = monitor::finish(Some(ctx), vms, &id, built, Err(anyhow::anyhow!("{e:#}")));
     }
     booted
-}
-
-/// Whether the init of `domid` says it waits for a spec (not knowing is not waiting).
-fn init_waits(xs: &mut Xenstore<AnyTransport>, domid: DomId) -> bool {
-    xs.read_string(&keys::abs(domid.0, keys::status::STATE))
-        .is_ok_and(|s| s == State::Pooled.as_str())
 }
 
 /// Waits until the init of `domid` says `pooled` (woken by a watch on its state).
