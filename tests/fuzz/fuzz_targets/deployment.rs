@@ -29,5 +29,5 @@ fuzz_target!(|data: &[u8]| {
     if SKIP.iter().any(|s| text.contains(s)) {
         return;
     }
-    let _ = hyperxl::fuzzing::parse_deployment(text, deployment_path());
+    let _ = hyperxl_core::fuzzing::parse_deployment(text, deployment_path());
 });

@@ -1,20 +1,12 @@
 //! `hyperxl`: run container images as Xen virtual machines.
 //!
-//! The binary (`main.rs`) only calls [`main`]; the modules live in this library so that
-//! fuzz targets (`tests/fuzz`) can reach the parsers through [`fuzzing`]. The CLI is thin: argument parsing lives in [`cli`], one file per subcommand, and
-//! each handler calls into the libraries (`hyperxl-image`, `libxl`, `xenstore-wire`).
-//! Errors are `anyhow` here; the libraries return typed errors. Exit codes follow
+//! The command-line front end of `hyperxl-core`. The binary (`main.rs`) only calls
+//! [`main`]. Argument parsing and printing live in `cli`, one file per subcommand; each
+//! handler calls into `hyperxl-core` (the VM lifecycle, networks, volumes, deployments)
+//! and the lower libraries (`hyperxl-image`, `libxl`, `xenstore-wire`). Exit codes follow
 //! `docker run`: 125 when hyperxl itself failed, otherwise the app's own code.
 
 mod cli;
-mod deploy;
-mod net;
-mod usage;
-mod vm;
-mod volume;
-mod xlcfg;
-
-pub mod fuzzing;
 
 use std::process::ExitCode;
 

@@ -7,10 +7,10 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use hyperxl_contract::Spec;
 
-use crate::vm::control;
-use crate::vm::exec::{self, RawTerminal};
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
+use hyperxl_core::vm::control;
+use hyperxl_core::vm::exec::{self, RawTerminal};
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl attach`.
 #[derive(Debug, Args)]
@@ -66,7 +66,7 @@ pub fn run(state_dir: &Path, args: AttachArgs) -> anyhow::Result<u8> {
                 })
                 .context("starting the stdin thread")?;
         }
-        crate::vm::logs::print_log(&vms, &vm.id, false, true, true)?;
+        hyperxl_core::vm::logs::print_log(&vms, &vm.id, false, true, true)?;
     }
     // The app's end: its exit code, as `docker attach` exits with it.
     match control::wait_exited(&vms, &host, &vm.id, None)? {

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use hyperxl_contract::Spec;
 
 use crate::cli::run::{self, RunArgs};
-use crate::vm::launch;
-use crate::xlcfg::{XlConfig, XlDisk};
+use hyperxl_core::vm::launch;
+use hyperxl_core::xlcfg::{XlConfig, XlDisk};
 
 /// The comment line of a config file that carries the spec.
 pub const SPEC_LINE: &str = "# hyperxl-spec: ";

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::bail;
 use clap::Args;
 
-use crate::vm::copy::{self, Endpoint};
+use hyperxl_core::vm::copy::{self, Endpoint};
 
 /// Arguments of `hyperxl cp`.
 #[derive(Debug, Args)]

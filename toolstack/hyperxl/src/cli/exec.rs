@@ -7,8 +7,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use hyperxl_contract::control::{ExecRequest, FrameError};
 
-use crate::vm::exec::{self, ExecOptions};
-use crate::vm::spec;
+use hyperxl_core::vm::exec::{self, ExecOptions};
+use hyperxl_core::vm::spec;
 
 /// Arguments of `hyperxl exec`.
 #[derive(Debug, Args)]

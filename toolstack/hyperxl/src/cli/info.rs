@@ -5,8 +5,8 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl info`.
 #[derive(Debug, Args)]
@@ -27,8 +27,10 @@ pub fn run(state_dir: &Path, args: InfoArgs) -> anyhow::Result<u8> {
     let vm_store = VmStore::open(state_dir)?;
     let vms = reconcile_all(&vm_store, &Host::connect())?;
     let running = vms.iter().filter(|v| v.status.can_stop()).count();
-    let usage = crate::usage::measure(&vm_store, &vms)?;
-    let networks = crate::net::store::NetStore::open(state_dir)?.list()?.len();
+    let usage = hyperxl_core::usage::measure(&vm_store, &vms)?;
+    let networks = hyperxl_core::net::store::NetStore::open(state_dir)?
+        .list()?
+        .len();
     let fs = nix::sys::statvfs::statvfs(state_dir).ok();
     let free_disk = fs.map(|s| s.blocks_available() * s.fragment_size());
     let guest = super::run::guest_dir();

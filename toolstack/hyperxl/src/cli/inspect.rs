@@ -5,8 +5,8 @@ use std::path::Path;
 use clap::Args;
 use serde_json::Value;
 
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl inspect`.
 #[derive(Debug, Args)]

@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::bail;
 use clap::Args;
 
-use crate::vm::control;
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
+use hyperxl_core::vm::control;
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl kill`.
 #[derive(Debug, Args)]

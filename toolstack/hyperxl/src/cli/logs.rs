@@ -4,8 +4,8 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::vm::logs::print_log;
-use crate::vm::state::VmStore;
+use hyperxl_core::vm::logs::print_log;
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl logs`.
 #[derive(Debug, Args)]

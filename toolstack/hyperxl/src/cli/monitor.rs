@@ -4,8 +4,8 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::vm::launch;
-use crate::vm::state::VmStore;
+use hyperxl_core::vm::launch;
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl monitor`.
 #[derive(Debug, Args)]

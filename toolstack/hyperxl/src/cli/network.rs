@@ -5,11 +5,11 @@ use std::path::Path;
 
 use clap::{Args, Subcommand};
 
-use crate::net;
-use crate::net::store::{NetStore, DEFAULT_NETWORK};
-use crate::net::subnet::Subnet;
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
+use hyperxl_core::net;
+use hyperxl_core::net::store::{NetStore, DEFAULT_NETWORK};
+use hyperxl_core::net::subnet::Subnet;
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl network`.
 #[derive(Debug, Args)]

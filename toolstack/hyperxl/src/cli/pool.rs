@@ -1,14 +1,14 @@
 //! `hyperxl pool fill|ls|drain`: VMs booted ahead of time, each serving one `run` of
-//! its shape (see [`crate::vm::pool`]).
+//! its shape (see [`hyperxl_core::vm::pool`]).
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::pool::{self, Settings, Shape};
-use crate::vm::spec;
-use crate::vm::state::{Status, VmStore};
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::pool::{self, Settings, Shape};
+use hyperxl_core::vm::spec;
+use hyperxl_core::vm::state::{Status, VmStore};
 
 /// Arguments of `hyperxl pool`.
 #[derive(Debug, Args)]

@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::bail;
 use clap::Args;
 
-use crate::net::publish::{self, Proto};
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
+use hyperxl_core::net::publish::{self, Proto};
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl port`.
 #[derive(Debug, Args)]

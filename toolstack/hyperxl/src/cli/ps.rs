@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::bail;
 use clap::Args;
 
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::reconcile::unwatched;
-use crate::vm::state::{Status, VmState, VmStore};
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::reconcile::unwatched;
+use hyperxl_core::vm::state::{Status, VmState, VmStore};
 
 /// Arguments of `hyperxl ps`.
 #[derive(Debug, Args)]
@@ -41,20 +41,20 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(d) = &args.deployment {
         filters.push(Filter::Label(
-            crate::deploy::apply::LABEL_DEPLOYMENT.into(),
+            hyperxl_core::deploy::apply::LABEL_DEPLOYMENT.into(),
             Some(d.clone()),
         ));
     }
     let show_pooled = filters
         .iter()
-        .any(|f| matches!(f, Filter::Label(k, _) if k == crate::vm::pool::LABEL_POOL));
+        .any(|f| matches!(f, Filter::Label(k, _) if k == hyperxl_core::vm::pool::LABEL_POOL));
     // Asking for a status shows exited VMs too, as with Docker.
     let all = args.all || filters.iter().any(|f| matches!(f, Filter::Status(_)));
     let list: Vec<_> = reconcile_all(&vms, &Host::connect())?
         .into_iter()
         .filter(|v| all || v.status != Status::Exited)
         // Pooled VMs are nobody's yet: shown only when asked for by their label.
-        .filter(|v| show_pooled || !crate::vm::pool::is_pooled(v))
+        .filter(|v| show_pooled || !hyperxl_core::vm::pool::is_pooled(v))
         .filter(|v| filters.iter().all(|f| f.matches(v)))
         .collect();
     if args.quiet {
@@ -123,7 +123,10 @@ impl Filter {
     fn parse(s: &str) -> anyhow::Result<Self> {
         if s == "pool" {
             // The VMs `hyperxl pool` keeps booted, hidden otherwise.
-            return Ok(Filter::Label(crate::vm::pool::LABEL_POOL.into(), None));
+            return Ok(Filter::Label(
+                hyperxl_core::vm::pool::LABEL_POOL.into(),
+                None,
+            ));
         }
         let Some((key, value)) = s.split_once('=') else {
             bail!("invalid filter {s:?}: use KEY=VALUE (label, name, id, status) or pool");

@@ -5,9 +5,9 @@ use std::path::Path;
 use anyhow::bail;
 use clap::Args;
 
-use crate::vm::control;
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::{StateError, VmStore};
+use hyperxl_core::vm::control;
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::{StateError, VmStore};
 
 /// Arguments of `hyperxl rm`.
 #[derive(Debug, Args)]
@@ -57,7 +57,7 @@ pub fn run(state_dir: &Path, args: RmArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::state::{Status, VmState};
+    use hyperxl_core::vm::state::{Status, VmState};
 
     #[test]
     fn defect11_corrupt_state_json_is_skipped_and_rm_f_removes_it() {

@@ -9,11 +9,11 @@ use clap::Args;
 
 use hyperxl_contract::net::{valid_hostname, HostEntry};
 
-use crate::net::{publish, NetRequest};
-use crate::vm::console::LogLimits;
-use crate::vm::launch::{self, LaunchOptions};
-use crate::vm::spec::{self, RunFlags};
-use crate::vm::state::VmStore;
+use hyperxl_core::net::{publish, NetRequest};
+use hyperxl_core::vm::console::LogLimits;
+use hyperxl_core::vm::launch::{self, LaunchOptions};
+use hyperxl_core::vm::spec::{self, RunFlags};
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl run`.
 #[derive(Debug, Args)]
@@ -173,7 +173,7 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         labels: Default::default(),
         net: net_request(args)?,
         storage: {
-            use crate::volume::request;
+            use hyperxl_core::volume::request;
             let mut req =
                 request::from_flags(&args.volume, &args.tmpfs, args.read_only, &args.storage_opt)?;
             request::add_mounts(&mut req, &args.mount)?;
@@ -189,7 +189,7 @@ pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
     // Asking for ports or an address is asking for a network, whatever the default.
     let wants_network = !args.publish.is_empty() || args.publish_all || args.ip.is_some();
     let chosen = args.network.clone().or_else(|| {
-        crate::net::default_network_setting().filter(|n| !(wants_network && n == "none"))
+        hyperxl_core::net::default_network_setting().filter(|n| !(wants_network && n == "none"))
     });
     let disabled = chosen.as_deref() == Some("none");
     let network = chosen.filter(|n| !matches!(n.as_str(), "none" | "default" | "bridge"));
@@ -228,7 +228,7 @@ pub fn net_request(args: &RunArgs) -> anyhow::Result<NetRequest> {
 
 /// Runs the VM; returns the app's exit code.
 pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
-    crate::vm::timing::start();
+    hyperxl_core::vm::timing::start();
     if args.tty && args.interactive && !args.detach && !std::io::stdin().is_terminal() {
         anyhow::bail!("run -it: the input device is not a terminal (drop -t to pipe stdin)");
     }
@@ -236,13 +236,13 @@ pub fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     let vms = VmStore::open(state_dir)?;
     // As every command: first make the records agree with Xen (a VM that ended unwatched
     // is recorded and torn down before this one starts).
-    crate::vm::host::reconcile_all(&vms, &crate::vm::host::Host::connect())?;
+    hyperxl_core::vm::host::reconcile_all(&vms, &hyperxl_core::vm::host::Host::connect())?;
     // Ctrl-C while the image is pulled just ends hyperxl (nothing exists yet to clean).
     let prepared = launch::prepare(state_dir, &opts, &flags)?;
     if !args.detach {
         // From here on, Ctrl-C while the domain is built must still stop (or never
         // start) the VM, not leave a paused domain behind.
-        crate::vm::monitor::install_stop_handlers();
+        hyperxl_core::vm::monitor::install_stop_handlers();
     }
     if args.detach {
         let id = launch::run_detached(state_dir, &vms, prepared)?;

@@ -7,11 +7,11 @@ use std::path::Path;
 use clap::{Args, Subcommand};
 use hyperxl_image::Store;
 
-use crate::net::store::{NetStore, DEFAULT_NETWORK};
-use crate::usage::{self, Row};
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::{Status, VmStore};
-use crate::volume::store::VolumeStore;
+use hyperxl_core::net::store::{NetStore, DEFAULT_NETWORK};
+use hyperxl_core::usage::{self, Row};
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::{Status, VmStore};
+use hyperxl_core::volume::store::VolumeStore;
 
 /// Arguments of `hyperxl system`.
 #[derive(Debug, Args)]
@@ -140,7 +140,7 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
     let vms = reconcile_all(&vm_store, &host)?;
 
     // Networks without a VM (leases of ended VMs are swept first), never the default.
-    crate::net::sweep(&vm_store, &vms);
+    hyperxl_core::net::sweep(&vm_store, &vms);
     let nets = NetStore::open(state_dir)?;
     let unused: Vec<String> = nets
         .list()?
@@ -152,7 +152,7 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
     if !unused.is_empty() {
         println!("Deleted Networks:");
         for name in unused {
-            crate::net::remove_network(state_dir, &name)?;
+            hyperxl_core::net::remove_network(state_dir, &name)?;
             println!("{name}");
         }
         println!();
@@ -160,7 +160,7 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
 
     if volumes {
         let store = VolumeStore::open(state_dir)?;
-        let removed = crate::volume::prune(&store, &vm_store, &vms, false)?;
+        let removed = hyperxl_core::volume::prune(&store, &vm_store, &vms, false)?;
         if !removed.is_empty() {
             println!("Deleted Volumes:");
             for (name, bytes) in removed {
@@ -198,7 +198,7 @@ fn reconcile(state_dir: &Path) -> anyhow::Result<u8> {
     let vm_store = VmStore::open(state_dir)?;
     let before = vm_store.list()?;
     let vms = reconcile_all(&vm_store, &Host::connect())?;
-    crate::net::sweep(&vm_store, &vms);
+    hyperxl_core::net::sweep(&vm_store, &vms);
     let mut ended = 0;
     for vm in &vms {
         let was = before.iter().find(|b| b.id == vm.id).map(|b| b.status);
@@ -210,11 +210,11 @@ fn reconcile(state_dir: &Path) -> anyhow::Result<u8> {
     let running = vms.iter().filter(|v| v.status.can_stop()).count();
     println!("{} VMs: {running} running, {ended} found ended", vms.len());
     // After a reboot the pooled VMs are gone with every domain: refill in the background.
-    if !crate::vm::pool::Settings::load(state_dir)?
+    if !hyperxl_core::vm::pool::Settings::load(state_dir)?
         .shapes
         .is_empty()
     {
-        crate::vm::pool::spawn_refill(state_dir)?;
+        hyperxl_core::vm::pool::spawn_refill(state_dir)?;
         println!("pool: refilling in the background");
     }
     Ok(0)

@@ -6,8 +6,8 @@ use anyhow::bail;
 use clap::Args;
 use hyperxl_contract::control::{Builtin, ExecRequest};
 
-use crate::vm::exec::{exec_with, Capture, ExecOptions, Streams};
-use crate::vm::host::terminal_safe;
+use hyperxl_core::vm::exec::{exec_with, Capture, ExecOptions, Streams};
+use hyperxl_core::vm::host::terminal_safe;
 
 /// Arguments of `hyperxl top`.
 #[derive(Debug, Args)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::cli::run::guest_dir;
-use crate::deploy::apply::{self, GuestFiles};
-use crate::deploy::file::Deployment;
+use hyperxl_core::deploy::apply::{self, GuestFiles};
+use hyperxl_core::deploy::file::Deployment;
 
 /// Arguments of `hyperxl up`.
 #[derive(Debug, Args)]
@@ -102,8 +102,8 @@ pub fn supervise(state_dir: &Path, args: FileArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deploy::apply::{LABEL_DEPLOYMENT, LABEL_VM};
-    use crate::vm::state::{Status, VmState, VmStore};
+    use hyperxl_core::deploy::apply::{LABEL_DEPLOYMENT, LABEL_VM};
+    use hyperxl_core::vm::state::{Status, VmState, VmStore};
 
     #[test]
     fn defect12_down_works_from_recorded_state_when_an_env_file_is_gone() {

@@ -7,10 +7,10 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
-use crate::vm::host::{reconcile_all, Host};
-use crate::vm::state::VmStore;
-use crate::volume::store::{self, VolumeStore};
-use crate::volume::transfer::{self, HelperFiles};
+use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::state::VmStore;
+use hyperxl_core::volume::store::{self, VolumeStore};
+use hyperxl_core::volume::transfer::{self, HelperFiles};
 
 fn helper_files() -> HelperFiles {
     let dir = crate::cli::run::guest_dir();
@@ -114,7 +114,7 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
                     println!("{}", v.name);
                     continue;
                 }
-                let users = crate::volume::users(&vms, &v.name);
+                let users = hyperxl_core::volume::users(&vms, &v.name);
                 println!(
                     "{:<34}  {:>9}  {:>9}  {}",
                     v.name,
@@ -137,7 +137,7 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
                     "anonymous": v.anonymous,
                     "labels": v.labels,
                     "file": store.data_file(&v.name),
-                    "vms": crate::volume::users(&vms, &v.name),
+                    "vms": hyperxl_core::volume::users(&vms, &v.name),
                 }));
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -146,7 +146,7 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
             let vms = VmStore::open(state_dir)?;
             reconcile_all(&vms, &Host::connect())?;
             for name in names {
-                crate::volume::remove_unused(&store, &vms, &name)?;
+                hyperxl_core::volume::remove_unused(&store, &vms, &name)?;
                 println!("{name}");
             }
         }
@@ -199,7 +199,7 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
             let vm_store = VmStore::open(state_dir)?;
             let vms = reconcile_all(&vm_store, &Host::connect())?;
             let mut freed = 0;
-            for (name, bytes) in crate::volume::prune(&store, &vm_store, &vms, all)? {
+            for (name, bytes) in hyperxl_core::volume::prune(&store, &vm_store, &vms, all)? {
                 println!("{name}");
                 freed += bytes;
             }
@@ -209,7 +209,7 @@ pub fn run(state_dir: &Path, args: VolumeArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn in_use(state_dir: &Path) -> anyhow::Result<Vec<crate::vm::state::VmState>> {
+fn in_use(state_dir: &Path) -> anyhow::Result<Vec<hyperxl_core::vm::state::VmState>> {
     let vms = VmStore::open(state_dir)?;
     Ok(reconcile_all(&vms, &Host::connect())?)
 }

@@ -481,6 +481,7 @@ pub fn prune(
     Ok(removed)
 }
 
+/// The names of the VMs among `all` that have volume `name` among their disks.
 pub fn users(all: &[VmState], name: &str) -> Vec<String> {
     all.iter()
         .filter(|v| v.disks.iter().any(|d| d.is_volume(name)))
