@@ -26,6 +26,7 @@ use crate::vm::control;
 use crate::vm::files;
 use crate::vm::host::{reconcile_all, Host};
 use crate::vm::launch::{self, LaunchOptions};
+use crate::vm::machine::Guest;
 use crate::vm::monitor;
 use crate::vm::state::{Status, VmState, VmStore};
 
@@ -40,15 +41,6 @@ pub const LABEL_FINGERPRINT: &str = "hyperxl.fingerprint";
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `up` waits for a VM's app to start before starting the VMs after it.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Where the guest kernel and initramfs come from.
-#[derive(Debug, Clone)]
-pub struct GuestFiles {
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Guest initramfs.
-    pub initrd: PathBuf,
-}
 
 /// The VM name hyperxl uses for `def` in `dep`.
 pub fn vm_name(dep: &Deployment, def: &VmDef) -> String {
@@ -67,7 +59,7 @@ pub fn members(vms: &VmStore, host: &Host, dep: &str) -> anyhow::Result<BTreeMap
 fn launch_options(
     dep: &Deployment,
     def: &VmDef,
-    guest: &GuestFiles,
+    guest: &Guest,
     net: crate::net::NetRequest,
 ) -> anyhow::Result<LaunchOptions> {
     let mut labels = def.labels.clone();
@@ -78,11 +70,8 @@ fn launch_options(
         image: def.image.clone(),
         name: Some(vm_name(dep, def)),
         auto_remove: false,
-        memory_mib: def.memory_mib,
-        vcpus: def.vcpus,
-        pv: def.pv,
-        kernel: guest.kernel.clone(),
-        initrd: guest.initrd.clone(),
+        machine: def.machine,
+        guest: guest.clone(),
         show_init_lines: false,
         log: def.log,
         labels,
@@ -204,7 +193,7 @@ fn start(
     vms: &VmStore,
     dep: &Deployment,
     def: &VmDef,
-    guest: &GuestFiles,
+    guest: &Guest,
     old: Option<&VmState>,
     replaced: Option<&VmState>,
 ) -> anyhow::Result<String> {
@@ -267,7 +256,7 @@ fn fetch_images(state_dir: &Path, dep: &Deployment) -> anyhow::Result<()> {
 pub fn up(
     state_dir: &Path,
     dep: &Deployment,
-    guest: &GuestFiles,
+    guest: &Guest,
     out: &mut impl Write,
     held: &DeploymentLock,
 ) -> anyhow::Result<()> {
@@ -575,7 +564,7 @@ fn restart_delay(n: u32) -> Duration {
 pub fn supervise(
     state_dir: &Path,
     dep: &Deployment,
-    guest: &GuestFiles,
+    guest: &Guest,
     attached: bool,
     out: &mut impl Write,
     _claimed: SupervisorLock,

@@ -3,9 +3,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::file::{MAX_VCPUS, RESERVED_LABEL_PREFIX};
+use super::file::RESERVED_LABEL_PREFIX;
 use super::restart::RestartError;
-use crate::vm::spec::SpecBuildError;
+use crate::vm::machine::{MachineError, MAX_VCPUS};
 
 /// Errors loading a deployment file.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ pub enum Problem {
         /// The VM.
         vm: String,
         /// Why the size is refused.
-        source: SpecBuildError,
+        source: MachineError,
     },
     /// `vcpus` out of range.
     #[error("VM {vm:?}: vcpus must be between 1 and {MAX_VCPUS}, not {value}")]

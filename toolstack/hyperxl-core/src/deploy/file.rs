@@ -41,15 +41,10 @@ use super::order;
 use super::raw::{RawDeployment, RawVm};
 pub use super::restart::{parse_restart, RestartPolicy};
 use crate::vm::console::LogLimits;
+use crate::vm::machine::{self, Kind, Machine, MachineError, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use crate::vm::spec::{self, RunFlags};
 use crate::vm::state;
 
-/// Memory of a VM whose table does not say (as `run`'s default).
-pub const DEFAULT_MEMORY_MIB: u64 = 128;
-/// Virtual CPUs of a VM whose table does not say.
-pub const DEFAULT_VCPUS: u32 = 1;
-/// The most virtual CPUs a VM may ask for.
-pub const MAX_VCPUS: u32 = 64;
 /// Label keys starting with this are hyperxl's own (the deployment a VM belongs to...).
 pub const RESERVED_LABEL_PREFIX: &str = "hyperxl.";
 
@@ -80,12 +75,8 @@ pub struct VmDef {
     pub workdir: Option<String>,
     /// User as Docker spells it.
     pub user: Option<String>,
-    /// Memory in MiB.
-    pub memory_mib: u64,
-    /// Virtual CPUs, `1..=MAX_VCPUS`.
-    pub vcpus: u32,
-    /// A PV domain rather than PVH.
-    pub pv: bool,
+    /// Memory, vCPUs and domain type (`memory`, `vcpus`, `type`).
+    pub machine: Machine,
     /// What to do when the app exits.
     pub restart: RestartPolicy,
     /// How much console log to keep (`log_opt`, as `run --log-opt`).
@@ -161,9 +152,7 @@ impl VmDef {
             env,
             workdir,
             user,
-            memory_mib,
-            vcpus,
-            pv,
+            machine,
             restart,
             log,
             labels,
@@ -184,9 +173,9 @@ impl VmDef {
             env,
             workdir,
             user,
-            memory_mib: *memory_mib,
-            vcpus: *vcpus,
-            pv: *pv,
+            memory_mib: machine.memory_mib(),
+            vcpus: machine.vcpus(),
+            pv: machine.is_pv(),
             restart,
             log: (*log != LogLimits::default()).then_some(log),
             labels,
@@ -368,34 +357,32 @@ impl Parser<'_> {
         let memory_mib = match raw.memory {
             None => DEFAULT_MEMORY_MIB,
             Some(m) => match m.get_ref() {
-                toml::Value::String(s) => spec::parse_memory(s).map_err(|source| {
+                toml::Value::String(s) => machine::parse_memory(s).map_err(|source| {
                     let vm = name.clone();
                     (m.span().start, Problem::BadMemory { vm, source })
                 })?,
                 _ => return Err((m.span().start, Problem::MemoryNotString(name))),
             },
         };
-        let vcpus = match raw.vcpus {
-            None => DEFAULT_VCPUS,
-            Some(v) => u32::try_from(*v.get_ref())
-                .ok()
-                .filter(|n| (1..=MAX_VCPUS).contains(n))
-                .ok_or_else(|| {
-                    let (vm, value) = (name.clone(), *v.get_ref());
-                    (v.span().start, Problem::Vcpus { vm, value })
-                })?,
+        let kind = match raw.kind {
+            None => Kind::default(),
+            Some(k) => k.get_ref().parse().map_err(|_| {
+                let (vm, value) = (name.clone(), k.get_ref().clone());
+                (k.span().start, Problem::BadType { vm, value })
+            })?,
         };
-        let pv = match raw.kind {
-            None => false,
-            Some(k) => match k.get_ref().as_str() {
-                "pvh" => false,
-                "pv" => true,
-                _ => {
-                    let (vm, value) = (name.clone(), k.get_ref().clone());
-                    return Err((k.span().start, Problem::BadType { vm, value }));
-                }
-            },
+        let (vcpus_at, vcpus) = match &raw.vcpus {
+            None => (at, i64::from(DEFAULT_VCPUS)),
+            Some(v) => (v.span().start, *v.get_ref()),
         };
+        let machine = Machine::new(memory_mib, vcpus, kind).map_err(|source| {
+            let vm = name.clone();
+            let problem = match source {
+                MachineError::Vcpus(value) => Problem::Vcpus { vm, value },
+                source => Problem::BadMemory { vm, source },
+            };
+            (vcpus_at, problem)
+        })?;
         let restart = match raw.restart {
             None => RestartPolicy::No,
             Some(r) => parse_restart(r.get_ref()).map_err(|source| {
@@ -473,9 +460,7 @@ impl Parser<'_> {
             env,
             workdir,
             user: raw.user,
-            memory_mib,
-            vcpus,
-            pv,
+            machine,
             restart,
             log,
             labels,

@@ -13,10 +13,11 @@ use anyhow::{bail, Context as _};
 use hyperxl_contract::{keys, Spec};
 use hyperxl_image::pull::{self, PullOptions};
 use hyperxl_image::{Reference, Store};
-use libxl::{Context, Disk, DomId, DomainConfig, DomainOps, DomainType, Nic};
+use libxl::{Context, Disk, DomId, DomainConfig, DomainOps, Nic};
 use xenstore_wire::{Access, Perm, Xenstore};
 
 use super::disk::LoopDisk;
+use super::machine::{Guest, Kind, Machine, ROOT_VDEV};
 use super::monitor::{self, ConsoleOut};
 use super::pool;
 use super::spec::{self, RunFlags};
@@ -31,16 +32,10 @@ pub struct LaunchOptions {
     pub name: Option<String>,
     /// `--rm`.
     pub auto_remove: bool,
-    /// Memory in MiB.
-    pub memory_mib: u64,
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// PV instead of PVH.
-    pub pv: bool,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Guest initramfs.
-    pub initrd: PathBuf,
+    /// Memory, vCPUs and domain type.
+    pub machine: Machine,
+    /// The kernel and initramfs it boots.
+    pub guest: Guest,
     /// Pass the init's `hyperstart: ` lines and kernel messages to stdout too.
     pub show_init_lines: bool,
     /// How much console log to keep.
@@ -54,6 +49,10 @@ pub struct LaunchOptions {
     /// Told about a pull of a missing image (none: a silent pull).
     pub pull_observer: Option<std::sync::Arc<dyn hyperxl_image::pull::PullObserver>>,
 }
+
+/// Memory of dom0's helper VMs (`volume export`/`import`): a tar stream through a
+/// 64 MiB guest needs no more.
+const HELPER_MEMORY_MIB: u64 = 64;
 
 /// The kernel command line of every hyperxl guest.
 ///
@@ -115,8 +114,7 @@ impl Prepared {
         kind: &str,
         job: hyperxl_contract::job::Job,
         disks: Vec<crate::volume::AttachedDisk>,
-        kernel: PathBuf,
-        initrd: PathBuf,
+        guest: Guest,
     ) -> anyhow::Result<Prepared> {
         let id = state::new_id();
         let name = format!("{kind}-{}", &id[..8]);
@@ -132,11 +130,8 @@ impl Prepared {
             image: vm.image.clone(),
             name: Some(vm.name.clone()),
             auto_remove: true,
-            memory_mib: 64,
-            vcpus: 1,
-            pv: false,
-            kernel,
-            initrd,
+            machine: Machine::new(HELPER_MEMORY_MIB, 1, Kind::Pvh)?,
+            guest,
             show_init_lines: false,
             log: Default::default(),
             labels: vm.labels.clone(),
@@ -144,14 +139,7 @@ impl Prepared {
             pull_observer: None,
             storage: Default::default(),
         };
-        for (what, path) in [("kernel", &opts.kernel), ("initramfs", &opts.initrd)] {
-            if !path.is_file() {
-                bail!(
-                    "guest {what} {} not found (build it with scripts/build-guest)",
-                    path.display()
-                );
-            }
-        }
+        opts.guest.check()?;
         Ok(Prepared {
             vm,
             spec,
@@ -169,11 +157,8 @@ impl Prepared {
     /// What a pooled VM must be to serve this VM.
     pub fn shape(&self) -> pool::Shape {
         pool::Shape {
-            pv: self.opts.pv,
-            memory_mib: self.opts.memory_mib,
-            vcpus: self.opts.vcpus,
-            kernel: self.opts.kernel.clone(),
-            initrd: self.opts.initrd.clone(),
+            machine: self.opts.machine,
+            guest: self.opts.guest.clone(),
         }
     }
 
@@ -253,18 +238,11 @@ pub fn prepare(
     let mut spec = spec;
     crate::volume::apply_to_spec(&storage, &mut spec);
     spec.validate().context("building the container spec")?;
-    for (what, path) in [("kernel", &opts.kernel), ("initramfs", &opts.initrd)] {
-        if !path.is_file() {
-            bail!(
-                "guest {what} {} not found (build it with scripts/build-guest, or pass --kernel/--initrd)",
-                path.display()
-            );
-        }
-    }
+    opts.guest.check()?;
     super::timing::mark("spec");
     let mut vm = VmState::new(id, name, opts.image.clone());
     vm.command = spec.args.clone();
-    vm.kind = if opts.pv { "pv" } else { "pvh" }.into();
+    vm.kind = opts.machine.kind().to_string();
     vm.auto_remove = opts.auto_remove;
     vm.labels = opts.labels.clone();
     vm.log = opts.log;
@@ -291,7 +269,7 @@ pub fn domain_config(
 ) -> anyhow::Result<DomainConfig> {
     let mut builder = DomainConfig::builder(p.vm.domain_name());
     if let Some(disk) = rootfs {
-        let mut rootfs = Disk::new(disk, "xvda").readonly();
+        let mut rootfs = Disk::new(disk, ROOT_VDEV).readonly();
         if let Some(script) = block_script() {
             rootfs = rootfs.script(script);
         }
@@ -320,16 +298,12 @@ pub fn domain_config(
         builder = builder.nic(nic);
     }
     builder
-        .domain_type(if p.opts.pv {
-            DomainType::Pv
-        } else {
-            DomainType::Pvh
-        })
-        .kernel(&p.opts.kernel)
-        .ramdisk(&p.opts.initrd)
+        .domain_type(p.opts.machine.kind().domain_type())
+        .kernel(&p.opts.guest.kernel)
+        .ramdisk(&p.opts.guest.initrd)
         .cmdline(GUEST_CMDLINE)
-        .memory_mib(p.opts.memory_mib)
-        .vcpus(p.opts.vcpus)
+        .memory_mib(p.opts.machine.memory_mib())
+        .vcpus(p.opts.machine.vcpus())
         .build()
         .context("building the domain config")
 }

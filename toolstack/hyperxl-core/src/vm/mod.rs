@@ -9,6 +9,7 @@ pub mod files;
 pub mod host;
 pub mod launch;
 pub mod logs;
+pub mod machine;
 pub mod monitor;
 pub mod pool;
 pub mod reconcile;

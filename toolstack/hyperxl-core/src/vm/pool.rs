@@ -26,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hyperxl_contract::{keys, State};
-use libxl::{Context, DomId, DomainConfig, DomainOps, DomainType};
+use libxl::{Context, DomId, DomainConfig, DomainOps};
 use serde::{Deserialize, Serialize};
 use xenstore_wire::Xenstore;
 
 use super::files;
 use super::host::init_waits_for_spec;
+use super::machine::{Guest, Machine};
 use super::monitor;
 use super::state::{self, Status, VmState, VmStore};
 
@@ -48,31 +49,24 @@ pub const MEMORY_RESERVE_MIB: u64 = 64;
 /// How long a pooled VM may take to boot to its waiting init.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What a pooled VM must match to serve a run.
+/// What a pooled VM must match to serve a run: its machine and the guest it booted.
+/// Stored flat (`pv`, `memory_mib`, `vcpus`, `kernel`, `initrd`) in the pool settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
-    /// PV instead of PVH.
-    pub pv: bool,
-    /// Memory in MiB.
-    pub memory_mib: u64,
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Guest initramfs.
-    pub initrd: PathBuf,
+    /// Memory, vCPUs and domain type.
+    #[serde(flatten)]
+    pub machine: Machine,
+    /// The kernel and initramfs.
+    #[serde(flatten)]
+    pub guest: Guest,
 }
 
 impl Shape {
     /// `pvh-128m-1cpu`: type, memory and vCPUs (the kernel is matched by
     /// [`Shape::boot_id`]).
     pub fn key(&self) -> String {
-        format!(
-            "{}-{}m-{}cpu",
-            if self.pv { "pv" } else { "pvh" },
-            self.memory_mib,
-            self.vcpus
-        )
+        let m = &self.machine;
+        format!("{}-{}m-{}cpu", m.kind(), m.memory_mib(), m.vcpus())
     }
 
     /// The kernel and initramfs as they are now (path, inode, size, modification and
@@ -93,15 +87,11 @@ impl Shape {
                 m.ctime_nsec()
             ))
         };
-        Ok(format!("{}|{}", one(&self.kernel)?, one(&self.initrd)?))
-    }
-
-    fn domain_type(&self) -> DomainType {
-        if self.pv {
-            DomainType::Pv
-        } else {
-            DomainType::Pvh
-        }
+        Ok(format!(
+            "{}|{}",
+            one(&self.guest.kernel)?,
+            one(&self.guest.initrd)?
+        ))
     }
 }
 
@@ -349,11 +339,11 @@ fn fill_locked(
             return Ok(done);
         };
         let free_mib = ctx.host_info()?.free_memory_kib / 1024;
-        if free_mib < entry.shape.memory_mib + MEMORY_RESERVE_MIB {
+        if free_mib < entry.shape.machine.memory_mib() + MEMORY_RESERVE_MIB {
             bail!(
                 "not enough free memory for another pooled VM of {}: Xen has {free_mib} MiB free, {} MiB needed ({} MiB kept back)",
                 entry.shape.key(),
-                entry.shape.memory_mib + MEMORY_RESERVE_MIB,
+                entry.shape.machine.memory_mib() + MEMORY_RESERVE_MIB,
                 MEMORY_RESERVE_MIB
             );
         }
@@ -401,7 +391,7 @@ fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
 fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<String> {
     let id = state::new_id();
     let mut vm = VmState::new(id.clone(), format!("pool-{}", &id[..8]), "(pool)".into());
-    vm.kind = if shape.pv { "pv" } else { "pvh" }.into();
+    vm.kind = shape.machine.kind().to_string();
     vm.auto_remove = true;
     vm.labels.insert(LABEL_POOL.into(), shape.key());
     vm.labels.insert(LABEL_BOOT.into(), shape.boot_id()?);
@@ -412,12 +402,12 @@ fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<Strin
     let mut built = None;
     let booted = (|| {
         let config = DomainConfig::builder(vm.domain_name())
-            .domain_type(shape.domain_type())
-            .kernel(&shape.kernel)
-            .ramdisk(&shape.initrd)
+            .domain_type(shape.machine.kind().domain_type())
+            .kernel(&shape.guest.kernel)
+            .ramdisk(&shape.guest.initrd)
             .cmdline(super::launch::GUEST_CMDLINE)
-            .memory_mib(shape.memory_mib)
-            .vcpus(shape.vcpus)
+            .memory_mib(shape.machine.memory_mib())
+            .vcpus(shape.machine.vcpus())
             .build()
             .context("building the domain config")?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
@@ -589,11 +579,8 @@ mod tests {
         std::fs::write(&kernel, b"kernel").unwrap();
         std::fs::write(&initrd, b"initrd").unwrap();
         Shape {
-            pv: false,
-            memory_mib: 128,
-            vcpus: 1,
-            kernel,
-            initrd,
+            machine: Machine::default(),
+            guest: Guest { kernel, initrd },
         }
     }
 
@@ -602,9 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = shape(dir.path());
         assert_eq!(s.key(), "pvh-128m-1cpu");
-        s.pv = true;
-        s.memory_mib = 32;
-        s.vcpus = 2;
+        s.machine = Machine::parse("32m", 2, "pv").unwrap();
         assert_eq!(s.key(), "pv-32m-2cpu");
     }
 
@@ -614,9 +599,9 @@ mod tests {
         let s = shape(dir.path());
         let before = s.boot_id().unwrap();
         assert_eq!(before, s.boot_id().unwrap());
-        std::fs::write(&s.kernel, b"a longer kernel").unwrap();
+        std::fs::write(&s.guest.kernel, b"a longer kernel").unwrap();
         assert_ne!(before, s.boot_id().unwrap());
-        std::fs::remove_file(&s.initrd).unwrap();
+        std::fs::remove_file(&s.guest.initrd).unwrap();
         let err = s.boot_id().unwrap_err().to_string();
         assert!(err.contains("initramfs.cpio"), "{err}");
     }

@@ -36,9 +36,6 @@ pub enum SpecBuildError {
     /// The spec did not validate.
     #[error("invalid spec: {0}")]
     Invalid(#[from] hyperxl_contract::SpecError),
-    /// A memory size that does not parse.
-    #[error("invalid memory size {0:?}: use a number with b, k, m or g (at least {MIN_MEMORY_MIB}m, which HyperKernel needs to boot)")]
-    BadMemory(String),
 }
 
 /// Docker's rule: `--entrypoint` replaces the image's entrypoint and drops its Cmd;
@@ -79,34 +76,6 @@ pub fn build(config: &ImageConfiguration, flags: &RunFlags) -> Result<Spec, Spec
     spec.attached = flags.terminal && flags.attached;
     spec.validate()?;
     Ok(spec)
-}
-
-/// The least memory a guest boots in, PV and PVH, measured in the test host: HyperKernel
-/// linked at 2 MiB boots in 24 MiB; in 20 MiB a PV domain cannot be built and a PVH
-/// guest runs out of memory while booting.
-pub const MIN_MEMORY_MIB: u64 = 24;
-
-/// Parses Docker's memory sizes (`128m`, `1g`, `524288k`, bytes) into MiB.
-pub fn parse_memory(s: &str) -> Result<u64, SpecBuildError> {
-    let bad = || SpecBuildError::BadMemory(s.to_owned());
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower
-        .strip_suffix('b')
-        .filter(|r| !r.is_empty() && r.ends_with(|c: char| c.is_ascii_alphabetic()))
-        .unwrap_or(&lower);
-    let (num, mult) = match lower.chars().last() {
-        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
-        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
-        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
-        Some('b') => (&lower[..lower.len() - 1], 1),
-        _ => (lower, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mib = n.checked_mul(mult).ok_or_else(bad)? >> 20;
-    if mib < MIN_MEMORY_MIB {
-        return Err(bad());
-    }
-    Ok(mib)
 }
 
 /// `NAME` alone takes the value from hyperxl's own environment, as Docker does; unset
@@ -195,19 +164,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.working_dir, "/");
-    }
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("128m").unwrap(), 128);
-        assert_eq!(parse_memory("1g").unwrap(), 1024);
-        assert_eq!(parse_memory("1G").unwrap(), 1024);
-        assert_eq!(parse_memory("65536k").unwrap(), 64);
-        assert_eq!(parse_memory("64mb").unwrap(), 64);
-        assert_eq!(parse_memory("24m").unwrap(), 24);
-        for bad in ["", "m", "12x", "-1m", "8m", "20m", "99999999999999g"] {
-            assert!(parse_memory(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

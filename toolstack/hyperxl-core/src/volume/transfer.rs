@@ -19,16 +19,8 @@ use hyperxl_contract::job::{parse_stream_header, stream_header, Job, STREAM_HEAD
 use super::store::VolumeStore;
 use super::{AttachedDisk, DiskKind};
 use crate::vm::launch::{self, Prepared};
+use crate::vm::machine::Guest;
 use crate::vm::state::VmStore;
-
-/// The guest kernel and initramfs the helper VM boots.
-#[derive(Debug, Clone)]
-pub struct HelperFiles {
-    /// HyperKernel.
-    pub kernel: PathBuf,
-    /// The initramfs with hyperstart-pv.
-    pub initrd: PathBuf,
-}
 
 /// A stream file under the volume store, removed when dropped.
 struct StreamFile(PathBuf);
@@ -125,7 +117,7 @@ fn run_job(
     name: &str,
     stream: &Path,
     export: bool,
-    files: &HelperFiles,
+    files: &Guest,
 ) -> anyhow::Result<()> {
     let (volume, stream_dev) = ("/dev/xvdb".to_string(), "/dev/xvdc".to_string());
     let (kind, job) = if export {
@@ -145,8 +137,7 @@ fn run_job(
         kind,
         job,
         disks(name, store.data_file(name), stream, !export),
-        files.kernel.clone(),
-        files.initrd.clone(),
+        files.clone(),
     )?;
     // Ctrl-C stops the helper VM rather than leaving it behind.
     crate::vm::monitor::install_stop_handlers();
@@ -161,7 +152,7 @@ fn run_job(
 pub fn export(
     state_dir: &Path,
     name: &str,
-    files: &HelperFiles,
+    files: &Guest,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     let store = VolumeStore::open(state_dir)?;
@@ -200,7 +191,7 @@ pub fn import(
     state_dir: &Path,
     name: &str,
     size: u64,
-    files: &HelperFiles,
+    files: &Guest,
     input: &mut dyn Read,
 ) -> anyhow::Result<u64> {
     let store = VolumeStore::open(state_dir)?;

@@ -10,6 +10,7 @@ use hyperxl_contract::Spec;
 
 use crate::cli::run::{self, RunArgs};
 use hyperxl_core::vm::launch;
+use hyperxl_core::vm::machine::ROOT_VDEV;
 use hyperxl_core::xlcfg::{XlConfig, XlDisk};
 
 /// The comment line of a config file that carries the spec.
@@ -37,15 +38,15 @@ pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     }
     let cfg = XlConfig {
         name: p.vm.domain_name(),
-        pv: opts.pv,
-        kernel: opts.kernel.clone(),
-        ramdisk: opts.initrd.clone(),
+        pv: opts.machine.is_pv(),
+        kernel: opts.guest.kernel.clone(),
+        ramdisk: opts.guest.initrd.clone(),
         cmdline: launch::GUEST_CMDLINE.into(),
-        memory_mib: opts.memory_mib,
-        vcpus: opts.vcpus,
+        memory_mib: opts.machine.memory_mib(),
+        vcpus: opts.machine.vcpus(),
         disks: vec![XlDisk {
             target: p.disk_file.clone().context("the VM has no rootfs disk")?,
-            vdev: "xvda".into(),
+            vdev: ROOT_VDEV.into(),
             readonly: true,
         }],
     };

@@ -33,7 +33,7 @@ pub fn run(state_dir: &Path, args: InfoArgs) -> anyhow::Result<u8> {
         .len();
     let fs = nix::sys::statvfs::statvfs(state_dir).ok();
     let free_disk = fs.map(|s| s.blocks_available() * s.fragment_size());
-    let guest = super::run::guest_dir();
+    let guest = hyperxl_core::vm::machine::guest_dir();
     let kib = |k: u64| super::human_size(k * 1024, 1024);
 
     if args.format == "json" {

@@ -18,6 +18,7 @@ mod kill;
 mod load;
 mod login;
 mod logs;
+mod machine;
 mod monitor;
 mod network;
 mod pool;

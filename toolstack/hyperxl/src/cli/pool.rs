@@ -1,14 +1,15 @@
 //! `hyperxl pool fill|ls|drain`: VMs booted ahead of time, each serving one `run` of
 //! its shape (see [`hyperxl_core::vm::pool`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, Subcommand};
 
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::pool::{self, Settings, Shape};
-use hyperxl_core::vm::spec;
 use hyperxl_core::vm::state::{Status, VmStore};
+
+use super::machine::MachineArgs;
 
 /// Arguments of `hyperxl pool`.
 #[derive(Debug, Args)]
@@ -39,21 +40,9 @@ struct FillArgs {
     /// shapes set before are refilled.
     #[arg(long)]
     size: Option<u32>,
-    /// Memory of each VM (as `run -m`).
-    #[arg(short = 'm', long = "memory", default_value = "128m")]
-    memory: String,
-    /// Virtual CPUs of each VM.
-    #[arg(long = "cpus", visible_alias = "vcpus", default_value_t = 1)]
-    cpus: u32,
-    /// Guest type.
-    #[arg(long = "type", default_value = "pvh", value_parser = ["pvh", "pv"])]
-    kind: String,
-    /// Guest kernel (default: as `run`).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Guest initramfs (default: as `run`).
-    #[arg(long)]
-    initrd: Option<PathBuf>,
+    /// Each VM's machine, as `run`'s flags.
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Run as the refill `run` starts: only if no refill runs (else that one refills
     /// again), output to the pool's log.
     #[arg(long, hide = true)]
@@ -62,25 +51,8 @@ struct FillArgs {
 
 impl FillArgs {
     fn shape(&self) -> anyhow::Result<Shape> {
-        let memory_mib = spec::parse_memory(&self.memory)?;
-        if self.cpus == 0 || self.cpus > libxl::MAX_VCPUS {
-            anyhow::bail!(
-                "invalid --cpus {}: give 1 to {}",
-                self.cpus,
-                libxl::MAX_VCPUS
-            );
-        }
-        let dir = super::run::guest_dir();
-        let shape = Shape {
-            pv: self.kind == "pv",
-            memory_mib,
-            vcpus: self.cpus,
-            kernel: self.kernel.clone().unwrap_or_else(|| dir.join("vmlinuz")),
-            initrd: self
-                .initrd
-                .clone()
-                .unwrap_or_else(|| dir.join("initramfs.cpio")),
-        };
+        let (machine, guest) = self.machine.resolve()?;
+        let shape = Shape { machine, guest };
         // Checked now, not when the refill boots it.
         shape.boot_id()?;
         Ok(shape)

@@ -15,6 +15,8 @@ use hyperxl_core::vm::launch::{self, LaunchOptions};
 use hyperxl_core::vm::spec::{self, RunFlags};
 use hyperxl_core::vm::state::VmStore;
 
+use super::machine::MachineArgs;
+
 /// Arguments of `hyperxl run`.
 #[derive(Debug, Args)]
 #[command(trailing_var_arg = true)]
@@ -53,21 +55,8 @@ pub struct RunArgs {
     /// Show no pull progress (it is shown only on a terminal).
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Memory, e.g. 64m, 1g (default 128m).
-    #[arg(short = 'm', long = "memory", default_value = "128m")]
-    pub memory: String,
-    /// Number of virtual CPUs.
-    #[arg(long = "cpus", visible_alias = "vcpus", default_value_t = 1)]
-    pub cpus: u32,
-    /// Domain type.
-    #[arg(long = "type", default_value = "pvh", value_parser = ["pvh", "pv"])]
-    pub kind: String,
-    /// Guest kernel (default: $HYPERXL_GUEST_DIR/vmlinuz, else /usr/lib/hyperxl/vmlinuz).
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// Guest initramfs (default: $HYPERXL_GUEST_DIR/initramfs.cpio).
-    #[arg(long)]
-    pub initrd: Option<PathBuf>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
     /// Console log option, as Docker's: max-size=SIZE (per file, default 32m),
     /// max-file=N (files kept, default 2).
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
@@ -128,16 +117,9 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// Where the guest artefacts live unless `--kernel`/`--initrd` say otherwise.
-pub fn guest_dir() -> PathBuf {
-    std::env::var_os("HYPERXL_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/hyperxl"))
-}
-
 /// What `run` (and `config`) make of the flags: the VM's options and the app's flags.
 pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)> {
-    let memory_mib = spec::parse_memory(&args.memory)?;
+    let (machine, guest) = args.machine.resolve()?;
     let mut cli_env = args.env.clone();
     for file in &args.env_file {
         let text = std::fs::read_to_string(file)
@@ -155,19 +137,12 @@ pub fn launch_inputs(args: &RunArgs) -> anyhow::Result<(LaunchOptions, RunFlags)
         terminal: args.tty,
         attached: !args.detach,
     };
-    let dir = guest_dir();
     let opts = LaunchOptions {
         image: args.image.clone(),
         name: args.name.clone(),
         auto_remove: args.rm,
-        memory_mib,
-        vcpus: args.cpus,
-        pv: args.kind == "pv",
-        kernel: args.kernel.clone().unwrap_or_else(|| dir.join("vmlinuz")),
-        initrd: args
-            .initrd
-            .clone()
-            .unwrap_or_else(|| dir.join("initramfs.cpio")),
+        machine,
+        guest,
         show_init_lines: args.debug,
         log: LogLimits::from_opts(&args.log_opt)?,
         labels: Default::default(),

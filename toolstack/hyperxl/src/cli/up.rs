@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::cli::run::guest_dir;
-use hyperxl_core::deploy::apply::{self, GuestFiles};
+use hyperxl_core::deploy::apply;
 use hyperxl_core::deploy::file::Deployment;
+use hyperxl_core::vm::machine::{guest_dir, Guest};
 
 /// Arguments of `hyperxl up`.
 #[derive(Debug, Args)]
@@ -40,12 +40,8 @@ pub struct FileArgs {
     pub file: PathBuf,
 }
 
-fn guest_files() -> GuestFiles {
-    let dir = guest_dir();
-    GuestFiles {
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initramfs.cpio"),
-    }
+fn guest_files() -> Guest {
+    Guest::in_dir(&guest_dir())
 }
 
 /// Validates the whole file, starts what is missing or changed in dependency order, then

@@ -22,7 +22,7 @@ pub fn xen_version() -> Result<libxl::HostInfo, String> {
 
 pub fn run(args: VersionArgs) -> anyhow::Result<u8> {
     let xen = xen_version();
-    let guest = super::run::guest_dir();
+    let guest = hyperxl_core::vm::machine::guest_dir();
     let artefacts: Vec<(&str, bool)> = ["vmlinuz", "initramfs.cpio"]
         .into_iter()
         .map(|f| (f, guest.join(f).is_file()))

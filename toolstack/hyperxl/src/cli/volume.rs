@@ -8,16 +8,13 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
 use hyperxl_core::vm::host::{reconcile_all, Host};
+use hyperxl_core::vm::machine::{guest_dir, Guest};
 use hyperxl_core::vm::state::VmStore;
 use hyperxl_core::volume::store::{self, VolumeStore};
-use hyperxl_core::volume::transfer::{self, HelperFiles};
+use hyperxl_core::volume::transfer;
 
-fn helper_files() -> HelperFiles {
-    let dir = crate::cli::run::guest_dir();
-    HelperFiles {
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initramfs.cpio"),
-    }
+fn helper_files() -> Guest {
+    Guest::in_dir(&guest_dir())
 }
 
 /// Arguments of `hyperxl volume`.

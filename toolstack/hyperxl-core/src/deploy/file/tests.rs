@@ -64,9 +64,7 @@ fn full_example_resolves() {
     );
     assert_eq!(db.workdir.as_deref(), Some("/srv"));
     assert_eq!(db.user.as_deref(), Some("nobody"));
-    assert_eq!(db.memory_mib, 64);
-    assert_eq!(db.vcpus, 2);
-    assert!(db.pv);
+    assert_eq!(db.machine, Machine::parse("64m", 2, "pv").unwrap());
     assert_eq!(db.restart, RestartPolicy::OnFailure { max: Some(2) });
     assert_eq!(db.depends_on, ["cache"]);
     assert_eq!(db.labels.get("tier").map(String::as_str), Some("backend"));
@@ -77,9 +75,8 @@ fn defaults() {
     let d = Deployment::parse("[vm.a]\nimage = \"x\"\n", Path::new("dir/my-app.toml")).unwrap();
     assert_eq!(d.name, "my-app", "the file stem");
     let a = &d.vms[0];
-    assert_eq!(a.memory_mib, DEFAULT_MEMORY_MIB);
-    assert_eq!(a.vcpus, 1);
-    assert!(!a.pv);
+    assert_eq!(a.machine, Machine::default());
+    assert_eq!(a.machine.memory_mib(), DEFAULT_MEMORY_MIB);
     assert_eq!(a.restart, RestartPolicy::No);
     assert!(a.command.is_empty() && a.env.is_empty() && a.labels.is_empty());
     assert_eq!((&a.entrypoint, &a.workdir, &a.user), (&None, &None, &None));
