@@ -1,4 +1,7 @@
 //! An in-memory xenstored for unit tests: speaks the wire protocol over a byte queue.
+//! Built for this crate's tests and, with the `fake` feature, for other crates' (the
+//! toolstack's watcher). Requests are answered at once; a wait for a watch event never
+//! blocks: it reports whether an event is queued.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -7,8 +10,11 @@ use std::time::Duration;
 use crate::wire::{nul_args, split_nul, Header, MsgType, HEADER_LEN};
 use crate::{Access, Perm, Transport};
 
+/// The fake daemon, as the [`Transport`] of a [`crate::Xenstore`].
 pub struct FakeXenstored {
+    /// The domain the client is (0: dom0, which may do anything).
     pub domid: u32,
+    /// Every node: its value and permissions.
     pub nodes: BTreeMap<String, (Vec<u8>, Vec<Perm>)>,
     watches: Vec<(String, String)>,
     out: VecDeque<u8>,
@@ -20,6 +26,7 @@ pub struct FakeXenstored {
 }
 
 impl FakeXenstored {
+    /// An empty store (only `/`) for a client that is domain `domid`.
     pub fn new(domid: u32) -> Self {
         let mut f = FakeXenstored {
             domid,
@@ -98,6 +105,7 @@ impl FakeXenstored {
         Ok(())
     }
 
+    /// Sets node `p` (and any missing parents) as dom0 would, with `perms`.
     pub fn put(&mut self, p: &str, v: &[u8], perms: Vec<Perm>) {
         let d = self.domid;
         self.domid = 0;

@@ -452,7 +452,7 @@ impl<T: Transport> Xenstore<T> {
     }
 }
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use libxl_sys as sys;
 
 use crate::config::{Disk, DomainConfig, Nic};
 use crate::error::{check, ErrorCode, LibxlError};
-use crate::ops::{DomId, DomainExit, DomainInfo, DomainOps, ShutdownReason};
+use crate::ops::{DomId, DomainExit, DomainInfo, DomainOps, HostInfo, ShutdownReason};
 use crate::raw::RawDomainConfig;
 
 /// The privcmd device a dom0 toolstack needs (libxencall also tries the
@@ -388,6 +388,34 @@ impl DomainOps for Context {
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
+
+    fn name_of(&self, domid: DomId) -> Option<String> {
+        Context::name_of(self, domid)
+    }
+
+    fn rename(&self, domid: DomId, old: &str, new: &str) -> Result<(), LibxlError> {
+        Context::rename(self, domid, old, new)
+    }
+
+    fn pause(&self, domid: DomId) -> Result<(), LibxlError> {
+        Context::pause(self, domid)
+    }
+
+    fn add_disk(&self, domid: DomId, disk: &Disk) -> Result<(), LibxlError> {
+        Context::add_disk(self, domid, disk)
+    }
+
+    fn add_nic(&self, domid: DomId, nic: &Nic, devid: i32) -> Result<(), LibxlError> {
+        Context::add_nic(self, domid, nic, devid)
+    }
+
+    fn console_tty(&self, domid: DomId) -> Result<PathBuf, LibxlError> {
+        Context::console_tty(self, domid)
+    }
+
+    fn host_info(&self) -> Result<HostInfo, LibxlError> {
+        Context::host_info(self)
+    }
 }
 
 impl Drop for Context {
@@ -427,17 +455,4 @@ mod tests {
         let err = Context::new().expect_err("no Xen, so no context");
         assert_eq!(err, LibxlError::XenUnavailable { path: PRIVCMD });
     }
-}
-
-/// What [`Context::host_info`] reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostInfo {
-    /// Xen's version, e.g. `4.17.6-pre`.
-    pub xen_version: String,
-    /// The host's memory, in KiB.
-    pub total_memory_kib: u64,
-    /// Memory no domain holds, in KiB (what new VMs can get).
-    pub free_memory_kib: u64,
-    /// Physical CPUs.
-    pub cpus: u32,
 }

@@ -3,12 +3,13 @@
 //! `fake` feature (enable it from dev-dependencies, never in a release build).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::config::DomainConfig;
+use crate::config::{Disk, DomainConfig, Nic};
 use crate::error::{ErrorCode, LibxlError};
-use crate::ops::{DomId, DomainExit, DomainInfo, DomainOps, ShutdownReason};
+use crate::ops::{DomId, DomainExit, DomainInfo, DomainOps, HostInfo, ShutdownReason};
 
 /// One call made on the fake, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,18 @@ pub enum FakeCall {
     List,
     /// `wait_for_death`.
     WaitForDeath(DomId),
+    /// `rename` to this name.
+    Rename(DomId, String),
+    /// `pause`.
+    Pause(DomId),
+    /// `add_disk` of this guest device.
+    AddDisk(DomId, String),
+    /// `add_nic` as this device id.
+    AddNic(DomId, i32),
+    /// `console_tty`.
+    ConsoleTty(DomId),
+    /// `host_info`.
+    HostInfo,
 }
 
 /// Which operation an injected failure applies to.
@@ -38,6 +51,18 @@ pub enum FakeOp {
     Shutdown,
     /// `destroy`.
     Destroy,
+    /// `rename`.
+    Rename,
+    /// `pause`.
+    Pause,
+    /// `add_disk`.
+    AddDisk,
+    /// `add_nic`.
+    AddNic,
+    /// `console_tty`.
+    ConsoleTty,
+    /// `host_info`.
+    HostInfo,
     /// `list`.
     List,
     /// `wait_for_death`.
@@ -233,6 +258,84 @@ impl DomainOps for FakeDomainOps {
             Some(_) => Err(LibxlError::Timeout { domid, timeout }),
         }
     }
+
+    fn rename(&self, domid: DomId, old: &str, new: &str) -> Result<(), LibxlError> {
+        let mut st = self.enter(FakeOp::Rename, FakeCall::Rename(domid, new.to_string()))?;
+        let fail = LibxlError::Call {
+            call: "libxl_domain_rename",
+            code: ErrorCode::FAIL,
+            errno: None,
+        };
+        if st.domains.values().any(|d| d.config.name == new) {
+            return Err(fail);
+        }
+        let d = st
+            .domains
+            .get_mut(&domid)
+            .ok_or_else(|| not_found("libxl_domain_rename"))?;
+        if d.config.name != old {
+            return Err(fail);
+        }
+        d.config.name = new.to_string();
+        Ok(())
+    }
+
+    fn pause(&self, domid: DomId) -> Result<(), LibxlError> {
+        let mut st = self.enter(FakeOp::Pause, FakeCall::Pause(domid))?;
+        let d = st
+            .domains
+            .get_mut(&domid)
+            .ok_or_else(|| not_found("libxl_domain_pause"))?;
+        d.paused = true;
+        Ok(())
+    }
+
+    fn add_disk(&self, domid: DomId, disk: &Disk) -> Result<(), LibxlError> {
+        let call = FakeCall::AddDisk(domid, disk.vdev.clone());
+        let mut st = self.enter(FakeOp::AddDisk, call)?;
+        let d = st
+            .domains
+            .get_mut(&domid)
+            .ok_or_else(|| not_found("libxl_device_disk_add"))?;
+        d.config.disks.push(disk.clone());
+        Ok(())
+    }
+
+    fn add_nic(&self, domid: DomId, nic: &Nic, devid: i32) -> Result<(), LibxlError> {
+        let mut st = self.enter(FakeOp::AddNic, FakeCall::AddNic(domid, devid))?;
+        let d = st
+            .domains
+            .get_mut(&domid)
+            .ok_or_else(|| not_found("libxl_device_nic_add"))?;
+        d.config.nics.push(nic.clone());
+        Ok(())
+    }
+
+    /// A fake domain has no console: `/dev/null` (reads end at once).
+    fn console_tty(&self, domid: DomId) -> Result<PathBuf, LibxlError> {
+        let st = self.enter(FakeOp::ConsoleTty, FakeCall::ConsoleTty(domid))?;
+        match st.domains.contains_key(&domid) {
+            true => Ok(PathBuf::from("/dev/null")),
+            false => Err(not_found("libxl_console_get_tty")),
+        }
+    }
+
+    /// 4 GiB, less what the domains hold; 1 CPU.
+    fn host_info(&self) -> Result<HostInfo, LibxlError> {
+        let st = self.enter(FakeOp::HostInfo, FakeCall::HostInfo)?;
+        let held: u64 = st
+            .domains
+            .values()
+            .map(|d| d.config.memory_mib * 1024)
+            .sum();
+        let total = 4 << 20;
+        Ok(HostInfo {
+            xen_version: "4.17-fake".into(),
+            total_memory_kib: total,
+            free_memory_kib: total.saturating_sub(held),
+            cpus: 1,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +357,24 @@ mod tests {
         let exit = ops.wait_for_death(domid, Duration::from_secs(1))?;
         ops.destroy(domid)?;
         Ok(exit)
+    }
+
+    #[test]
+    fn rename_checks_the_old_name_and_refuses_a_taken_one() {
+        let fake = FakeDomainOps::new();
+        let a = fake.create_paused(&cfg("a")).unwrap();
+        fake.create_paused(&cfg("b")).unwrap();
+        assert!(fake.rename(a, "a", "b").is_err(), "taken");
+        assert!(fake.rename(a, "x", "c").is_err(), "not called x");
+        fake.rename(a, "a", "c").unwrap();
+        assert_eq!(fake.name_of(a).as_deref(), Some("c"));
+        fake.unpause(a).unwrap();
+        fake.pause(a).unwrap();
+        fake.add_disk(a, &crate::Disk::new("/dev/loop9", "xvdb"))
+            .unwrap();
+        assert_eq!(fake.config_of(a).unwrap().disks.len(), 1);
+        let free = fake.host_info().unwrap().free_memory_kib;
+        assert_eq!(free, (4 << 20) - 2 * 32 * 1024);
     }
 
     #[test]

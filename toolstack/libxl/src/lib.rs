@@ -43,8 +43,8 @@ pub use config::{
     ConfigError, Disk, DomainConfig, DomainConfigBuilder, DomainType, Nic, ShutdownAction,
     MAX_VCPUS,
 };
-pub use context::{Context, HostInfo, LogLevel, PRIVCMD};
+pub use context::{Context, LogLevel, PRIVCMD};
 pub use error::{ErrorCode, LibxlError};
-pub use ops::{DomId, DomainExit, DomainInfo, DomainOps, ShutdownReason};
+pub use ops::{DomId, DomainExit, DomainInfo, DomainOps, HostInfo, ShutdownReason};
 pub use raw::{domain_config_to_json, RawDomainConfig};
 pub use vchan::{ClientState, VchanServer};

@@ -2,9 +2,10 @@
 //! and the plain data types it speaks in.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::DomainConfig;
+use crate::config::{Disk, DomainConfig, Nic};
 use crate::error::LibxlError;
 
 /// A Xen domain id.
@@ -78,6 +79,19 @@ pub struct DomainInfo {
     pub max_memory_kib: u64,
 }
 
+/// What [`DomainOps::host_info`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Xen's version, e.g. `4.17.6-pre`.
+    pub xen_version: String,
+    /// The host's memory, in KiB.
+    pub total_memory_kib: u64,
+    /// Memory no domain holds, in KiB (what new VMs can get).
+    pub free_memory_kib: u64,
+    /// Physical CPUs.
+    pub cpus: u32,
+}
+
 /// How a domain ended, as seen by [`DomainOps::wait_for_death`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainExit {
@@ -127,4 +141,23 @@ pub trait DomainOps {
     /// Waits until the domain shuts down or disappears, at most `timeout`
     /// ([`LibxlError::Timeout`] after that).
     fn wait_for_death(&self, domid: DomId, timeout: Duration) -> Result<DomainExit, LibxlError>;
+    /// The name of domain `domid`, if it exists and has one. (By default from
+    /// [`Self::domain_info`].)
+    fn name_of(&self, domid: DomId) -> Option<String> {
+        self.domain_info(domid).ok().flatten().and_then(|d| d.name)
+    }
+    /// Renames domain `domid` from `old` to `new`; fails if it is not called `old` any
+    /// more or `new` is taken.
+    fn rename(&self, domid: DomId, old: &str, new: &str) -> Result<(), LibxlError>;
+    /// Pauses a running domain; devices can still be added to it.
+    fn pause(&self, domid: DomId) -> Result<(), LibxlError>;
+    /// Adds a disk to an existing domain (synchronous: returns once the backend is set
+    /// up and its hotplug script has run).
+    fn add_disk(&self, domid: DomId, disk: &Disk) -> Result<(), LibxlError>;
+    /// Adds a vif to an existing domain as device `devid` (numbered from 0).
+    fn add_nic(&self, domid: DomId, nic: &Nic, devid: i32) -> Result<(), LibxlError>;
+    /// The pty of the domain's PV console 0, e.g. `/dev/pts/3`.
+    fn console_tty(&self, domid: DomId) -> Result<PathBuf, LibxlError>;
+    /// The hypervisor's version and the host's memory and CPUs.
+    fn host_info(&self) -> Result<HostInfo, LibxlError>;
 }

@@ -3,7 +3,7 @@
 
 use hyperxl_contract::keys;
 use libxl::{Context, DomId, DomainOps};
-use xenstore_wire::{AnyTransport, Xenstore};
+use xenstore_wire::{AnyTransport, Transport, Xenstore};
 
 use super::reconcile::DomainFact;
 
@@ -99,10 +99,12 @@ pub fn destroy_if_present(
     }
 }
 
-/// A view of Xen; without Xen every domain is [`DomainFact::Gone`].
-pub struct Host {
-    ctx: Option<Context>,
-    xs: std::cell::RefCell<Option<Xenstore<AnyTransport>>>,
+/// A view of Xen; without Xen every domain is [`DomainFact::Gone`]. On dom0 it holds a
+/// libxl context and a xenstore connection ([`Host::connect`]); tests give it fakes
+/// ([`Host::with`]).
+pub struct Host<T: Transport = AnyTransport> {
+    ctx: Option<Box<dyn DomainOps>>,
+    xs: std::cell::RefCell<Option<Xenstore<T>>>,
 }
 
 impl Host {
@@ -111,9 +113,24 @@ impl Host {
         let ctx = Context::new().ok();
         let xs = ctx.as_ref().and_then(|_| Xenstore::open_default().ok());
         Self {
-            ctx,
+            ctx: ctx.map(|c| Box::new(c) as Box<dyn DomainOps>),
             xs: std::cell::RefCell::new(xs),
         }
+    }
+}
+
+impl<T: Transport> Host<T> {
+    /// A view through `ctx` and `xs` (another libxl, a fake Xen).
+    pub fn with(ctx: Box<dyn DomainOps>, xs: Xenstore<T>) -> Self {
+        Self {
+            ctx: Some(ctx),
+            xs: std::cell::RefCell::new(Some(xs)),
+        }
+    }
+
+    /// The domains it answers from, if Xen is there.
+    pub fn domains(&self) -> Option<&dyn DomainOps> {
+        self.ctx.as_deref()
     }
 
     /// What became of domain `domid`, which hyperxl named `name`. A domain with that
@@ -212,9 +229,9 @@ impl Host {
 }
 
 /// Reconciles the whole store against Xen (see [`super::reconcile::reconcile`]).
-pub fn reconcile_all(
+pub fn reconcile_all<T: Transport>(
     vms: &super::state::VmStore,
-    host: &Host,
+    host: &Host<T>,
 ) -> Result<Vec<super::state::VmState>, super::state::StateError> {
     let vms_now = super::reconcile::reconcile(
         vms,
@@ -289,5 +306,104 @@ mod tests {
             Some("command not found: café"),
             "ordinary text is kept"
         );
+    }
+
+    /// What Xen says, through fakes: a domid that now belongs to another domain is not
+    /// ours to report on, destroy or stop.
+    mod probe {
+        use libxl::fake::FakeDomainOps;
+        use libxl::{DomainConfig, ShutdownReason};
+        use xenstore_wire::fake::FakeXenstored;
+        use xenstore_wire::{Access, Perm};
+
+        use super::super::*;
+
+        fn host(domains: &[&str], guest_keys: &[(u32, &str, &str)]) -> Host<FakeXenstored> {
+            let xen = FakeDomainOps::new();
+            for name in domains {
+                let config = DomainConfig::builder(*name)
+                    .kernel("/k")
+                    .memory_mib(32)
+                    .build()
+                    .unwrap();
+                xen.create_paused(&config).unwrap();
+            }
+            let mut store = FakeXenstored::new(0);
+            for (domid, k, v) in guest_keys {
+                let perms = vec![Perm::new(Access::None, *domid)];
+                store.put(&keys::abs(*domid, k), v.as_bytes(), perms);
+            }
+            Host::with(Box::new(xen), Xenstore::new(store))
+        }
+
+        fn xen<T: Transport>(h: &Host<T>) -> &dyn DomainOps {
+            h.domains().unwrap()
+        }
+
+        #[test]
+        fn a_reused_domid_is_gone_and_its_new_owner_is_left_alone() {
+            let h = host(&["hyperxl-tenant-b"], &[]);
+            xen(&h).unpause(DomId(1)).unwrap();
+            assert_eq!(h.probe(1, "hyperxl-tenant-a"), DomainFact::Gone);
+            h.destroy(1, "hyperxl-tenant-a").unwrap();
+            assert!(!h.request_stop(1, "hyperxl-tenant-a"));
+            assert_eq!(
+                xen(&h).name_of(DomId(1)).as_deref(),
+                Some("hyperxl-tenant-b")
+            );
+            assert_eq!(h.probe(1, "hyperxl-tenant-b"), DomainFact::Alive);
+            h.destroy(1, "hyperxl-tenant-b").unwrap();
+            assert_eq!(h.probe(1, "hyperxl-tenant-b"), DomainFact::Gone);
+        }
+
+        #[test]
+        fn an_ended_domain_reports_what_its_guest_wrote() {
+            let xen = FakeDomainOps::new();
+            for name in ["hyperxl-a", "hyperxl-b"] {
+                let config = DomainConfig::builder(name)
+                    .kernel("/k")
+                    .memory_mib(32)
+                    .build()
+                    .unwrap();
+                let domid = xen.create_paused(&config).unwrap();
+                xen.unpause(domid).unwrap();
+                xen.guest_exits(domid, ShutdownReason::Poweroff);
+            }
+            let mut store = FakeXenstored::new(0);
+            let perms = vec![Perm::new(Access::None, 1)];
+            store.put(&keys::abs(1, keys::status::EXIT_CODE), b"7", perms);
+            let h = Host::with(Box::new(xen), Xenstore::new(store));
+            let ended = |exit_code| DomainFact::Ended { exit_code };
+            assert_eq!(h.probe(1, "hyperxl-a"), ended(Some(7)));
+            assert_eq!(h.probe(2, "hyperxl-b"), ended(None), "no exit code");
+        }
+
+        #[test]
+        fn a_paused_or_waiting_domain_that_never_started_is_reported_so() {
+            let h = host(
+                &["hyperxl-paused", "hyperxl-pooled", "hyperxl-started"],
+                &[
+                    (2, keys::status::STATE, "pooled"),
+                    (3, keys::status::STARTED, "1"),
+                ],
+            );
+            assert_eq!(h.probe(1, "hyperxl-paused"), DomainFact::NeverStarted);
+            xen(&h).unpause(DomId(2)).unwrap();
+            assert_eq!(h.probe(2, "hyperxl-pooled"), DomainFact::NeverStarted);
+            // Paused after its app started (xl pause): alive, not to be reaped.
+            assert_eq!(h.probe(3, "hyperxl-started"), DomainFact::Alive);
+        }
+
+        #[test]
+        fn a_stop_request_reaches_only_our_domain() {
+            let h = host(&["hyperxl-a"], &[]);
+            assert!(h.request_stop(1, "hyperxl-a"));
+            let mut xs = h.xs.borrow_mut();
+            let xs = xs.as_mut().unwrap();
+            assert_eq!(
+                xs.read(&keys::abs(1, keys::SHUTDOWN)).unwrap(),
+                keys::STOP_REQUEST.as_bytes()
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use hyperxl_contract::{keys, Spec};
 use hyperxl_image::pull::{self, PullOptions};
 use hyperxl_image::{Reference, Store};
 use libxl::{Context, Disk, DomId, DomainConfig, DomainOps, Nic};
-use xenstore_wire::{Access, Perm, Xenstore};
+use xenstore_wire::{Access, Perm, Transport, Xenstore};
 
 use super::disk::LoopDisk;
 use super::machine::{Guest, Kind, Machine, ROOT_VDEV};
@@ -345,7 +345,12 @@ fn attach_extra(
 }
 
 /// Steps 4-6. On failure, whatever was created is gone again and the error is recorded.
-fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> {
+fn create<T: Transport>(
+    ctx: &dyn DomainOps,
+    xs: &mut Xenstore<T>,
+    vms: &VmStore,
+    p: &Prepared,
+) -> anyhow::Result<Booted> {
     let claim = |all: &[VmState]| -> anyhow::Result<()> {
         crate::volume::check_claims(all, &p.vm.id, &p.vm.disks)?;
         Ok(())
@@ -451,7 +456,7 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
             rules.wait()?;
             super::timing::mark("network-rules");
         }
-        write_spec(domid, &spec)?;
+        write_spec_to(xs, domid, &spec)?;
         super::timing::mark("xenstore");
         if pooled.is_some() {
             // Paused still: the watcher unpauses it, and the init reads its spec and
@@ -474,6 +479,15 @@ fn create(ctx: &Context, vms: &VmStore, p: &Prepared) -> anyhow::Result<Booted> 
 /// Writes the spec where the guest reads it: readable, never writable, by the guest.
 pub fn write_spec(domid: DomId, spec: &Spec) -> anyhow::Result<()> {
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    write_spec_to(&mut xs, domid, spec)
+}
+
+/// [`write_spec`] through `xs`.
+fn write_spec_to<T: Transport>(
+    xs: &mut Xenstore<T>,
+    domid: DomId,
+    spec: &Spec,
+) -> anyhow::Result<()> {
     let dir = keys::abs(domid.0, keys::SPEC_DIR);
     let spec_path = keys::spec_path(domid.0);
     let perms = [
@@ -530,7 +544,8 @@ pub fn run_helper(vms: &VmStore, p: Prepared) -> anyhow::Result<i32> {
 
 fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, attach: Attach) -> anyhow::Result<i32> {
     let ctx = Context::new()?;
-    let booted = create(&ctx, vms, &p)?;
+    let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    let booted = create(&ctx, &mut xs, vms, &p)?;
     // Put back on the way out, should the session's thread not be done with it by then.
     let terminal = (attach.tty && attach.stdin)
         .then(super::exec::TerminalSettings::save)
@@ -592,7 +607,8 @@ fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, attach: Attach) -> a
 /// the VM runs.
 pub fn run_detached(state_dir: &Path, vms: &VmStore, p: Prepared) -> anyhow::Result<String> {
     let ctx = Context::new()?;
-    let booted = create(&ctx, vms, &p)?;
+    let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
+    let booted = create(&ctx, &mut xs, vms, &p)?;
     let id = booted.id.clone();
     let handed_over = (|| {
         let exe = std::env::current_exe().context("finding the hyperxl executable")?;
@@ -674,4 +690,118 @@ pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
         )
     })();
     monitor::finish(Some(&ctx), vms, id, vm.domid.map(DomId), result)
+}
+
+#[cfg(test)]
+mod tests {
+    use hyperxl_contract::job::Job;
+    use libxl::fake::{FakeDomainOps, FakeOp};
+    use libxl::{ErrorCode, LibxlError};
+    use xenstore_wire::fake::FakeXenstored;
+
+    use super::*;
+    use crate::vm::state::Status;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        vms: VmStore,
+        xen: FakeDomainOps,
+        xs: Xenstore<FakeXenstored>,
+        p: Prepared,
+    }
+
+    /// A helper VM (no image, no network, no disks) about to be created on a fake Xen.
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = Guest::in_dir(dir.path());
+        std::fs::write(&guest.kernel, b"k").unwrap();
+        std::fs::write(&guest.initrd, b"i").unwrap();
+        let vms = VmStore::open(&dir.path().join("state")).unwrap();
+        let job = Job::Export {
+            volume: "/dev/xvdb".into(),
+            stream: "/dev/xvdc".into(),
+        };
+        let p = Prepared::helper("export", job, Vec::new(), guest).unwrap();
+        Setup {
+            _dir: dir,
+            vms,
+            xen: FakeDomainOps::new(),
+            xs: Xenstore::new(FakeXenstored::new(0)),
+            p,
+        }
+    }
+
+    /// Built paused from the machine and guest asked for, recorded with its domid, and
+    /// its spec readable but not writable by the guest.
+    #[test]
+    fn the_domain_is_built_paused_recorded_and_given_a_read_only_spec() {
+        let mut s = setup();
+        let booted = create(&s.xen, &mut s.xs, &s.vms, &s.p).unwrap();
+        let info = s.xen.domain_info(booted.domid).unwrap().unwrap();
+        assert!(info.paused, "the watcher unpauses it");
+        assert_eq!(info.name, Some(s.p.vm.domain_name()));
+        assert_eq!(info.memory_kib, HELPER_MEMORY_MIB * 1024);
+        let vm = s.vms.load(&booted.id).unwrap();
+        assert_eq!(vm.domid, Some(booted.domid.0));
+        assert_eq!(vm.kind, "pvh");
+
+        let store = s.xs.transport_mut();
+        let (json, perms) = store.nodes[&keys::spec_path(booted.domid.0)].clone();
+        let spec: Spec = serde_json::from_slice(&json).unwrap();
+        assert_eq!(spec.args, ["hyperxl-export"]);
+        let guest = booted.domid.0;
+        assert_eq!(
+            perms[0],
+            Perm::new(Access::None, 0),
+            "owner dom0, no one else"
+        );
+        assert_eq!(perms[1..], [Perm::new(Access::Read, guest)]);
+        store.domid = guest;
+        assert!(
+            s.xs.read(&keys::spec_path(guest)).is_ok(),
+            "the guest reads it"
+        );
+        let written = s.xs.write(&keys::spec_path(guest), b"{}");
+        assert!(written.is_err(), "and cannot change it");
+    }
+
+    /// A failed build leaves no domain; the helper's (`--rm`) record goes too.
+    #[test]
+    fn a_failed_build_leaves_nothing() {
+        let mut s = setup();
+        let err = LibxlError::Call {
+            call: "libxl_domain_create_new",
+            code: ErrorCode::FAIL,
+            errno: None,
+        };
+        s.xen.fail_next(FakeOp::CreatePaused, err);
+        let e = create(&s.xen, &mut s.xs, &s.vms, &s.p).err().unwrap();
+        assert!(format!("{e:#}").contains("creating the domain"), "{e:#}");
+        assert!(s.xen.domids().is_empty());
+        assert!(s.vms.list().unwrap().is_empty());
+    }
+
+    /// `kill` (or `rm -f`) while the domain was being built: the domain goes, and a
+    /// record that is kept says killed.
+    #[test]
+    fn a_vm_killed_during_the_build_loses_its_domain() {
+        let mut s = setup();
+        s.p.vm.auto_remove = false;
+        let id = s.p.vm.id.clone();
+        // What `kill` of a VM whose domain is not built yet records.
+        s.vms.create(&s.p.vm).unwrap();
+        s.vms.update(&id, VmState::mark_killed).unwrap();
+        let kept = s.vms.load(&id).unwrap();
+        s.vms.remove(&id).unwrap();
+        // `create` writes the record itself; replay the kill from inside the build.
+        s.p.vm = kept;
+        let e = create(&s.xen, &mut s.xs, &s.vms, &s.p).err().unwrap();
+        assert!(e.to_string().contains("killed while its domain"), "{e:#}");
+        assert!(s.xen.domids().is_empty());
+        let vm = s.vms.load(&id).unwrap();
+        assert_eq!(
+            (vm.status, vm.exit_code),
+            (Status::Exited, Some(state::EXIT_KILLED))
+        );
+    }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hyperxl_contract::{keys, State};
-use libxl::{Context, DomId, DomainOps};
+use libxl::{DomId, DomainOps};
 use xenstore_wire::Xenstore;
 
 use super::console;
@@ -89,7 +89,7 @@ pub fn install_stop_handlers() {
 /// The caller records the end (and destroys the domain) with [`finish`], whatever this
 /// returns.
 pub fn supervise(
-    ctx: &Context,
+    ctx: &dyn DomainOps,
     vms: &VmStore,
     id: &str,
     domid: DomId,
@@ -249,7 +249,7 @@ pub fn finish(
 
 /// Polls the guest's status keys and the domain until the app's exit code is known.
 fn wait_for_exit<T: xenstore_wire::Transport>(
-    ctx: &Context,
+    ctx: &dyn DomainOps,
     xs: &mut Xenstore<T>,
     domid: DomId,
     grace: u32,
@@ -565,6 +565,117 @@ mod tests {
             let other = record(&vms, "n", None);
             let _ = finish(None, &vms, &other.id, None, Ok(0));
             assert_eq!(vms.load(&other.id).unwrap().status, Status::Exited);
+        }
+    }
+
+    /// The watcher's wait loop against a fake Xen and a fake xenstored: what the guest
+    /// wrote (hostile or not) and what became of its domain decide the result.
+    mod wait {
+        use hyperxl_contract::keys;
+        use libxl::fake::FakeDomainOps;
+        use libxl::{DomId, DomainConfig, DomainOps, ShutdownReason};
+        use xenstore_wire::fake::FakeXenstored;
+        use xenstore_wire::{Access, Perm, Xenstore};
+
+        use super::super::{wait_for_exit, EXIT_KILLED};
+        use crate::vm::host::EXIT_CRASHED;
+        use crate::vm::state::{VmState, VmStore};
+
+        struct Setup {
+            _dir: tempfile::TempDir,
+            vms: VmStore,
+            id: String,
+            xen: FakeDomainOps,
+            domid: DomId,
+            xs: Xenstore<FakeXenstored>,
+        }
+
+        /// A running domain whose guest wrote `keys` (as its own, below `data/`).
+        fn running(guest_keys: &[(&str, &str)]) -> Setup {
+            let dir = tempfile::tempdir().unwrap();
+            let vms = VmStore::open(dir.path()).unwrap();
+            let xen = FakeDomainOps::new();
+            let config = DomainConfig::builder("hyperxl-w")
+                .kernel("/k")
+                .memory_mib(32)
+                .build()
+                .unwrap();
+            let domid = xen.create_paused(&config).unwrap();
+            xen.unpause(domid).unwrap();
+            let mut vm = VmState::new(crate::vm::state::new_id(), "w".into(), "img".into());
+            vm.domid = Some(domid.0);
+            vm.mark_running();
+            vms.create(&vm).unwrap();
+            let mut store = FakeXenstored::new(0);
+            for (k, v) in guest_keys {
+                let perms = vec![Perm::new(Access::None, domid.0)];
+                store.put(&keys::abs(domid.0, k), v.as_bytes(), perms);
+            }
+            Setup {
+                _dir: dir,
+                vms,
+                id: vm.id,
+                xen,
+                domid,
+                xs: Xenstore::new(store),
+            }
+        }
+
+        fn wait(s: &mut Setup) -> anyhow::Result<i32> {
+            wait_for_exit(&s.xen, &mut s.xs, s.domid, 1, &s.vms, &s.id, Vec::new())
+        }
+
+        #[test]
+        fn the_exit_code_ends_the_wait_and_the_guests_error_is_kept_safe() {
+            let mut s = running(&[
+                (keys::status::STARTED, "1"),
+                (keys::status::EXIT_CODE, "3"),
+                (keys::status::ERROR, "exec: \x1b[2Jgone\u{202e}"),
+            ]);
+            assert_eq!(wait(&mut s).unwrap(), 3);
+            let vm = s.vms.load(&s.id).unwrap();
+            assert_eq!(vm.error.as_deref(), Some("exec: ?[2Jgone?"));
+        }
+
+        #[test]
+        fn an_exit_code_that_is_not_a_number_is_a_crash() {
+            for hostile in ["99999999999", "-", "3; rm -rf /", "0x1"] {
+                let mut s = running(&[(keys::status::EXIT_CODE, hostile)]);
+                assert_eq!(wait(&mut s).unwrap(), EXIT_CRASHED, "{hostile:?}");
+            }
+        }
+
+        #[test]
+        fn a_failed_init_is_an_error_that_names_its_reason() {
+            let mut s = running(&[
+                (keys::status::STATE, "failed"),
+                (keys::status::ERROR, "mounting /dev/xvda: no such device"),
+            ]);
+            let err = wait(&mut s).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "the guest init failed: mounting /dev/xvda: no such device"
+            );
+        }
+
+        /// Started, then the domain shut down with no exit code: a crash, once the
+        /// last look (500 ms) found none; the start was recorded on the way.
+        #[test]
+        fn a_domain_that_ends_without_an_exit_code_crashed() {
+            let mut s = running(&[(keys::status::STARTED, "1")]);
+            s.xen.guest_exits(s.domid, ShutdownReason::Crash);
+            let err = wait(&mut s).unwrap_err().to_string();
+            assert!(err.contains("died without reporting an exit code"), "{err}");
+            assert!(s.vms.load(&s.id).unwrap().started_at.is_some());
+        }
+
+        /// The same end after `kill` (recorded by another process): 137, no error.
+        #[test]
+        fn a_killed_domain_that_is_gone_ends_137() {
+            let mut s = running(&[(keys::status::STARTED, "1")]);
+            s.vms.update(&s.id, VmState::mark_killed).unwrap();
+            s.xen.destroy(s.domid).unwrap();
+            assert_eq!(wait(&mut s).unwrap(), EXIT_KILLED);
         }
     }
 }

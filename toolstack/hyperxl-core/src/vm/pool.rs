@@ -185,7 +185,7 @@ fn refill_lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::Fi
 /// only once someone watches the run, so a run killed before its watcher started
 /// leaves no app running unwatched.
 pub fn take(
-    ctx: &Context,
+    ctx: &dyn DomainOps,
     vms: &VmStore,
     vm: &VmState,
     shape: &Shape,
@@ -251,7 +251,7 @@ pub fn take(
 
 /// Hot-adds the devices of `config` (built for a cold boot of the same VM) to a
 /// pooled VM's domain: its disks, then its vif.
-pub fn plug(ctx: &Context, domid: DomId, config: &DomainConfig) -> anyhow::Result<()> {
+pub fn plug(ctx: &dyn DomainOps, domid: DomId, config: &DomainConfig) -> anyhow::Result<()> {
     for disk in config.disks() {
         ctx.add_disk(domid, disk)
             .with_context(|| format!("adding disk {}", disk.vdev))?;
@@ -358,7 +358,7 @@ fn fill_locked(
 /// unless a run took it meanwhile: then it is that run's and left alone. Only a domain
 /// that still has the pooled VM's name is destroyed: a run that took it renamed it, and
 /// after a reboot its domid may be another VM's.
-fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
+fn destroy(ctx: &dyn DomainOps, vms: &VmStore, vm: &VmState) {
     let name = vm.domain_name();
     let marked = {
         let Ok(_lock) = vms.lock() else {
@@ -388,7 +388,7 @@ fn destroy(ctx: &Context, vms: &VmStore, vm: &VmState) {
 
 /// Boots one pooled VM of `shape` to its waiting init; returns its name. On failure
 /// nothing of it is left.
-fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<String> {
+fn boot_one(ctx: &dyn DomainOps, vms: &VmStore, shape: &Shape) -> anyhow::Result<String> {
     let id = state::new_id();
     let mut vm = VmState::new(id.clone(), format!("pool-{}", &id[..8]), "(pool)".into());
     vm.kind = shape.machine.kind().to_string();
@@ -429,7 +429,7 @@ fn boot_one(ctx: &Context, vms: &VmStore, shape: &Shape) -> anyhow::Result<Strin
 }
 
 /// Waits until the init of `domid` says `pooled` (woken by a watch on its state).
-fn wait_pooled(ctx: &Context, domid: DomId) -> anyhow::Result<()> {
+fn wait_pooled(ctx: &dyn DomainOps, domid: DomId) -> anyhow::Result<()> {
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let key = keys::abs(domid.0, keys::status::STATE);
     xs.watch(&key, "state")
