@@ -75,7 +75,7 @@ pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyh
         return kill(vms, host, vm);
     }
     // A stop must work on a full state disk too: the record is then only a wish.
-    let vm = match vms.update(&vm.id, |vm| vm.stopped_by_user = true) {
+    let vm = match vms.update(&vm.id, VmState::mark_stopped_by_user) {
         Ok(vm) => vm,
         Err(e) => {
             let _ = writeln!(

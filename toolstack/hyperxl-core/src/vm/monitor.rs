@@ -215,7 +215,7 @@ pub fn finish(
     crate::volume::remove_private_files(&vm);
     let record = |vm: &mut state::VmState| {
         if STOP_SEEN.load(Ordering::SeqCst) {
-            vm.stopped_by_user = true;
+            vm.mark_stopped_by_user();
         }
         // (A VM killed on purpose ends 137 whatever the error: see `record_end`.)
         let outcome = match &result {

@@ -173,6 +173,12 @@ impl VmState {
         self.stopped_by_user = true;
     }
 
+    /// `stop` asked the app to end (or the watcher saw that request): no restart policy
+    /// applies to this end, whatever its exit code.
+    pub fn mark_stopped_by_user(&mut self) {
+        self.stopped_by_user = true;
+    }
+
     /// -> `exited`, once the domain is gone: `outcome` is the app's exit code, or why
     /// there is none (for a VM killed on purpose that is [`EXIT_KILLED`]);
     /// `still_bound` are the loop devices that could not be freed and stay recorded.
