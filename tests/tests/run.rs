@@ -22,6 +22,12 @@ fn run_boots_images_and_exits_with_the_apps_code() {
             "hyperxl run --rm -e FOO=cli -w /tmp/wd -u nobody demo sh -c 'echo FOO=$FOO; pwd; id -un'",
         )
         .step("pv", "hyperxl run --rm --type pv demo echo pv-hello")
+        // Two vCPUs: both present (HyperKernel skips only absent ACPI processors).
+        .step(
+            "cpus",
+            "hyperxl run --rm --cpus 2 demo sh -c 'grep -c ^processor /proc/cpuinfo'",
+        )
+        .step("cpus_over", "hyperxl run --rm --cpus 65 demo true")
         .step("named", "hyperxl run --name keep demo true")
         .step("duplicate", "hyperxl run --name keep demo true")
         .step("ps_running", "hyperxl ps")
@@ -51,6 +57,13 @@ fn run_boots_images_and_exits_with_the_apps_code() {
         "FOO=cli\n/tmp/wd\nnobody\n"
     );
     assert_eq!(run["pv"].assert_success("pv").stdout, "pv-hello\n");
+    assert_eq!(run["cpus"].assert_success("cpus").stdout, "2\n");
+    let over = &run["cpus_over"];
+    assert_eq!(over.status, 125, "{over}");
+    assert_eq!(
+        over.stderr, "hyperxl: vcpus must be between 1 and 64, not 65\n",
+        "{over}"
+    );
     run["named"].assert_success("named");
     let dup = &run["duplicate"];
     assert_eq!(dup.status, 125, "{dup}");
