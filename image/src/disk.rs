@@ -51,6 +51,37 @@ pub enum DiskError {
     Mksquashfs(#[from] CommandError),
 }
 
+/// Writes a squashfs image of the tree at `dir` to `out`, for a rootfs that exists only
+/// as a directory (a containerd snapshot, mounted by the shim). mksquashfs reads the
+/// tree without following symlinks and writes nothing but `out`; ownership, modes,
+/// extended attributes, devices and hard links are kept as they are in the tree.
+pub fn build_squashfs_from_dir(
+    dir: &Path,
+    compressor: Compressor,
+    out: &Path,
+) -> Result<(), DiskError> {
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(dir).arg(out).args([
+        "-noappend",
+        "-xattrs",
+        "-quiet",
+        "-no-progress",
+        "-mkfs-time",
+        "0",
+    ]);
+    compressor_args(&mut cmd, compressor);
+    Piped::spawn(&mut cmd)?.wait()?;
+    Ok(())
+}
+
+fn compressor_args(cmd: &mut Command, compressor: Compressor) {
+    match compressor {
+        Compressor::Lz4 => cmd.args(["-comp", "lz4"]),
+        Compressor::Zstd => cmd.args(["-comp", "zstd", "-Xcompression-level", "3"]),
+        Compressor::Gzip => cmd.args(["-comp", "gzip"]),
+    };
+}
+
 /// Merges `layers` and writes a squashfs image to `out` (which must not exist or may be
 /// overwritten). Nothing but `out` is written.
 pub fn build_squashfs(
@@ -67,11 +98,7 @@ pub fn build_squashfs(
         .arg(out)
         .args(["-tar", "-noappend", "-root-mode", "0755", "-xattrs"])
         .args(["-quiet", "-no-progress", "-mkfs-time", "0"]);
-    match compressor {
-        Compressor::Lz4 => cmd.args(["-comp", "lz4"]),
-        Compressor::Zstd => cmd.args(["-comp", "zstd", "-Xcompression-level", "3"]),
-        Compressor::Gzip => cmd.args(["-comp", "gzip"]),
-    };
+    compressor_args(&mut cmd, compressor);
     let mut child = Piped::spawn(&mut cmd)?;
     let result = {
         let mut w = BufWriter::with_capacity(1 << 20, child.stdin());

@@ -198,37 +198,77 @@ pub fn prepare(
         .context("reading the image config")?;
     super::timing::mark("image");
     let id = state::new_id();
-    let name = opts
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("vm-{}", &id[..8]));
-    state::validate_name(&name)?;
+    let name = vm_name(opts, &id)?;
     let mut flags = flags.clone();
     if flags.hostname.is_empty() {
         flags.hostname = name.clone();
     }
     let spec = spec::build(&config, &flags).context("building the container spec")?;
+    let image = config.config().as_ref();
+    let exposed: Vec<String> = image
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default();
+    let image_volumes: Vec<String> = image.and_then(|c| c.volumes().clone()).unwrap_or_default();
+    prepare_vm(
+        state_dir,
+        opts,
+        (id, name),
+        disk_file,
+        spec,
+        &exposed,
+        &image_volumes,
+    )
+}
+
+/// Steps 2-3 for a rootfs disk made elsewhere (a containerd snapshot turned into
+/// squashfs) and a spec the caller built: nothing is pulled, `opts.image` only labels
+/// the VM, and the spec's hostname defaults to the VM's name.
+pub fn prepare_from_disk(
+    state_dir: &Path,
+    opts: &LaunchOptions,
+    disk_file: PathBuf,
+    mut spec: Spec,
+) -> anyhow::Result<Prepared> {
+    let id = state::new_id();
+    let name = vm_name(opts, &id)?;
+    if spec.hostname.is_empty() {
+        spec.hostname = name.clone();
+    }
+    prepare_vm(state_dir, opts, (id, name), disk_file, spec, &[], &[])
+}
+
+/// `--name`, checked, else `vm-` and the id's first 8 characters.
+fn vm_name(opts: &LaunchOptions, id: &str) -> anyhow::Result<String> {
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("vm-{}", &id[..8]));
+    state::validate_name(&name)?;
+    Ok(name)
+}
+
+/// What every VM with a rootfs disk needs once its image and spec are known: its
+/// network, its storage, and its record (not yet written).
+fn prepare_vm(
+    state_dir: &Path,
+    opts: &LaunchOptions,
+    (id, name): (String, String),
+    disk_file: PathBuf,
+    spec: Spec,
+    exposed: &[String],
+    image_volumes: &[String],
+) -> anyhow::Result<Prepared> {
     let mut net_req = opts.net.clone();
     if net_req.publish_all {
-        let exposed: Vec<String> = config
-            .config()
-            .as_ref()
-            .and_then(|c| c.exposed_ports().clone())
-            .unwrap_or_default();
         net_req
             .publish
-            .extend(crate::net::publish::exposed(&exposed));
+            .extend(crate::net::publish::exposed(exposed));
     }
     let net = crate::net::resolve(state_dir, &net_req)?;
-    let image_volumes: Vec<String> = config
-        .config()
-        .as_ref()
-        .and_then(|c| c.volumes().clone())
-        .unwrap_or_default();
     let mut storage = crate::volume::plan(
         &super::state::VmStore::open(state_dir)?,
         &opts.storage,
-        &image_volumes,
+        image_volumes,
     )?;
     if let Some(dep) = opts.labels.get(crate::deploy::apply::LABEL_DEPLOYMENT) {
         storage
@@ -606,15 +646,26 @@ fn run_watched(vms: &VmStore, p: Prepared, out: ConsoleOut, attach: Attach) -> a
 /// Runs the VM detached: a `hyperxl monitor` process takes it over; returns its id once
 /// the VM runs.
 pub fn run_detached(state_dir: &Path, vms: &VmStore, p: Prepared) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("finding the hyperxl executable")?;
+    run_detached_with(&exe, state_dir, vms, p)
+}
+
+/// [`run_detached`] with `hyperxl` at `hyperxl_exe` as the monitor (another front end,
+/// such as the containerd shim, is not that binary itself).
+pub fn run_detached_with(
+    hyperxl_exe: &Path,
+    state_dir: &Path,
+    vms: &VmStore,
+    p: Prepared,
+) -> anyhow::Result<String> {
     let ctx = Context::new()?;
     let mut xs = Xenstore::open_default().context("connecting to xenstore")?;
     let booted = create(&ctx, &mut xs, vms, &p)?;
     let id = booted.id.clone();
     let handed_over = (|| {
-        let exe = std::env::current_exe().context("finding the hyperxl executable")?;
         let log = monitor::open_monitor_log(vms, &id).context("creating the monitor log")?;
         // Its own process group: Ctrl-C on this `run -d` must not reach the monitor.
-        let mut child = Command::new(exe)
+        let mut child = Command::new(hyperxl_exe)
             .process_group(0)
             .arg("--state-dir")
             .arg(state_dir)

@@ -1,0 +1,133 @@
+//! The bundle's OCI runtime spec (`config.json`, written by containerd) turned into what
+//! hyperxl runs: a [`Machine`] and the guest's container [`Spec`]. containerd has
+//! already merged the image's config with the user's flags, so the process is taken as
+//! written; the VM's size comes from the cgroup limits a runc container would get.
+
+use hyperxl_contract::Spec;
+use hyperxl_core::vm::machine::{Kind, Machine, MachineError, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use oci_spec::runtime::Spec as OciSpec;
+
+/// Annotation choosing the domain type (`pvh`, the default, or `pv`).
+pub const ANNOTATION_TYPE: &str = "io.hyperxl.type";
+
+/// Why a bundle cannot run as a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// No `process`, or no `process.args`.
+    #[error("the bundle's spec has no process to run")]
+    NoProcess,
+    /// The machine its limits ask for is out of hyperxl's range.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The container spec did not validate.
+    #[error("invalid container spec: {0}")]
+    Spec(#[from] hyperxl_contract::SpecError),
+}
+
+/// The VM for `oci`: memory from `linux.resources.memory.limit` (rounded up to MiB),
+/// vCPUs from the CPU quota over its period (rounded up), each hyperxl's default when
+/// unset; the domain type from the [`ANNOTATION_TYPE`] annotation.
+pub fn machine(oci: &OciSpec) -> Result<Machine, OciError> {
+    let resources = oci.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory_mib = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|&b| b > 0)
+        .map_or(DEFAULT_MEMORY_MIB, |b| (b as u64).div_ceil(1 << 20));
+    let vcpus = resources
+        .and_then(|r| r.cpu().as_ref())
+        .and_then(|c| Some((c.quota()?, c.period()?)))
+        .filter(|&(q, p)| q > 0 && p > 0)
+        .map_or(i64::from(DEFAULT_VCPUS), |(q, p)| {
+            (q as u64).div_ceil(p) as i64
+        });
+    let kind: Kind = match oci
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TYPE))
+    {
+        Some(k) => k.parse()?,
+        None => Kind::default(),
+    };
+    Ok(Machine::new(memory_mib, vcpus, kind)?)
+}
+
+/// The guest's spec for `oci`'s process: argv, environment, working directory, user
+/// (as `uid:gid`), terminal and hostname. `rootfs` and everything dom0 adds later are
+/// left at their defaults.
+pub fn spec(oci: &OciSpec) -> Result<Spec, OciError> {
+    let process = oci.process().as_ref().ok_or(OciError::NoProcess)?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(OciError::NoProcess);
+    }
+    let mut spec = Spec::new(args);
+    spec.env = process.env().clone().unwrap_or_default();
+    let cwd = process.cwd().to_string_lossy();
+    spec.working_dir = if cwd.is_empty() {
+        "/".into()
+    } else {
+        cwd.into_owned()
+    };
+    let user = process.user();
+    spec.user = format!("{}:{}", user.uid(), user.gid());
+    spec.terminal = process.terminal().unwrap_or(false);
+    spec.hostname = oci.hostname().clone().unwrap_or_default();
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oci(json: &str) -> OciSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"args":["sh","-c","echo hi"],"env":["PATH=/bin","A=1"],"cwd":"/srv",
+                   "user":{"uid":1000,"gid":100},"terminal":true},
+        "hostname":"t1"}"#;
+
+    #[test]
+    fn the_process_is_taken_as_containerd_wrote_it() {
+        let s = spec(&oci(BASE)).unwrap();
+        assert_eq!(s.args, ["sh", "-c", "echo hi"]);
+        assert_eq!(s.env, ["PATH=/bin", "A=1"]);
+        assert_eq!(s.working_dir, "/srv");
+        assert_eq!(s.user, "1000:100");
+        assert!(s.terminal);
+        assert_eq!(s.hostname, "t1");
+        assert_eq!(machine(&oci(BASE)).unwrap(), Machine::default());
+    }
+
+    #[test]
+    fn limits_size_the_vm_and_out_of_range_ones_are_refused() {
+        let with = |resources: &str, annotations: &str| {
+            oci(&BASE.replace(
+                r#""hostname":"t1""#,
+                &format!(r#""hostname":"t1","linux":{{"resources":{resources}}}{annotations}"#),
+            ))
+        };
+        let m = machine(&with(
+            r#"{"memory":{"limit":67108865},"cpu":{"quota":150000,"period":100000}}"#,
+            r#","annotations":{"io.hyperxl.type":"pv"}"#,
+        ))
+        .unwrap();
+        assert_eq!((m.memory_mib(), m.vcpus(), m.kind()), (65, 2, Kind::Pv));
+        let small = with(r#"{"memory":{"limit":8388608}}"#, "");
+        assert!(matches!(machine(&small), Err(OciError::Machine(_))));
+        let many = with(r#"{"cpu":{"quota":10000000,"period":100000}}"#, "");
+        assert!(matches!(machine(&many), Err(OciError::Machine(_))));
+        let hvm = with("{}", r#","annotations":{"io.hyperxl.type":"hvm"}"#);
+        assert!(machine(&hvm).is_err());
+    }
+
+    #[test]
+    fn a_bundle_without_a_process_is_refused() {
+        let none = oci(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
+        assert!(matches!(spec(&none), Err(OciError::NoProcess)));
+        let empty = oci(&BASE.replace(r#"["sh","-c","echo hi"]"#, "[]"));
+        assert!(matches!(spec(&empty), Err(OciError::NoProcess)));
+    }
+}
