@@ -11,12 +11,16 @@ use hyperxl_image::disk::{build_squashfs_from_dir, Compressor};
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     /// Mounting the snapshot failed.
-    #[error("mounting the container's rootfs at {target}: {source}")]
+    #[error("mounting the container's rootfs ({kind} {source_path}) at {}: {errno}", target.display())]
     Mount {
+        /// The mount's type.
+        kind: String,
+        /// The mount's source.
+        source_path: String,
         /// Where.
         target: PathBuf,
         /// Why.
-        source: containerd_shim::Error,
+        errno: nix::errno::Errno,
     },
     /// Building the squashfs failed.
     #[error("building the root disk: {0}")]
@@ -49,13 +53,14 @@ pub fn build_disk(bundle: &Path, mounts: &[Mount], disk: &Path) -> Result<(), Ro
         source,
     })?;
     for m in mounts {
-        let fs_type = (!m.type_.is_empty()).then_some(m.type_.as_str());
-        let source = (!m.source.is_empty()).then_some(m.source.as_str());
-        if let Err(source) =
-            containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, &target)
-        {
+        if let Err(errno) = mount_one(m, &target) {
             unmount(bundle);
-            return Err(RootfsError::Mount { target, source });
+            return Err(RootfsError::Mount {
+                kind: m.type_.clone(),
+                source_path: m.source.clone(),
+                target,
+                errno,
+            });
         }
     }
     // lz4: the disk is built at every create (containerd keeps the snapshot, not us);
@@ -70,11 +75,50 @@ pub fn build_disk(bundle: &Path, mounts: &[Mount], disk: &Path) -> Result<(), Ro
     Ok(built?)
 }
 
+/// Mounts one of containerd's mounts at `target`: its flag options (`ro`, `rbind`,
+/// `nosuid`...) become mount flags, the rest (overlay's `lowerdir=...`) its data. (The
+/// shim crate's own helper waits for a forked child through its SIGCHLD reaper, which
+/// this shim turns off: hyperxl waits for its own children.)
+fn mount_one(m: &Mount, target: &Path) -> nix::Result<()> {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in &m.options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            other => data.push(other),
+        }
+    }
+    let kind = match m.type_.as_str() {
+        "" | "bind" | "rbind" => None,
+        t => Some(t),
+    };
+    if m.type_ == "bind" || m.type_ == "rbind" {
+        flags |= MsFlags::MS_BIND;
+    }
+    let data = data.join(",");
+    let source = (!m.source.is_empty()).then_some(m.source.as_str());
+    nix::mount::mount(
+        source,
+        target,
+        kind,
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )
+}
+
 /// Unmounts whatever is mounted at the bundle's rootfs (best effort: nothing there is
 /// fine).
 pub fn unmount(bundle: &Path) {
     let target = target(bundle);
-    if let Some(t) = target.to_str() {
-        let _ = containerd_shim::mount::umount_recursive(Some(t), libc::MNT_DETACH);
-    }
+    // Stacked mounts (a bind over an overlay) come off one at a time.
+    while nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
 }
