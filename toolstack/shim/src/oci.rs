@@ -76,6 +76,28 @@ pub fn spec(oci: &OciSpec) -> Result<Spec, OciError> {
     Ok(spec)
 }
 
+/// The request for an exec'd process (`ctr task exec`): containerd sends the whole
+/// process, the container's environment included.
+pub fn exec_request(
+    process: &oci_spec::runtime::Process,
+    terminal: bool,
+) -> Result<hyperxl_contract::control::ExecRequest, OciError> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(OciError::NoProcess);
+    }
+    let cwd = process.cwd().to_string_lossy();
+    let user = process.user();
+    Ok(hyperxl_contract::control::ExecRequest {
+        args,
+        env: process.env().clone().unwrap_or_default(),
+        user: Some(format!("{}:{}", user.uid(), user.gid())),
+        workdir: (!cwd.is_empty()).then(|| cwd.into_owned()),
+        tty: terminal,
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +143,21 @@ mod tests {
         assert!(matches!(machine(&many), Err(OciError::Machine(_))));
         let hvm = with("{}", r#","annotations":{"io.hyperxl.type":"hvm"}"#);
         assert!(machine(&hvm).is_err());
+    }
+
+    #[test]
+    fn an_exec_takes_the_process_containerd_sent() {
+        let p: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"args":["sh","-c","echo $((6*7))"],"env":["A=1"],"cwd":"/w","user":{"uid":5,"gid":6}}"#,
+        )
+        .unwrap();
+        let r = exec_request(&p, true).unwrap();
+        assert_eq!(r.args, ["sh", "-c", "echo $((6*7))"]);
+        assert_eq!(
+            (r.user.as_deref(), r.workdir.as_deref()),
+            (Some("5:6"), Some("/w"))
+        );
+        assert!(r.tty && !r.detach && r.env == ["A=1"]);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use containerd_shim::api::{self, Status};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
@@ -23,6 +25,7 @@ use containerd_shim::synchronous::publisher::RemotePublisher;
 use containerd_shim::{
     Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
+use hyperxl_contract::control::ExecRequest;
 use hyperxl_contract::Spec;
 use hyperxl_core::vm::control::{self, Removal};
 use hyperxl_core::vm::host::Host;
@@ -69,6 +72,19 @@ struct Task {
     disk: PathBuf,
     vm_id: Option<String>,
     pid: u32,
+    status: Status,
+    exit: Option<(u32, Timestamp)>,
+    execs: HashMap<String, Exec>,
+}
+
+/// An exec'd process (`ctr task exec`): a session over the VM's control channel, as
+/// `hyperxl exec` runs one.
+struct Exec {
+    request: ExecRequest,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
     status: Status,
     exit: Option<(u32, Timestamp)>,
 }
@@ -283,6 +299,71 @@ impl Service {
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
     }
 
+    /// Starts exec `exec_id` of task `id` in its VM; its end is recorded and published
+    /// from a thread of its own.
+    fn start_exec(&self, id: &str, exec_id: &str) -> anyhow::Result<u32> {
+        let (vm_id, exec) = {
+            let mut tasks = self.tasks();
+            let t = tasks
+                .get_mut(id)
+                .ok_or_else(|| anyhow::anyhow!("task {id} not found"))?;
+            let vm_id = t
+                .vm_id
+                .clone()
+                .filter(|_| t.exit.is_none())
+                .ok_or_else(|| anyhow::anyhow!("task {id} is not running"))?;
+            let e = t
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| anyhow::anyhow!("exec {exec_id} not found"))?;
+            if e.status != Status::CREATED {
+                anyhow::bail!("exec {exec_id} was started already");
+            }
+            e.status = Status::RUNNING;
+            let copy = (
+                e.request.clone(),
+                e.stdin.clone(),
+                e.stdout.clone(),
+                e.stderr.clone(),
+                e.terminal,
+            );
+            (vm_id, copy)
+        };
+        let (request, stdin, stdout, stderr, _terminal) = exec;
+        let pid = std::process::id();
+        let this = self.clone();
+        let (id, exec_id) = (id.to_string(), exec_id.to_string());
+        std::thread::spawn(move || {
+            let code = match run_exec(&this.state_dir, &vm_id, request, &stdin, &stdout, &stderr) {
+                Ok(code) => code,
+                Err(e) => {
+                    warn!("exec {exec_id} in task {id}: {e:#}");
+                    hyperxl_core::vm::host::EXIT_CRASHED
+                }
+            };
+            let at = now();
+            let exit_status = u32::try_from(code).unwrap_or(255);
+            {
+                let mut tasks = this.tasks();
+                if let Some(e) = tasks.get_mut(&id).and_then(|t| t.execs.get_mut(&exec_id)) {
+                    e.exit = Some((exit_status, at.clone()));
+                    e.status = Status::STOPPED;
+                }
+                this.tasks.changed.notify_all();
+            }
+            let event = TaskExit {
+                container_id: id.clone(),
+                id: exec_id.clone(),
+                pid,
+                exit_status,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            };
+            this.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
+        });
+        Ok(pid)
+    }
+
     fn set_exit(&self, id: &str, status: u32, at: Timestamp) {
         let mut tasks = self.tasks();
         if let Some(t) = tasks.get_mut(id) {
@@ -293,6 +374,42 @@ impl Service {
         }
         self.tasks.changed.notify_all();
     }
+}
+
+/// Runs `request` in VM `vm_id` with the task's FIFOs as its stdio; returns its exit
+/// code.
+fn run_exec(
+    state_dir: &Path,
+    vm_id: &str,
+    request: ExecRequest,
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+) -> anyhow::Result<i32> {
+    use hyperxl_core::vm::exec::{exec_with, ExecOptions, Streams};
+    let writer = |path: &str| -> anyhow::Result<Option<Box<dyn Write + Send>>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let f = OpenOptions::new().write(true).open(path)?;
+        Ok(Some(Box::new(f)))
+    };
+    let streams = Streams {
+        stdin: if stdin.is_empty() {
+            None
+        } else {
+            Some(OpenOptions::new().read(true).open(stdin)?)
+        },
+        // No FIFO: the process's output goes nowhere (not to the shim's own stdio).
+        stdout: Some(writer(stdout)?.unwrap_or_else(|| Box::new(std::io::sink()))),
+        stderr: Some(writer(stderr)?.unwrap_or_else(|| Box::new(std::io::sink()))),
+    };
+    let opts = ExecOptions {
+        interactive: !stdin.is_empty(),
+        request,
+        detach_keys: false,
+    };
+    exec_with(state_dir, vm_id, &opts, streams)
 }
 
 /// Copies the VM's console log (the app's output, without the init's and kernel's own
@@ -421,6 +538,7 @@ impl containerd_shim::Task for Service {
                 pid,
                 status: Status::CREATED,
                 exit: None,
+                execs: HashMap::new(),
             },
         );
         info!("created task {id}: {:?}", machine);
@@ -444,7 +562,18 @@ impl containerd_shim::Task for Service {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
+            let pid = self.start_exec(&req.id, &req.exec_id).map_err(internal)?;
+            let event = TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event));
+            return Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            });
         }
         match self.tasks().get(&req.id) {
             None => return Err(not_found(&req.id)),
@@ -482,6 +611,27 @@ impl containerd_shim::Task for Service {
     ) -> TtrpcResult<api::StateResponse> {
         let tasks = self.tasks();
         let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            let e = t
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| not_found(&req.exec_id))?;
+            let (exit_status, exited_at) = e.exit.clone().unwrap_or_default();
+            return Ok(api::StateResponse {
+                id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                bundle: t.bundle.to_string_lossy().into_owned(),
+                pid: t.pid,
+                status: e.status.into(),
+                stdin: e.stdin.clone(),
+                stdout: e.stdout.clone(),
+                stderr: e.stderr.clone(),
+                terminal: e.terminal,
+                exit_status,
+                exited_at: e.exit.as_ref().map(|_| exited_at).into(),
+                ..Default::default()
+            });
+        }
         let (exit_status, exited_at) = t.exit.clone().unwrap_or_default();
         Ok(api::StateResponse {
             id: req.id.clone(),
@@ -499,13 +649,19 @@ impl containerd_shim::Task for Service {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
-        }
         let mut tasks = self.tasks();
         loop {
             let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            if let Some((exit_status, at)) = t.exit.clone() {
+            let exit = if req.exec_id.is_empty() {
+                t.exit.clone()
+            } else {
+                let e = t
+                    .execs
+                    .get(&req.exec_id)
+                    .ok_or_else(|| not_found(&req.exec_id))?;
+                e.exit.clone()
+            };
+            if let Some((exit_status, at)) = exit {
                 return Ok(api::WaitResponse {
                     exit_status,
                     exited_at: Some(at).into(),
@@ -522,7 +678,7 @@ impl containerd_shim::Task for Service {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
+            return Err(unsupported("signalling an exec'd process"));
         }
         let vm_id = {
             let tasks = self.tasks();
@@ -565,7 +721,27 @@ impl containerd_shim::Task for Service {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
+            let mut tasks = self.tasks();
+            let t = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+            let pid = t.pid;
+            let e = t
+                .execs
+                .get(&req.exec_id)
+                .ok_or_else(|| not_found(&req.exec_id))?;
+            if e.status == Status::RUNNING {
+                return Err(ttrpc_err(
+                    containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
+                    format!("exec {} is running", req.exec_id),
+                ));
+            }
+            let (exit_status, exited_at) = e.exit.clone().unwrap_or_default();
+            t.execs.remove(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status,
+                exited_at: Some(exited_at).into(),
+                ..Default::default()
+            });
         }
         let task = {
             let tasks = self.tasks();
@@ -657,8 +833,44 @@ impl containerd_shim::Task for Service {
         Err(unsupported("checkpoint"))
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        Err(unsupported("exec"))
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let process: oci_spec::runtime::Process = req
+            .spec
+            .as_ref()
+            .map(|any| serde_json::from_slice(&any.value))
+            .transpose()
+            .map_err(internal)?
+            .ok_or_else(|| internal("exec without a process spec"))?;
+        let request = oci::exec_request(&process, req.terminal).map_err(internal)?;
+        {
+            let mut tasks = self.tasks();
+            let t = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+            if t.execs.contains_key(&req.exec_id) {
+                return Err(ttrpc_err(
+                    containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
+                    format!("exec {} exists", req.exec_id),
+                ));
+            }
+            t.execs.insert(
+                req.exec_id.clone(),
+                Exec {
+                    request,
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    status: Status::CREATED,
+                    exit: None,
+                },
+            );
+        }
+        let event = TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event));
+        Ok(api::Empty::default())
     }
 
     fn resize_pty(
@@ -666,7 +878,9 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         _req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(unsupported("a terminal"))
+        // The guest terminal keeps the size it started with (not followed yet); ctr
+        // resizes at start and on every SIGWINCH, which is no error.
+        Ok(api::Empty::default())
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
