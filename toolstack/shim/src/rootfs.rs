@@ -22,6 +22,9 @@ pub enum RootfsError {
         /// Why.
         errno: nix::errno::Errno,
     },
+    /// The tree cannot run the task (its command is missing).
+    #[error("{0}")]
+    Refused(String),
     /// Building the squashfs failed.
     #[error("building the root disk: {0}")]
     Disk(#[from] hyperxl_image::disk::DiskError),
@@ -43,9 +46,15 @@ pub fn target(bundle: &Path) -> PathBuf {
 }
 
 /// Mounts `mounts` (containerd's snapshot; none: the bundle's rootfs is already the
-/// tree) at the bundle's rootfs, writes it to `disk` as squashfs, and unmounts it. On
-/// failure nothing is left mounted and no partial disk stays.
-pub fn build_disk(bundle: &Path, mounts: &[Mount], disk: &Path) -> Result<(), RootfsError> {
+/// tree) at the bundle's rootfs, runs `check` on the tree, writes it to `disk` as
+/// squashfs, and unmounts it. On failure nothing is left mounted and no partial disk
+/// stays.
+pub fn build_disk(
+    bundle: &Path,
+    mounts: &[Mount],
+    disk: &Path,
+    check: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), RootfsError> {
     let target = target(bundle);
     std::fs::create_dir_all(&target).map_err(|source| RootfsError::Io {
         what: "creating",
@@ -63,6 +72,12 @@ pub fn build_disk(bundle: &Path, mounts: &[Mount], disk: &Path) -> Result<(), Ro
             });
         }
     }
+    if let Err(why) = check(&target) {
+        if !mounts.is_empty() {
+            unmount(bundle);
+        }
+        return Err(RootfsError::Refused(why));
+    }
     // lz4: the disk is built at every create (containerd keeps the snapshot, not us);
     // it is the fastest to build.
     let built = build_squashfs_from_dir(&target, Compressor::Lz4, disk);
@@ -73,6 +88,46 @@ pub fn build_disk(bundle: &Path, mounts: &[Mount], disk: &Path) -> Result<(), Ro
         let _ = std::fs::remove_file(disk);
     }
     Ok(built?)
+}
+
+/// The guest init's default PATH, for a spec without one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whether `cmd` names an executable file in the tree at `root`, looked up as the
+/// guest's init will: a name with a `/` as it is (relative to `cwd`), any other in each
+/// directory of `path` (default: the init's). Every path is resolved inside the tree
+/// (`openat2` with `RESOLVE_IN_ROOT`: an absolute symlink or `..` cannot leave it), never
+/// on dom0.
+pub fn has_executable(root: &Path, cmd: &str, path: Option<&str>, cwd: &str) -> bool {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsRawFd;
+    let Ok(dir) = std::fs::File::open(root) else {
+        return false;
+    };
+    let candidates: Vec<String> = if cmd.contains('/') {
+        vec![if cmd.starts_with('/') {
+            cmd.to_string()
+        } else {
+            format!("{cwd}/{cmd}")
+        }]
+    } else {
+        path.unwrap_or(DEFAULT_PATH)
+            .split(':')
+            .map(|d| if d.is_empty() { cwd } else { d })
+            .map(|d| format!("{d}/{cmd}"))
+            .collect()
+    };
+    candidates.iter().any(|c| {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+        let Ok(fd) = openat2(dir.as_raw_fd(), c.as_str(), how) else {
+            return false;
+        };
+        let stat = nix::sys::stat::fstat(fd);
+        let _ = nix::unistd::close(fd);
+        stat.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0)
+    })
 }
 
 /// Mounts one of containerd's mounts at `target`: its flag options (`ro`, `rbind`,
@@ -121,4 +176,39 @@ pub fn unmount(bundle: &Path) {
     let target = target(bundle);
     // Stacked mounts (a bind over an overlay) come off one at a time.
     while nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn commands_are_looked_up_inside_the_tree_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("srv")).unwrap();
+        let exe = root.join("bin/busybox");
+        std::fs::write(&exe, b"x").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(root.join("bin/data"), b"x").unwrap();
+        symlink("/bin/busybox", root.join("bin/sh")).unwrap();
+        // dom0's /bin/true exists; the tree's does not: a link must not find dom0's.
+        symlink("/bin/true", root.join("bin/escape")).unwrap();
+        symlink("../../../../../../bin/true", root.join("bin/dots")).unwrap();
+        assert!(has_executable(root, "sh", None, "/"));
+        assert!(has_executable(root, "/bin/sh", None, "/"));
+        assert!(has_executable(root, "../bin/sh", None, "/srv"));
+        assert!(!has_executable(root, "data", None, "/"), "not executable");
+        assert!(!has_executable(root, "missing", None, "/"));
+        assert!(
+            !has_executable(root, "sh", Some("/usr/bin"), "/"),
+            "not on PATH"
+        );
+        assert!(!has_executable(root, "escape", None, "/"));
+        assert!(!has_executable(root, "dots", None, "/"));
+        assert!(!has_executable(root, "bin", None, "/"), "a directory");
+    }
 }

@@ -376,6 +376,22 @@ impl Service {
     }
 }
 
+/// Opens a stdin FIFO without waiting for a writer (a plain open blocks until one
+/// comes, and `ctr task exec` without `-i` never opens it): with none, it reads EOF.
+fn open_stdin(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    Ok(f)
+}
+
 /// Runs `request` in VM `vm_id` with the task's FIFOs as its stdio; returns its exit
 /// code.
 fn run_exec(
@@ -398,7 +414,7 @@ fn run_exec(
         stdin: if stdin.is_empty() {
             None
         } else {
-            Some(OpenOptions::new().read(true).open(stdin)?)
+            Some(open_stdin(stdin)?)
         },
         // No FIFO: the process's output goes nowhere (not to the shim's own stdio).
         stdout: Some(writer(stdout)?.unwrap_or_else(|| Box::new(std::io::sink()))),
@@ -521,7 +537,28 @@ impl containerd_shim::Task for Service {
         if let Some(dir) = disk.parent() {
             std::fs::create_dir_all(dir).map_err(internal)?;
         }
-        rootfs::build_disk(&bundle, &req.rootfs, &disk).map_err(internal)?;
+        // As runc does, a command the image does not have fails the create (ctr exits 1)
+        // rather than a VM that boots to say 127.
+        let path = spec
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .map(str::to_string);
+        let check = |root: &Path| {
+            let cmd = &spec.args[0];
+            if rootfs::has_executable(root, cmd, path.as_deref(), &spec.working_dir) {
+                Ok(())
+            } else {
+                Err(format!("exec: {cmd:?}: executable file not found in $PATH"))
+            }
+        };
+        rootfs::build_disk(&bundle, &req.rootfs, &disk, check).map_err(|e| match e {
+            rootfs::RootfsError::Refused(why) => ttrpc_err(
+                containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
+                why,
+            ),
+            e => internal(e),
+        })?;
         let pid = std::process::id();
         self.tasks().insert(
             id.clone(),
