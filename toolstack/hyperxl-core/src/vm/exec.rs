@@ -475,6 +475,8 @@ impl Client {
     ) -> anyhow::Result<Option<i32>> {
         let tty = opts.request.tty;
         let detach = opts.request.detach;
+        // Our own terminal only: a caller's stdin (the shim's FIFO) is nothing to set raw.
+        let own_stdin = streams.stdin.is_none();
         let stdin = match streams.stdin {
             Some(f) => f,
             None => std::io::stdin()
@@ -488,7 +490,7 @@ impl Client {
         let mut window = STDIN_WINDOW;
         // Raw only when the keys come from a terminal (the CLI checked that for -it);
         // an attach session's caller does that itself.
-        let _raw = (tty && opts.interactive && !opts.request.attach)
+        let _raw = (tty && opts.interactive && !opts.request.attach && own_stdin)
             .then(RawTerminal::enter)
             .transpose()?;
         let mut detach_keys = opts.detach_keys.then(DetachKeys::default);
