@@ -9,7 +9,8 @@
 //! - [`volume`]: named volumes and their transfers through helper VMs.
 //! - [`deploy`]: deployment files (`hyperxl up`/`down`) and their reconciliation.
 //! - [`xlcfg`]: a VM's xl.cfg(5) file, for `xl create` and for reading what a VM ran with.
-//! - [`usage`]: what hyperxl keeps on dom0's disk (`system df`).
+//! - [`usage`]: what hyperxl keeps on dom0's disk (`system df`); [`prune`]: freeing what
+//!   no VM needs (`system prune`).
 //!
 //! Images (pull, load, the squashfs rootfs) are `hyperxl-image`; domains are `libxl`; the
 //! host-guest contract is `hyperxl-contract`. Lower libraries return typed errors; the
@@ -19,6 +20,7 @@
 pub mod deploy;
 pub mod fuzzing;
 pub mod net;
+pub mod prune;
 pub mod usage;
 pub mod vm;
 pub mod volume;

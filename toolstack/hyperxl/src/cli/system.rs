@@ -5,13 +5,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use hyperxl_image::Store;
 
-use hyperxl_core::net::store::{NetStore, DEFAULT_NETWORK};
+use hyperxl_core::prune::PruneOptions;
 use hyperxl_core::usage::{self, Row};
 use hyperxl_core::vm::host::{reconcile_all, Host};
-use hyperxl_core::vm::state::{Status, VmStore};
-use hyperxl_core::volume::store::VolumeStore;
+use hyperxl_core::vm::state::VmStore;
 
 /// Arguments of `hyperxl system`.
 #[derive(Debug, Args)]
@@ -110,87 +108,31 @@ fn prune(state_dir: &Path, all: bool, volumes: bool, force: bool) -> anyhow::Res
         eprintln!("hyperxl: nothing removed");
         return Ok(1);
     }
-    let vm_store = VmStore::open(state_dir)?;
-    let host = Host::connect();
-    let vms = reconcile_all(&vm_store, &host)?;
-    let mut freed = 0u64;
-
-    // Exited VMs, through `rm` itself (loop devices, leases and records all go).
-    let exited: Vec<String> = vms
+    let opts = PruneOptions {
+        images: all,
+        volumes,
+    };
+    let pruned = hyperxl_core::prune::prune(state_dir, &Host::connect(), opts)?;
+    let images: Vec<String> = pruned
+        .images
         .iter()
-        .filter(|v| v.status == Status::Exited)
-        .map(|v| v.id.clone())
+        .map(|i| format!("untagged: {i}"))
         .collect();
-    if !exited.is_empty() {
-        println!("Deleted VMs:");
-        freed += exited
-            .iter()
-            .map(|id| usage::tree_size(&vm_store.dir(id)))
-            .sum::<u64>();
-        super::rm::run(
-            state_dir,
-            super::rm::RmArgs {
-                force: false,
-                volumes: false,
-                vms: exited,
-            },
-        )?;
-        println!();
-    }
-    let vms = reconcile_all(&vm_store, &host)?;
-
-    // Networks without a VM (leases of ended VMs are swept first), never the default.
-    hyperxl_core::net::sweep(&vm_store, &vms);
-    let nets = NetStore::open(state_dir)?;
-    let unused: Vec<String> = nets
-        .list()?
-        .into_iter()
-        .filter(|n| n.name != DEFAULT_NETWORK)
-        .filter(|n| nets.leases(&n.name).is_ok_and(|l| l.is_empty()))
-        .map(|n| n.name)
-        .collect();
-    if !unused.is_empty() {
-        println!("Deleted Networks:");
-        for name in unused {
-            hyperxl_core::net::remove_network(state_dir, &name)?;
-            println!("{name}");
-        }
-        println!();
-    }
-
-    if volumes {
-        let store = VolumeStore::open(state_dir)?;
-        let removed = hyperxl_core::volume::prune(&store, &vm_store, &vms, false)?;
-        if !removed.is_empty() {
-            println!("Deleted Volumes:");
-            for (name, bytes) in removed {
+    for (title, names) in [
+        ("Deleted VMs:", &pruned.vms),
+        ("Deleted Networks:", &pruned.networks),
+        ("Deleted Volumes:", &pruned.volumes),
+        ("Deleted Images:", &images),
+    ] {
+        if !names.is_empty() {
+            println!("{title}");
+            for name in names {
                 println!("{name}");
-                freed += bytes;
             }
             println!();
         }
     }
-
-    let store = Store::open(state_dir)?;
-    if all {
-        let used = usage::images_in_use(&store, &vms);
-        let unused: Vec<_> = store
-            .records()?
-            .into_iter()
-            .filter(|r| !used.contains(&r.id))
-            .collect();
-        if !unused.is_empty() {
-            println!("Deleted Images:");
-            for rec in unused {
-                store.remove(&rec.reference)?;
-                println!("untagged: {}", rec.reference.familiar());
-            }
-            println!();
-        }
-    }
-    let stats = store.prune()?;
-    freed += stats.bytes;
-    println!("Total reclaimed space: {}", human(freed));
+    println!("Total reclaimed space: {}", human(pruned.freed));
     Ok(0)
 }
 
