@@ -114,6 +114,9 @@ mod tests {
         assert_eq!(left, ["running"]);
         // Nothing left to prune the second time.
         let again = prune(dir.path(), &Host::connect(), PruneOptions::default()).unwrap();
-        assert!(again.vms.is_empty() && again.networks.is_empty(), "{again:?}");
+        assert!(
+            again.vms.is_empty() && again.networks.is_empty(),
+            "{again:?}"
+        );
     }
 }

@@ -284,6 +284,7 @@ impl Context {
                 .then(|| ShutdownReason::from_raw(raw.shutdown_reason)),
             memory_kib: raw.current_memkb,
             max_memory_kib: raw.max_memkb,
+            cpu_time_ns: raw.cpu_time,
         }
     }
 }

@@ -113,6 +113,21 @@ impl FakeDomainOps {
         }
     }
 
+    /// A domain called `name` (32 MiB, a kernel `/k`), as a test's precondition: built
+    /// and left paused, or with `running` unpaused as a booted guest's.
+    pub fn add_domain(&self, name: &str, running: bool) -> DomId {
+        let config = DomainConfig::builder(name)
+            .kernel("/k")
+            .memory_mib(32)
+            .build()
+            .expect("a valid test domain");
+        let domid = self.create_paused(&config).expect("the fake builds it");
+        if running {
+            self.unpause(domid).expect("the fake unpauses it");
+        }
+        domid
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test must not hide the state from the next assertion.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -244,6 +259,7 @@ impl DomainOps for FakeDomainOps {
                 shutdown_reason: d.shutdown,
                 memory_kib: d.config.memory_mib * 1024,
                 max_memory_kib: d.config.max_memory_mib * 1024,
+                cpu_time_ns: 0,
             })
             .collect())
     }

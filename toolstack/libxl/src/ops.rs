@@ -77,6 +77,8 @@ pub struct DomainInfo {
     pub memory_kib: u64,
     /// Maximum memory in KiB.
     pub max_memory_kib: u64,
+    /// CPU time its vCPUs used, in nanoseconds.
+    pub cpu_time_ns: u64,
 }
 
 /// What [`DomainOps::host_info`] reports.

@@ -478,18 +478,13 @@ mod tests {
     /// The watcher's teardown against a fake Xen (no root, no Xen needed).
     mod finish {
         use libxl::fake::FakeDomainOps;
-        use libxl::{DomId, DomainConfig, DomainOps};
+        use libxl::DomId;
 
         use super::super::{finish, EXIT_KILLED};
         use crate::vm::state::{Status, VmState, VmStore};
 
         fn domain(xen: &FakeDomainOps, name: &str) -> DomId {
-            let config = DomainConfig::builder(name)
-                .kernel("/k")
-                .memory_mib(32)
-                .build()
-                .unwrap();
-            xen.create_paused(&config).unwrap()
+            xen.add_domain(name, false)
         }
 
         fn record(vms: &VmStore, name: &str, domid: Option<DomId>) -> VmState {
@@ -573,7 +568,7 @@ mod tests {
     mod wait {
         use hyperxl_contract::keys;
         use libxl::fake::FakeDomainOps;
-        use libxl::{DomId, DomainConfig, DomainOps, ShutdownReason};
+        use libxl::{DomId, DomainOps, ShutdownReason};
         use xenstore_wire::fake::FakeXenstored;
         use xenstore_wire::{Access, Perm, Xenstore};
 
@@ -595,13 +590,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let vms = VmStore::open(dir.path()).unwrap();
             let xen = FakeDomainOps::new();
-            let config = DomainConfig::builder("hyperxl-w")
-                .kernel("/k")
-                .memory_mib(32)
-                .build()
-                .unwrap();
-            let domid = xen.create_paused(&config).unwrap();
-            xen.unpause(domid).unwrap();
+            let domid = xen.add_domain("hyperxl-w", true);
             let mut vm = VmState::new(crate::vm::state::new_id(), "w".into(), "img".into());
             vm.domid = Some(domid.0);
             vm.mark_running();
