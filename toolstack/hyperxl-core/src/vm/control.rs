@@ -92,6 +92,14 @@ pub fn stop(vms: &VmStore, host: &Host, vm: &VmState, timeout: Duration) -> anyh
     if !host.request_stop(domid, &vm.domain_name()) {
         return kill(vms, host, &vm);
     }
+    // A paused app could not act on the request (`hyperxl pause`): it runs again. Not
+    // one still being built (created), whose domain is paused until its launch is done.
+    let paused = host
+        .info(domid, &vm.domain_name())
+        .is_some_and(|i| i.paused);
+    if paused && vm.status == super::state::Status::Running {
+        let _ = host.set_paused(domid, &vm.domain_name(), false);
+    }
     match wait_exited(vms, host, &vm.id, Some(timeout)) {
         Ok(_) => Ok(()),
         Err(_) => kill(vms, host, &vm),
@@ -158,5 +166,15 @@ pub fn remove_corrupt(vms: &VmStore, which: &str) -> anyhow::Result<bool> {
             Ok(true)
         }
         _ => Err(StateError::Ambiguous(which.to_owned()).into()),
+    }
+}
+
+/// Pauses the domain of running VM `vm` (`paused`), or lets it run again: its vCPUs
+/// stop being scheduled; its memory, devices and watcher stay.
+pub fn set_paused(host: &Host, vm: &VmState, paused: bool) -> anyhow::Result<()> {
+    let running = vm.domid.filter(|_| vm.status.can_stop());
+    match running {
+        Some(domid) if host.set_paused(domid, &vm.domain_name(), paused)? => Ok(()),
+        _ => bail!("VM {} is not running", vm.name),
     }
 }

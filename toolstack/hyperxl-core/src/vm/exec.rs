@@ -87,6 +87,24 @@ pub struct Streams {
     pub stdout: Option<Box<dyn Write + Send>>,
     /// Where the process's stderr goes.
     pub stderr: Option<Box<dyn Write + Send>>,
+    /// Requests from the caller while the session runs (the shim's `ResizePty` and
+    /// `Kill`), taken within a second; `None`: this process's own SIGWINCH and stop
+    /// signals stand for them.
+    pub control: Option<std::sync::mpsc::Receiver<Control>>,
+}
+
+/// What a caller with its own [`Streams::control`] asks of a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// The process's terminal is now this size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Send the process this signal.
+    Signal(i32),
 }
 
 /// What a session's process writes, kept in memory up to a limit (the rest is dropped):
@@ -281,6 +299,41 @@ pub fn exec_with(
     let vm = vms.find(which)?;
     install_signal_handlers();
     run_session(&vms, vm, opts, streams).map(|end| end.unwrap_or(0))
+}
+
+/// Runs `opts` in VM `which` for a caller that owns this process's signals (the
+/// containerd shim): no handler is installed, nothing touches this process's terminal,
+/// and resizes and signals come through `streams.control`. Returns the exit code.
+pub fn exec_in(
+    state_dir: &std::path::Path,
+    which: &str,
+    opts: &ExecOptions,
+    streams: Streams,
+) -> anyhow::Result<i32> {
+    let vms = VmStore::open(state_dir)?;
+    let vm = vms.find(which)?;
+    run_session(&vms, vm, opts, streams).map(|end| end.unwrap_or(0))
+}
+
+/// The app of VM `id`, attached for a caller that owns this process's signals and has
+/// no terminal of its own (the containerd shim's task stdio): `streams` carry its
+/// stdin (with `interactive`) and, for a tty app, its terminal's output; its size
+/// comes through `streams.control`. Returns the app's exit code once the session ends.
+pub fn attach_app_in(
+    state_dir: &std::path::Path,
+    id: &str,
+    tty: bool,
+    interactive: bool,
+    streams: Streams,
+) -> anyhow::Result<i32> {
+    let vms = VmStore::open(state_dir)?;
+    let vm = vms.load(id)?;
+    let opts = ExecOptions {
+        request: ExecRequest::attach_app(tty, 0, 0),
+        interactive,
+        detach_keys: false,
+    };
+    run_session(&vms, vm, &opts, streams).map(|end| end.unwrap_or(0))
 }
 
 /// `run -i`/`-t`, `attach`: connects our stdin (with `interactive`) and, for a tty app,
@@ -485,6 +538,7 @@ impl Client {
                 .context("stdin")?
                 .into(),
         };
+        let control = streams.control;
         let mut stdin_open = opts.interactive;
         // Stdin bytes the guest still has room for (it returns them as its process reads).
         let mut window = STDIN_WINDOW;
@@ -520,9 +574,18 @@ impl Client {
                 forwarded = true;
                 self.queue(&Frame::Signal(sig))?;
             }
-            if RESIZED.swap(false, Ordering::SeqCst) && tty {
+            if control.is_none() && RESIZED.swap(false, Ordering::SeqCst) && tty {
                 if let Some((rows, cols)) = window_size() {
                     self.queue(&Frame::Resize { rows, cols })?;
+                }
+            }
+            for c in control.iter().flat_map(|r| r.try_iter()) {
+                match c {
+                    Control::Resize { rows, cols } if tty => {
+                        self.queue(&Frame::Resize { rows, cols })?
+                    }
+                    Control::Resize { .. } => {}
+                    Control::Signal(sig) => self.queue(&Frame::Signal(sig))?,
                 }
             }
             let drained = self.pump()?;

@@ -213,6 +213,35 @@ impl<T: Transport> Host<T> {
         }
     }
 
+    /// What Xen says of domain `domid` (CPU time, memory, paused), if it is still the
+    /// one called `name`.
+    pub fn info(&self, domid: u32, name: &str) -> Option<libxl::DomainInfo> {
+        let info = self.ctx.as_ref()?.domain_info(DomId(domid)).ok()??;
+        (info.name.as_deref() == Some(name)).then_some(info)
+    }
+
+    /// Pauses (or, with `paused` false, unpauses) domain `domid` if it is still the one
+    /// called `name`: its vCPUs stop being scheduled, its memory and devices stay.
+    /// False if there is no such domain (any more).
+    pub fn set_paused(
+        &self,
+        domid: u32,
+        name: &str,
+        paused: bool,
+    ) -> Result<bool, libxl::LibxlError> {
+        match &self.ctx {
+            Some(ctx) if self.is_ours(domid, name) => {
+                if paused {
+                    ctx.pause(DomId(domid))?;
+                } else {
+                    ctx.unpause(DomId(domid))?;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Asks the guest's init to stop the app (SIGTERM, then SIGKILL after the spec's
     /// grace period). Returns false when xenstore is not reachable or the domain is
     /// not (any more) the one called `name`.
@@ -312,7 +341,7 @@ mod tests {
     /// ours to report on, destroy or stop.
     mod probe {
         use libxl::fake::FakeDomainOps;
-        use libxl::{DomainConfig, ShutdownReason};
+        use libxl::ShutdownReason;
         use xenstore_wire::fake::FakeXenstored;
         use xenstore_wire::{Access, Perm};
 
@@ -321,12 +350,7 @@ mod tests {
         fn host(domains: &[&str], guest_keys: &[(u32, &str, &str)]) -> Host<FakeXenstored> {
             let xen = FakeDomainOps::new();
             for name in domains {
-                let config = DomainConfig::builder(*name)
-                    .kernel("/k")
-                    .memory_mib(32)
-                    .build()
-                    .unwrap();
-                xen.create_paused(&config).unwrap();
+                xen.add_domain(name, false);
             }
             let mut store = FakeXenstored::new(0);
             for (domid, k, v) in guest_keys {
@@ -360,13 +384,7 @@ mod tests {
         fn an_ended_domain_reports_what_its_guest_wrote() {
             let xen = FakeDomainOps::new();
             for name in ["hyperxl-a", "hyperxl-b"] {
-                let config = DomainConfig::builder(name)
-                    .kernel("/k")
-                    .memory_mib(32)
-                    .build()
-                    .unwrap();
-                let domid = xen.create_paused(&config).unwrap();
-                xen.unpause(domid).unwrap();
+                let domid = xen.add_domain(name, true);
                 xen.guest_exits(domid, ShutdownReason::Poweroff);
             }
             let mut store = FakeXenstored::new(0);

@@ -48,10 +48,43 @@ pub fn read_log(
     id: &str,
     follow: bool,
     from_end: bool,
+    show: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    if !follow {
+        return read_log_inner(vms, id, from_end, None, show);
+    }
+    let host = Host::connect();
+    let mut ended = || -> anyhow::Result<bool> {
+        let vms_now = reconcile_all(vms, &host)?;
+        Ok(!vms_now.iter().any(|v| v.id == id && v.status.can_stop()))
+    };
+    read_log_inner(vms, id, from_end, Some(&mut ended), show)
+}
+
+/// Hands every line of VM `id`'s console log to `show` (from its start, or with
+/// `from_end` from now on), following it until `ended` says the VM's end is recorded,
+/// and then one round more for what its watcher wrote before that. For a caller that
+/// learns of the end itself (the containerd shim waits on the watcher process): no
+/// reconcile round every 100 ms.
+pub fn read_log_until(
+    vms: &VmStore,
+    id: &str,
+    from_end: bool,
+    mut ended: impl FnMut() -> anyhow::Result<bool>,
+    show: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    read_log_inner(vms, id, from_end, Some(&mut ended), show)
+}
+
+/// [`read_log_until`]; without `ended`, up to the log's end as it is now.
+fn read_log_inner(
+    vms: &VmStore,
+    id: &str,
+    from_end: bool,
+    mut ended: Option<&mut dyn FnMut() -> anyhow::Result<bool>>,
     mut show: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     let path = vms.dir(id).join("console.log");
-    let host = follow.then(Host::connect);
     let mut lines = LineSplitter::default();
     // The rotated files first (oldest first), each whole: they no longer change.
     let files = console::log_files(&path);
@@ -85,10 +118,8 @@ pub fn read_log(
         if last_round {
             break;
         }
-        let Some(host) = &host else { break };
-        let vms_now = reconcile_all(vms, host)?;
-        let running = vms_now.iter().any(|v| v.id == id && v.status.can_stop());
-        if !running {
+        let Some(ended) = ended.as_mut() else { break };
+        if ended()? {
             // One more round for what the watcher wrote before recording the end.
             std::thread::sleep(Duration::from_millis(200));
             last_round = true;
