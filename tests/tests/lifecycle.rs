@@ -27,8 +27,16 @@ fn vms_are_managed_from_start_to_removal() {
             "logs_bg",
             "for i in $(seq 100); do hyperxl logs bg | grep -q bg-up && break; sleep 0.2; done; hyperxl logs bg",
         )
-        // Graceful: SIGTERM ends `sleep` long before the 60 s timeout, so the code is
-        // 143 (SIGTERM), not 137 (destroyed after the timeout).
+        // pause/unpause: Xen's pause, seen by ps and xl; left paused for the stop.
+        .step(
+            "pause_bg",
+            "hyperxl pause bg >/dev/null && echo \"paused: $(hyperxl ps -f name=bg | grep -o paused) xl=$(xl list | awk '/hyperxl-bg/ {print $5}')\"
+             hyperxl unpause bg >/dev/null && echo \"unpaused: $(hyperxl ps -f name=bg | grep -o running) exec=$(hyperxl exec bg echo alive)\"
+             hyperxl pause bg >/dev/null; hyperxl unpause no-such-vm; echo rc=$?",
+        )
+        // Graceful, paused or not (a stop lets a paused VM run again): SIGTERM ends
+        // `sleep` long before the 60 s timeout, so the code is 143 (SIGTERM), not 137
+        // (destroyed after the timeout).
         .step("stop_bg", "hyperxl stop -t 60 bg")
         .step("inspect_bg", "hyperxl inspect bg")
         .step("stop_again", "hyperxl stop bg")
@@ -139,6 +147,23 @@ fn vms_are_managed_from_start_to_removal() {
     assert!(line.starts_with(&id) && line.contains("running"), "{ps}");
     assert!(!line.contains("unwatched"), "the monitor watches it: {ps}");
     assert_eq!(run["logs_bg"].assert_success("logs_bg").stdout, "bg-up\n");
+    let pause = &run["pause_bg"].stdout;
+    let xl_state = pause
+        .lines()
+        .find_map(|l| l.strip_prefix("paused: paused xl="))
+        .unwrap_or_else(|| panic!("{}", run["pause_bg"]));
+    assert!(xl_state.contains('p'), "{}", run["pause_bg"]);
+    assert!(
+        pause.contains("unpaused: running exec=alive\n"),
+        "{}",
+        run["pause_bg"]
+    );
+    assert!(pause.ends_with("rc=1\n"), "{}", run["pause_bg"]);
+    assert!(
+        run["pause_bg"].stderr.contains("no-such-vm"),
+        "{}",
+        run["pause_bg"]
+    );
     assert_eq!(run["stop_bg"].assert_success("stop_bg").stdout, "bg\n");
     let inspect = &run["inspect_bg"].assert_success("inspect_bg").stdout;
     assert!(inspect.contains(r#""status": "exited""#), "{inspect}");

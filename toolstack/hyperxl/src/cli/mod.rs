@@ -21,6 +21,7 @@ mod logs;
 mod machine;
 mod monitor;
 mod network;
+mod pause;
 mod pool;
 mod port;
 mod progress;
@@ -93,6 +94,10 @@ pub enum Command {
     Stop(stop::StopArgs),
     /// Destroy running VMs at once.
     Kill(kill::KillArgs),
+    /// Pause running VMs (their vCPUs stop being scheduled).
+    Pause(pause::PauseArgs),
+    /// Let paused VMs run again.
+    Unpause(pause::PauseArgs),
     /// Remove VMs.
     Rm(rm::RmArgs),
     /// Show a VM's console log.
@@ -183,6 +188,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Rm(args) => rm::run(&cli.state_dir, args),
         Command::Stop(args) => stop::run(&cli.state_dir, args),
         Command::Kill(args) => kill::run(&cli.state_dir, args),
+        Command::Pause(args) => pause::run(&cli.state_dir, args, true),
+        Command::Unpause(args) => pause::run(&cli.state_dir, args, false),
         Command::Logs(args) => logs::run(&cli.state_dir, args),
         Command::Wait(args) => wait::run(&cli.state_dir, args),
         Command::Inspect(args) => inspect::run(&cli.state_dir, args),

@@ -50,7 +50,8 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
         .any(|f| matches!(f, Filter::Label(k, _) if k == hyperxl_core::vm::pool::LABEL_POOL));
     // Asking for a status shows exited VMs too, as with Docker.
     let all = args.all || filters.iter().any(|f| matches!(f, Filter::Status(_)));
-    let list: Vec<_> = reconcile_all(&vms, &Host::connect())?
+    let host = Host::connect();
+    let list: Vec<_> = reconcile_all(&vms, &host)?
         .into_iter()
         .filter(|v| all || v.status != Status::Exited)
         // Pooled VMs are nobody's yet: shown only when asked for by their label.
@@ -77,6 +78,7 @@ pub fn run(state_dir: &Path, args: PsArgs) -> anyhow::Result<u8> {
             (Status::Exited, None) => "exited (?)".to_string(),
             // Its watcher was killed: the domain runs on, nobody records its end yet.
             (Status::Running, _) if unwatched(&v) => "running (unwatched)".to_string(),
+            (Status::Running, _) if is_paused(&host, &v) => "paused".to_string(),
             (Status::Running, _) => "running".to_string(),
             (Status::Created, _) if unwatched(&v) => "created (unwatched)".to_string(),
             (Status::Created, _) => "created".to_string(),
@@ -159,6 +161,13 @@ impl Filter {
             Filter::Status(s) => vm.status == *s,
         }
     }
+}
+
+/// Whether Xen says the VM's domain is paused (`hyperxl pause`).
+fn is_paused(host: &Host, vm: &hyperxl_core::vm::state::VmState) -> bool {
+    vm.domid
+        .and_then(|d| host.info(d, &vm.domain_name()))
+        .is_some_and(|info| info.paused)
 }
 
 #[cfg(test)]
