@@ -19,16 +19,20 @@ state() { ctr task ls | awk -v t="$1" '$1 == t {print $3}'; }
 until_state() { for i in $(seq 120); do [ "$(state "$1")" = "$2" ] && return 0; sleep 1; done; return 1; }
 "#;
 
-/// `NAME|ctr run FLAGS|COMMAND`: run under both runtimes, compared on stdout and status.
-const CASES: &[(&str, &str, &str)] = &[
-    ("echo", "", "echo hi"),
-    ("exit-code", "", "sh -c 'exit 5'"),
-    ("env", "--env FOO=bar", "sh -c 'echo $FOO'"),
-    ("cwd", "--cwd /tmp", "pwd"),
-    ("args", "", "sh -c 'echo \"$0|$1\"' a 'b c'"),
-    ("path", "", "sh -c 'echo $PATH'"),
-    ("uid", "", "id -u"),
-    ("pipe", "", "sh -c 'echo abc | tr a-c x-z'"),
+/// `NAME|ctr run FLAGS|COMMAND|INPUT`: run under both runtimes with INPUT as ctr's
+/// stdin, compared on stdout and status.
+const CASES: &[(&str, &str, &str, &str)] = &[
+    ("echo", "", "echo hi", ""),
+    ("exit-code", "", "sh -c 'exit 5'", ""),
+    ("env", "--env FOO=bar", "sh -c 'echo $FOO'", ""),
+    ("cwd", "--cwd /tmp", "pwd", ""),
+    ("args", "", "sh -c 'echo \"$0|$1\"' a 'b c'", ""),
+    ("path", "", "sh -c 'echo $PATH'", ""),
+    ("uid", "", "id -u", ""),
+    ("pipe", "", "sh -c 'echo abc | tr a-c x-z'", ""),
+    // ctr's stdin reaches the app, and its end (CloseIO) is the app's EOF. (Later than
+    // ctr's create: an EOF before it returns is never passed on, by ctr's design.)
+    ("stdin", "", "sh -c 'tr a-z A-Z; echo eof'", "one\\ntwo\\n"),
     // A child, not the app itself: under runc the app is PID 1, which ignores
     // signals it has no handler for; in a VM hyperstart-pv is PID 1.
     (
@@ -36,9 +40,10 @@ const CASES: &[(&str, &str, &str)] = &[
         "",
         // (The shell's "Terminated" is stderr, which differs by the stream merge.)
         "sh -c '(sleep 100 & kill -TERM $!; wait $!; echo $?) 2>/dev/null'",
+        "",
     ),
-    ("missing-binary", "", "no-such-command"),
-    ("stderr", "", "sh -c 'echo out; echo err >&2'"),
+    ("missing-binary", "", "no-such-command", ""),
+    ("stderr", "", "sh -c 'echo out; echo err >&2'", ""),
 ];
 
 fn containerd_bits() -> PathBuf {
@@ -93,7 +98,7 @@ fn ctr_runs_tasks_as_vms_like_runc() {
             "after_rm",
             &step(r#"echo "domains=$(domains) loops=$(loops) tasks=$(ctr task ls -q | grep -c .) containers=$(ctr containers ls -q | grep -c .)""#),
         );
-    for (i, (name, flags, cmd)) in CASES.iter().enumerate() {
+    for (i, (name, flags, cmd, input)) in CASES.iter().enumerate() {
         // dom0's root is an initramfs, where pivot_root fails: runc chroots instead.
         for (rt, short, extra) in [
             ("io.containerd.runc.v2", "runc", "--no-pivot"),
@@ -103,7 +108,10 @@ fn ctr_runs_tasks_as_vms_like_runc() {
             let flags = format!("{extra} {flags}");
             batch.step(
                 &format!("{name}-{short}"),
-                &step(&run(rt, &flags, &id, cmd)),
+                &step(&format!(
+                    "(printf '{input}'; [ -z '{input}' ] || sleep 15) | {}",
+                    run(rt, &flags, &id, cmd)
+                )),
             );
         }
     }
@@ -115,8 +123,19 @@ fn ctr_runs_tasks_as_vms_like_runc() {
                 until_state t3 RUNNING; echo "running=$(state t3) domains=$(domains)"
                 echo "exec=$(timeout 120 ctr task exec --exec-id e1 t3 sh -c 'echo $((6*7))')"
                 timeout 120 ctr task exec --exec-id e2 t3 sh -c 'exit 7'; echo "exec_status=$?"
+                echo "exec_stdin=$( (printf 'x\ny\n'; sleep 8) | timeout 120 ctr task exec --exec-id e3 t3 sh -c 'tr -d "\n"; echo .')"
+                # A signal to an exec'd process, not to the task.
+                timeout 120 ctr task exec --exec-id e4 t3 sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 1; done' > /tmp/e4.out &
+                for i in $(seq 60); do grep -q ready /tmp/e4.out && break; sleep 1; done
+                ctr task kill --exec-id e4 -s SIGTERM t3; wait $!; echo "exec_signalled=$? $(grep got-term /tmp/e4.out)"
                 echo "task_still=$(state t3)"
+                ctr task metrics t3 | awk '$1 == "cpu.usage_usec" || $1 == "memory.usage_limit" {{print "metric", $1, $2}}'
+                ctr task pause t3; echo "paused=$(state t3) xl=$(xl list | awk '/hyperxl-/ {{print $5}}')"
+                ctr task resume t3; echo "resumed=$(state t3) xl=$(xl list | awk '/hyperxl-/ {{print $5}}')"
+                echo "after_resume=$(timeout 120 ctr task exec --exec-id e5 t3 echo alive)"
                 ctr task kill -s SIGKILL t3; until_state t3 STOPPED; echo "killed=$(state t3)"
+                # The VM's watcher, the shim's child, is reaped (no zombie left).
+                echo "zombies=$(ps -o stat | grep -c '^Z')"
                 ctr task delete t3 >/dev/null; ctr containers delete t3
                 echo "after: domains=$(domains) loops=$(loops) tasks=$(ctr task ls -q | grep -c .)""#
             )),
@@ -130,11 +149,18 @@ fn ctr_runs_tasks_as_vms_like_runc() {
                 # (an EOF there would end the session before the process ran).
                 sleep 20 | timeout 120 script -qec "ctr task exec -t --exec-id e1 t5 sh -c 'tty; echo tty-done'" /dev/null 2>&1 \
                     | tr -d '\r' | sed 's/^/tty: /'
-                # After a tty exec the task's end is not recorded yet (a known defect):
-                # this task is cleaned up as after a shim crash.
-                for p in $(ps -o pid,args | grep '[c]ontainerd-shim-hyperxl-v2.*-id t5' | awk '{{print $1}}'); do kill -9 $p; done
-                sleep 2; ctr task delete -f t5 >/dev/null 2>&1; ctr containers delete t5
-                for i in $(seq 30); do [ "$(domains)" = 0 ] && break; sleep 1; done
+                ctr task kill -s SIGKILL t5; until_state t5 STOPPED; echo "killed=$(state t5)"
+                ctr task delete t5 >/dev/null; ctr containers delete t5
+                echo "after: domains=$(domains) tasks=$(ctr task ls -q | grep -c .)""#
+            )),
+        )
+        .step(
+            "run_t",
+            &step(&format!(
+                // The app's terminal is ctr's: its size (set inside script's terminal)
+                // follows, the keys typed reach it, and its exit code is ctr's.
+                r#"(sleep 8; printf 'typed\r'; sleep 12) | timeout 120 script -qec "stty rows 33 cols 101; ctr run -t --rm --runtime {RUNTIME} {IMAGE} t6 sh -c 'tty; sleep 3; stty size; read l; echo got-\$l; exit 4'; echo status=\$?" /dev/null 2>&1 \
+                    | tr -d '\r' | sed 's/^/run-t: /'
                 echo "after: domains=$(domains) tasks=$(ctr task ls -q | grep -c .)""#
             )),
         )
@@ -170,6 +196,8 @@ fn ctr_runs_tasks_as_vms_like_runc() {
     );
 
     let detached = &out["detached"];
+    // Shown whole: the note quotes its metrics and states.
+    eprintln!("{detached}\n{}", out["run_t"]);
     assert!(
         detached.stdout.contains("running=RUNNING domains=1"),
         "{detached}"
@@ -181,10 +209,49 @@ fn ctr_runs_tasks_as_vms_like_runc() {
         detached.stdout.contains("after: domains=0 loops=0 tasks=0"),
         "{detached}"
     );
+    assert!(detached.stdout.contains("exec_stdin=xy.\n"), "{detached}");
+    assert!(
+        detached.stdout.contains("exec_signalled=3 got-term"),
+        "{detached}"
+    );
+    assert!(detached.stdout.contains("task_still=RUNNING"), "{detached}");
+    let metric = |name: &str| -> u64 {
+        let prefix = format!("metric {name} ");
+        let line = detached.stdout.lines().find(|l| l.starts_with(&prefix));
+        line.and_then(|l| l[prefix.len()..].trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {detached}"))
+    };
+    assert!(metric("cpu.usage_usec") > 0, "{detached}");
+    let limit_mib = metric("memory.usage_limit") >> 20;
+    assert!(
+        (128..=160).contains(&limit_mib),
+        "{limit_mib} MiB: {detached}"
+    );
+    // Xen's own view: the domain's state has `p` while paused, not after.
+    let xl_state = |prefix: &str| -> String {
+        let line = detached.stdout.lines().find(|l| l.starts_with(prefix));
+        line.map(|l| l[prefix.len()..].to_string())
+            .unwrap_or_else(|| panic!("no {prefix} in {detached}"))
+    };
+    assert!(xl_state("paused=PAUSED xl=").contains('p'), "{detached}");
+    assert!(!xl_state("resumed=RUNNING xl=").contains('p'), "{detached}");
+    assert!(detached.stdout.contains("after_resume=alive"), "{detached}");
+    assert!(detached.stdout.contains("zombies=0"), "{detached}");
     let tty = &out["tty"];
     assert!(tty.stdout.contains("tty: /dev/pts/"), "{tty}");
     assert!(tty.stdout.contains("tty: tty-done"), "{tty}");
+    assert!(
+        tty.stdout.contains("killed=STOPPED"),
+        "{tty}\n{}",
+        out["log"]
+    );
     assert!(tty.stdout.contains("after: domains=0 tasks=0"), "{tty}");
+    let run_t = &out["run_t"];
+    assert!(run_t.stdout.contains("run-t: /dev/pts/"), "{run_t}");
+    assert!(run_t.stdout.contains("run-t: 33 101"), "{run_t}");
+    assert!(run_t.stdout.contains("run-t: got-typed"), "{run_t}");
+    assert!(run_t.stdout.contains("run-t: status=4"), "{run_t}");
+    assert!(run_t.stdout.contains("after: domains=0 tasks=0"), "{run_t}");
     let crashed = &out["shim_killed"];
     assert!(
         crashed.stdout.contains("running=RUNNING domains=1"),
@@ -200,7 +267,7 @@ fn ctr_runs_tasks_as_vms_like_runc() {
         "| case | runc (status, stdout, stderr's first line) | hyperxl (the same) |\n|---|---|---|\n",
     );
     let mut differ = Vec::new();
-    for (name, _, _) in CASES {
+    for (name, ..) in CASES {
         let (r, h) = (
             &out[format!("{name}-runc").as_str()],
             &out[format!("{name}-hyperxl").as_str()],

@@ -5,6 +5,7 @@
 //! after a shim that died.
 
 mod oci;
+mod process;
 mod rootfs;
 mod service;
 

@@ -52,26 +52,43 @@ pub fn machine(oci: &OciSpec) -> Result<Machine, OciError> {
     Ok(Machine::new(memory_mib, vcpus, kind)?)
 }
 
+/// What the task's process and an exec'd one share: argv (never empty), environment,
+/// working directory (none: the image's) and user as `uid:gid`.
+struct Process {
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+    user: String,
+}
+
+impl Process {
+    fn from_oci(process: &oci_spec::runtime::Process) -> Result<Self, OciError> {
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(OciError::NoProcess);
+        }
+        let cwd = process.cwd().to_string_lossy();
+        let user = process.user();
+        Ok(Process {
+            args,
+            env: process.env().clone().unwrap_or_default(),
+            cwd: (!cwd.is_empty()).then(|| cwd.into_owned()),
+            user: format!("{}:{}", user.uid(), user.gid()),
+        })
+    }
+}
+
 /// The guest's spec for `oci`'s process: argv, environment, working directory, user
 /// (as `uid:gid`), terminal and hostname. `rootfs` and everything dom0 adds later are
 /// left at their defaults.
 pub fn spec(oci: &OciSpec) -> Result<Spec, OciError> {
-    let process = oci.process().as_ref().ok_or(OciError::NoProcess)?;
-    let args = process.args().clone().unwrap_or_default();
-    if args.is_empty() {
-        return Err(OciError::NoProcess);
-    }
-    let mut spec = Spec::new(args);
-    spec.env = process.env().clone().unwrap_or_default();
-    let cwd = process.cwd().to_string_lossy();
-    spec.working_dir = if cwd.is_empty() {
-        "/".into()
-    } else {
-        cwd.into_owned()
-    };
-    let user = process.user();
-    spec.user = format!("{}:{}", user.uid(), user.gid());
-    spec.terminal = process.terminal().unwrap_or(false);
+    let oci_process = oci.process().as_ref().ok_or(OciError::NoProcess)?;
+    let p = Process::from_oci(oci_process)?;
+    let mut spec = Spec::new(p.args);
+    spec.env = p.env;
+    spec.working_dir = p.cwd.unwrap_or_else(|| "/".into());
+    spec.user = p.user;
+    spec.terminal = oci_process.terminal().unwrap_or(false);
     spec.hostname = oci.hostname().clone().unwrap_or_default();
     Ok(spec)
 }
@@ -82,17 +99,12 @@ pub fn exec_request(
     process: &oci_spec::runtime::Process,
     terminal: bool,
 ) -> Result<hyperxl_contract::control::ExecRequest, OciError> {
-    let args = process.args().clone().unwrap_or_default();
-    if args.is_empty() {
-        return Err(OciError::NoProcess);
-    }
-    let cwd = process.cwd().to_string_lossy();
-    let user = process.user();
+    let p = Process::from_oci(process)?;
     Ok(hyperxl_contract::control::ExecRequest {
-        args,
-        env: process.env().clone().unwrap_or_default(),
-        user: Some(format!("{}:{}", user.uid(), user.gid())),
-        workdir: (!cwd.is_empty()).then(|| cwd.into_owned()),
+        args: p.args,
+        env: p.env,
+        user: Some(p.user),
+        workdir: p.cwd,
         tty: terminal,
         ..Default::default()
     })

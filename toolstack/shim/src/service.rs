@@ -4,23 +4,29 @@
 //! `config.json` into the VM's machine and spec; `start` boots it the way `hyperxl run
 //! -d` does, with a `hyperxl monitor` process of its own as the VM's watcher (so a
 //! SIGKILLed shim leaves a watched VM that `shim delete` can still clean up); the
-//! console log is copied to the task's stdout FIFO; `kill` is `hyperxl kill` (SIGKILL)
-//! or `hyperxl stop` (any other signal); `delete` is `hyperxl rm -f`.
+//! console log is copied to the task's stdout FIFO, or, for a task with a terminal or
+//! an input, an attach session carries them; `kill` is `hyperxl kill` (SIGKILL) or
+//! `hyperxl stop` (any other signal); `delete` is `hyperxl rm -f`. Exec'd processes run
+//! in sessions over the VM's control channel, as `hyperxl exec` runs them.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use containerd_shim::api::{self, Status};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::Code;
 use containerd_shim::synchronous::publisher::RemotePublisher;
 use containerd_shim::{
     Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
@@ -28,7 +34,8 @@ use containerd_shim::{
 use hyperxl_contract::control::ExecRequest;
 use hyperxl_contract::Spec;
 use hyperxl_core::vm::control::{self, Removal};
-use hyperxl_core::vm::host::Host;
+use hyperxl_core::vm::exec::{self, Control, ExecOptions};
+use hyperxl_core::vm::host::{Host, EXIT_CRASHED};
 use hyperxl_core::vm::launch::{self, LaunchOptions};
 use hyperxl_core::vm::machine::{Guest, Machine};
 use hyperxl_core::vm::monitor::is_init_line;
@@ -36,6 +43,7 @@ use hyperxl_core::vm::state::{VmState, VmStore, EXIT_KILLED};
 use log::{info, warn};
 use oci_spec::runtime::Spec as OciSpec;
 
+use crate::process::{Process, SessionIo, Stdio};
 use crate::{oci, rootfs};
 
 /// Label: the containerd namespace of a VM the shim runs.
@@ -63,30 +71,57 @@ struct Tasks {
 /// What the shim knows of one task.
 struct Task {
     bundle: PathBuf,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
     machine: Machine,
     spec: Spec,
     disk: PathBuf,
     vm_id: Option<String>,
+    /// Its VM's watcher's, once it runs (the shim's before).
     pid: u32,
-    status: Status,
-    exit: Option<(u32, Timestamp)>,
+    /// The VM's app.
+    app: Process,
     execs: HashMap<String, Exec>,
 }
 
-/// An exec'd process (`ctr task exec`): a session over the VM's control channel, as
-/// `hyperxl exec` runs one.
+/// An exec'd process (`ctr task exec`).
 struct Exec {
     request: ExecRequest,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
-    status: Status,
-    exit: Option<(u32, Timestamp)>,
+    process: Process,
+}
+
+impl Task {
+    /// The app (`exec_id` empty) or exec `exec_id`.
+    fn process(&self, exec_id: &str) -> TtrpcResult<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.app);
+        }
+        self.execs
+            .get(exec_id)
+            .map(|e| &e.process)
+            .ok_or_else(|| not_found(exec_id))
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> TtrpcResult<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.app);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .map(|e| &mut e.process)
+            .ok_or_else(|| not_found(exec_id))
+    }
+
+    /// Its VM, while the app runs.
+    fn running_vm(&self, id: &str) -> TtrpcResult<String> {
+        self.vm_id
+            .clone()
+            .filter(|_| self.app.exit.is_none())
+            .ok_or_else(|| {
+                ttrpc_err(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {id} is not running"),
+                )
+            })
+    }
 }
 
 fn state_dir() -> PathBuf {
@@ -124,10 +159,7 @@ fn now() -> Timestamp {
     containerd_shim::util::timestamp().unwrap_or_default()
 }
 
-fn ttrpc_err(
-    code: containerd_shim::protos::ttrpc::Code,
-    msg: String,
-) -> containerd_shim::protos::ttrpc::Error {
+fn ttrpc_err(code: Code, msg: String) -> containerd_shim::protos::ttrpc::Error {
     containerd_shim::protos::ttrpc::Error::RpcStatus(containerd_shim::protos::ttrpc::get_status(
         code, msg,
     ))
@@ -136,26 +168,49 @@ fn ttrpc_err(
 fn internal(e: impl std::fmt::Display) -> containerd_shim::protos::ttrpc::Error {
     let msg = format!("{e:#}");
     warn!("{msg}");
-    ttrpc_err(containerd_shim::protos::ttrpc::Code::INTERNAL, msg)
+    ttrpc_err(Code::INTERNAL, msg)
 }
 
 fn not_found(id: &str) -> containerd_shim::protos::ttrpc::Error {
-    ttrpc_err(
-        containerd_shim::protos::ttrpc::Code::NOT_FOUND,
-        format!("task {id} not found"),
-    )
+    ttrpc_err(Code::NOT_FOUND, format!("process {id} not found"))
 }
 
 fn unsupported(what: &str) -> containerd_shim::protos::ttrpc::Error {
     ttrpc_err(
-        containerd_shim::protos::ttrpc::Code::UNIMPLEMENTED,
-        format!("{what} is not supported by the hyperxl shim yet"),
+        Code::UNIMPLEMENTED,
+        format!("{what} is not supported by the hyperxl shim"),
     )
+}
+
+/// Waits for child process `pid` to end and reaps it; false if it is not our child
+/// (a watcher this shim did not start).
+fn wait_child(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(raw), None) {
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 impl Service {
     fn tasks(&self) -> MutexGuard<'_, HashMap<String, Task>> {
         self.tasks.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Task `id`, locked, for `f`.
+    fn with_task<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Task) -> TtrpcResult<R>,
+    ) -> TtrpcResult<R> {
+        let mut tasks = self.tasks();
+        let t = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        f(t)
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -208,7 +263,15 @@ impl Service {
             .join(format!("{}.sqfs", vm_name(&self.namespace, id)))
     }
 
-    /// Boots task `id`'s VM and starts copying its output and waiting for its end.
+    /// Task `id`'s running VM, as recorded.
+    fn running_vm(&self, id: &str) -> TtrpcResult<(VmStore, VmState)> {
+        let vm_id = self.with_task(id, |t| t.running_vm(id))?;
+        let vms = self.vms()?;
+        let vm = vms.load(&vm_id).map_err(internal)?;
+        Ok((vms, vm))
+    }
+
+    /// Boots task `id`'s VM and starts carrying its stdio and waiting for its end.
     fn boot(&self, id: &str) -> anyhow::Result<u32> {
         let (machine, spec, disk) = {
             let tasks = self.tasks();
@@ -245,49 +308,77 @@ impl Service {
             .ok()
             .and_then(|vm| vm.monitor_pid)
             .unwrap_or_else(std::process::id);
-        let stdout = {
+        // The app's stdio: an attach session for its input and (with a terminal) its
+        // output; without a terminal its output is the console, copied from the log.
+        let (session_io, stdout, terminal) = {
             let mut tasks = self.tasks();
             let t = tasks
                 .get_mut(id)
                 .ok_or_else(|| anyhow::anyhow!("task {id} gone"))?;
             t.vm_id = Some(vm_id.clone());
             t.pid = pid;
-            t.status = Status::RUNNING;
-            t.stdout.clone()
+            let stdio = t.app.stdio.clone();
+            let io = t.app.start_session()?;
+            let io = (stdio.terminal || io.interactive()).then_some(io);
+            (io, stdio.stdout, stdio.terminal)
         };
-        let copier = {
-            let (vms, vm_id) = (vms.clone(), vm_id.clone());
-            std::thread::spawn(move || copy_output(&vms, &vm_id, &stdout))
-        };
+        let ended = Arc::new(AtomicBool::new(false));
+        let copier = (!terminal).then(|| {
+            let (vms, vm_id, ended) = (vms.clone(), vm_id.clone(), ended.clone());
+            std::thread::spawn(move || copy_output(&vms, &vm_id, &stdout, &ended))
+        });
+        let session = session_io.map(|io| {
+            let (state_dir, vm_id) = (self.state_dir.clone(), vm_id.clone());
+            std::thread::spawn(move || {
+                let interactive = io.interactive();
+                let run = io.streams(terminal).and_then(|streams| {
+                    exec::attach_app_in(&state_dir, &vm_id, terminal, interactive, streams)
+                        .map_err(std::io::Error::other)
+                });
+                if let Err(e) = run {
+                    warn!("the app's stdio in VM {vm_id}: {e:#}");
+                }
+            })
+        });
         let this = self.clone();
         let id = id.to_string();
-        std::thread::spawn(move || this.await_exit(&vms, &id, &vm_id, pid, copier));
+        std::thread::spawn(move || {
+            let outputs = [copier, session];
+            this.await_exit(&vms, &id, &vm_id, pid, &ended, outputs)
+        });
         Ok(pid)
     }
 
-    /// Waits for the VM's end, lets the output copier finish, records the exit and
-    /// tells containerd.
+    /// Waits for the VM's end (its watcher's exit, when it is our child: no polling),
+    /// lets its output reach the FIFOs, records the exit and tells containerd.
     fn await_exit(
         &self,
         vms: &VmStore,
         id: &str,
         vm_id: &str,
         pid: u32,
-        copier: std::thread::JoinHandle<()>,
+        ended: &AtomicBool,
+        outputs: [Option<JoinHandle<()>>; 2],
     ) {
+        // The watcher records the end before it exits; if it is not ours, or died
+        // first, the wait below polls (and reconciles) until the end is recorded.
+        wait_child(pid);
         let host = Host::connect();
         let code = match control::wait_exited(vms, &host, vm_id, None) {
-            Ok(Some(vm)) => vm.exit_code.unwrap_or(hyperxl_core::vm::host::EXIT_CRASHED),
+            Ok(Some(vm)) => vm.exit_code.unwrap_or(EXIT_CRASHED),
             Ok(None) => EXIT_KILLED,
             Err(e) => {
                 warn!("waiting for task {id}: {e:#}");
-                hyperxl_core::vm::host::EXIT_CRASHED
+                EXIT_CRASHED
             }
         };
-        let _ = copier.join();
+        ended.store(true, Ordering::SeqCst);
+        for handle in outputs.into_iter().flatten() {
+            let _ = handle.join();
+        }
         let exited_at = now();
         let exit_status = u32::try_from(code).unwrap_or(255);
-        self.set_exit(id, exit_status, exited_at.clone());
+        self.finish(id, "", exit_status, exited_at.clone());
         let event = TaskExit {
             container_id: id.to_string(),
             id: id.to_string(),
@@ -301,56 +392,33 @@ impl Service {
 
     /// Starts exec `exec_id` of task `id` in its VM; its end is recorded and published
     /// from a thread of its own.
-    fn start_exec(&self, id: &str, exec_id: &str) -> anyhow::Result<u32> {
-        let (vm_id, exec) = {
-            let mut tasks = self.tasks();
-            let t = tasks
-                .get_mut(id)
-                .ok_or_else(|| anyhow::anyhow!("task {id} not found"))?;
-            let vm_id = t
-                .vm_id
-                .clone()
-                .filter(|_| t.exit.is_none())
-                .ok_or_else(|| anyhow::anyhow!("task {id} is not running"))?;
-            let e = t
-                .execs
-                .get_mut(exec_id)
-                .ok_or_else(|| anyhow::anyhow!("exec {exec_id} not found"))?;
-            if e.status != Status::CREATED {
-                anyhow::bail!("exec {exec_id} was started already");
+    fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
+        let (vm_id, request, io) = self.with_task(id, |t| {
+            let vm_id = t.running_vm(id)?;
+            let e = t.execs.get_mut(exec_id).ok_or_else(|| not_found(exec_id))?;
+            if e.process.status != Status::CREATED {
+                return Err(ttrpc_err(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {exec_id} was started already"),
+                ));
             }
-            e.status = Status::RUNNING;
-            let copy = (
-                e.request.clone(),
-                e.stdin.clone(),
-                e.stdout.clone(),
-                e.stderr.clone(),
-                e.terminal,
-            );
-            (vm_id, copy)
-        };
-        let (request, stdin, stdout, stderr, _terminal) = exec;
+            let io = e.process.start_session().map_err(internal)?;
+            Ok((vm_id, e.request.clone(), io))
+        })?;
         let pid = std::process::id();
         let this = self.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
         std::thread::spawn(move || {
-            let code = match run_exec(&this.state_dir, &vm_id, request, &stdin, &stdout, &stderr) {
+            let code = match run_exec(&this.state_dir, &vm_id, request, io) {
                 Ok(code) => code,
                 Err(e) => {
                     warn!("exec {exec_id} in task {id}: {e:#}");
-                    hyperxl_core::vm::host::EXIT_CRASHED
+                    EXIT_CRASHED
                 }
             };
             let at = now();
             let exit_status = u32::try_from(code).unwrap_or(255);
-            {
-                let mut tasks = this.tasks();
-                if let Some(e) = tasks.get_mut(&id).and_then(|t| t.execs.get_mut(&exec_id)) {
-                    e.exit = Some((exit_status, at.clone()));
-                    e.status = Status::STOPPED;
-                }
-                this.tasks.changed.notify_all();
-            }
+            this.finish(&id, &exec_id, exit_status, at.clone());
             let event = TaskExit {
                 container_id: id.clone(),
                 id: exec_id.clone(),
@@ -364,73 +432,67 @@ impl Service {
         Ok(pid)
     }
 
-    fn set_exit(&self, id: &str, status: u32, at: Timestamp) {
+    /// Records the end of the app (`exec_id` empty) or an exec, and wakes the waiters.
+    fn finish(&self, id: &str, exec_id: &str, status: u32, at: Timestamp) {
         let mut tasks = self.tasks();
-        if let Some(t) = tasks.get_mut(id) {
-            if t.exit.is_none() {
-                t.exit = Some((status, at));
-            }
-            t.status = Status::STOPPED;
+        if let Some(p) = tasks.get_mut(id).and_then(|t| t.process_mut(exec_id).ok()) {
+            p.finish(status, at);
         }
         self.tasks.changed.notify_all();
     }
+
+    /// Pauses or resumes the task's VM (Xen's pause: its vCPUs stop, nothing else).
+    fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
+        let (_, vm) = self.running_vm(id)?;
+        control::set_paused(&Host::connect(), &vm, paused).map_err(internal)?;
+        self.with_task(id, |t| {
+            if t.app.exit.is_none() {
+                t.app.status = if paused {
+                    Status::PAUSED
+                } else {
+                    Status::RUNNING
+                };
+            }
+            Ok(())
+        })?;
+        let container_id = id.to_string();
+        if paused {
+            let event = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event));
+        } else {
+            let event = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event));
+        }
+        Ok(())
+    }
 }
 
-/// Opens a stdin FIFO without waiting for a writer (a plain open blocks until one
-/// comes, and `ctr task exec` without `-i` never opens it): with none, it reads EOF.
-fn open_stdin(path: &str) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    nix::fcntl::fcntl(
-        f.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )?;
-    Ok(f)
-}
-
-/// Runs `request` in VM `vm_id` with the task's FIFOs as its stdio; returns its exit
+/// Runs `request` in VM `vm_id` with the process's FIFOs as its stdio; returns its exit
 /// code.
 fn run_exec(
     state_dir: &Path,
     vm_id: &str,
     request: ExecRequest,
-    stdin: &str,
-    stdout: &str,
-    stderr: &str,
+    io: SessionIo,
 ) -> anyhow::Result<i32> {
-    use hyperxl_core::vm::exec::{exec_with, ExecOptions, Streams};
-    let writer = |path: &str| -> anyhow::Result<Option<Box<dyn Write + Send>>> {
-        if path.is_empty() {
-            return Ok(None);
-        }
-        let f = OpenOptions::new().write(true).open(path)?;
-        Ok(Some(Box::new(f)))
-    };
-    let streams = Streams {
-        stdin: if stdin.is_empty() {
-            None
-        } else {
-            Some(open_stdin(stdin)?)
-        },
-        // No FIFO: the process's output goes nowhere (not to the shim's own stdio).
-        stdout: Some(writer(stdout)?.unwrap_or_else(|| Box::new(std::io::sink()))),
-        stderr: Some(writer(stderr)?.unwrap_or_else(|| Box::new(std::io::sink()))),
-    };
     let opts = ExecOptions {
-        interactive: !stdin.is_empty(),
+        interactive: io.interactive(),
         request,
         detach_keys: false,
     };
-    exec_with(state_dir, vm_id, &opts, streams)
+    exec::exec_in(state_dir, vm_id, &opts, io.streams(true)?)
 }
 
 /// Copies the VM's console log (the app's output, without the init's and kernel's own
-/// lines) to the task's stdout FIFO until the VM ends.
-fn copy_output(vms: &VmStore, vm_id: &str, stdout: &str) {
+/// lines) to the task's stdout FIFO until `ended` is set and the log is read to its
+/// end.
+fn copy_output(vms: &VmStore, vm_id: &str, stdout: &str, ended: &AtomicBool) {
     let mut out = if stdout.is_empty() {
         None
     } else {
@@ -442,7 +504,8 @@ fn copy_output(vms: &VmStore, vm_id: &str, stdout: &str) {
             }
         }
     };
-    let result = hyperxl_core::vm::logs::read_log(vms, vm_id, true, false, |raw| {
+    let until = || Ok(ended.load(Ordering::SeqCst));
+    let result = hyperxl_core::vm::logs::read_log_until(vms, vm_id, false, until, |raw| {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end_matches(['\r', '\n']);
         if let Some(f) = out.as_mut() {
@@ -523,16 +586,17 @@ impl containerd_shim::Task for Service {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let id = req.id.clone();
         if self.tasks().contains_key(&id) {
-            return Err(ttrpc_err(
-                containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
-                format!("task {id} exists"),
-            ));
+            return Err(ttrpc_err(Code::ALREADY_EXISTS, format!("task {id} exists")));
         }
         let bundle = PathBuf::from(&req.bundle);
         let oci_spec = OciSpec::load(bundle.join("config.json")).map_err(internal)?;
         let machine = oci::machine(&oci_spec).map_err(internal)?;
         let mut spec = oci::spec(&oci_spec).map_err(internal)?;
+        // The client's choice, not the bundle's (`ctr run -t` sets both).
         spec.terminal = req.terminal;
+        // Input comes over an attach session; a terminal's first output waits for it.
+        spec.open_stdin = !req.stdin.is_empty();
+        spec.attached = req.terminal;
         let disk = self.disk_path(&id);
         if let Some(dir) = disk.parent() {
             std::fs::create_dir_all(dir).map_err(internal)?;
@@ -553,28 +617,26 @@ impl containerd_shim::Task for Service {
             }
         };
         rootfs::build_disk(&bundle, &req.rootfs, &disk, check).map_err(|e| match e {
-            rootfs::RootfsError::Refused(why) => ttrpc_err(
-                containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
-                why,
-            ),
+            rootfs::RootfsError::Refused(why) => ttrpc_err(Code::FAILED_PRECONDITION, why),
             e => internal(e),
         })?;
         let pid = std::process::id();
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
         self.tasks().insert(
             id.clone(),
             Task {
                 bundle: bundle.clone(),
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
                 machine,
                 spec,
                 disk,
                 vm_id: None,
                 pid,
-                status: Status::CREATED,
-                exit: None,
+                app: Process::new(stdio),
                 execs: HashMap::new(),
             },
         );
@@ -599,7 +661,7 @@ impl containerd_shim::Task for Service {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
-            let pid = self.start_exec(&req.id, &req.exec_id).map_err(internal)?;
+            let pid = self.start_exec(&req.id, &req.exec_id)?;
             let event = TaskExecStarted {
                 container_id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
@@ -612,20 +674,17 @@ impl containerd_shim::Task for Service {
                 ..Default::default()
             });
         }
-        match self.tasks().get(&req.id) {
-            None => return Err(not_found(&req.id)),
-            Some(t) if t.status != Status::CREATED => {
-                return Err(ttrpc_err(
-                    containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
-                    format!("task {} was started already", req.id),
-                ))
-            }
-            Some(_) => {}
-        }
+        self.with_task(&req.id, |t| match t.app.status {
+            Status::CREATED => Ok(()),
+            _ => Err(ttrpc_err(
+                Code::FAILED_PRECONDITION,
+                format!("task {} was started already", req.id),
+            )),
+        })?;
         let pid = match self.boot(&req.id) {
             Ok(pid) => pid,
             Err(e) => {
-                self.set_exit(&req.id, hyperxl_core::vm::host::EXIT_CRASHED as u32, now());
+                self.finish(&req.id, "", EXIT_CRASHED as u32, now());
                 return Err(internal(e));
             }
         };
@@ -646,42 +705,10 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let tasks = self.tasks();
-        let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        if !req.exec_id.is_empty() {
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| not_found(&req.exec_id))?;
-            let (exit_status, exited_at) = e.exit.clone().unwrap_or_default();
-            return Ok(api::StateResponse {
-                id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                bundle: t.bundle.to_string_lossy().into_owned(),
-                pid: t.pid,
-                status: e.status.into(),
-                stdin: e.stdin.clone(),
-                stdout: e.stdout.clone(),
-                stderr: e.stderr.clone(),
-                terminal: e.terminal,
-                exit_status,
-                exited_at: e.exit.as_ref().map(|_| exited_at).into(),
-                ..Default::default()
-            });
-        }
-        let (exit_status, exited_at) = t.exit.clone().unwrap_or_default();
-        Ok(api::StateResponse {
-            id: req.id.clone(),
-            bundle: t.bundle.to_string_lossy().into_owned(),
-            pid: t.pid,
-            status: t.status.into(),
-            stdin: t.stdin.clone(),
-            stdout: t.stdout.clone(),
-            stderr: t.stderr.clone(),
-            terminal: t.terminal,
-            exit_status,
-            exited_at: t.exit.as_ref().map(|_| exited_at).into(),
-            ..Default::default()
+        self.with_task(&req.id, |t| {
+            let bundle = t.bundle.to_string_lossy();
+            Ok(t.process(&req.exec_id)?
+                .state(&req.id, &req.exec_id, &bundle, t.pid))
         })
     }
 
@@ -689,16 +716,7 @@ impl containerd_shim::Task for Service {
         let mut tasks = self.tasks();
         loop {
             let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            let exit = if req.exec_id.is_empty() {
-                t.exit.clone()
-            } else {
-                let e = t
-                    .execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| not_found(&req.exec_id))?;
-                e.exit.clone()
-            };
-            if let Some((exit_status, at)) = exit {
+            if let Some((exit_status, at)) = t.process(&req.exec_id)?.exit.clone() {
                 return Ok(api::WaitResponse {
                     exit_status,
                     exited_at: Some(at).into(),
@@ -714,30 +732,41 @@ impl containerd_shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let signal = i32::try_from(req.signal)
+            .map_err(|_| ttrpc_err(Code::INVALID_ARGUMENT, format!("signal {}", req.signal)))?;
         if !req.exec_id.is_empty() {
-            return Err(unsupported("signalling an exec'd process"));
+            // To the exec'd process, through its session.
+            return self.with_task(&req.id, |t| {
+                let p = t.process(&req.exec_id)?;
+                if p.exit.is_some() || !p.ask(Control::Signal(signal)) {
+                    return Err(ttrpc_err(
+                        Code::NOT_FOUND,
+                        format!("exec {} is not running", req.exec_id),
+                    ));
+                }
+                Ok(api::Empty::default())
+            });
         }
-        let vm_id = {
-            let tasks = self.tasks();
-            let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            if t.exit.is_some() {
-                return Ok(api::Empty::default());
-            }
-            t.vm_id.clone()
-        };
+        let vm_id = self.with_task(&req.id, |t| {
+            Ok(t.vm_id.clone().filter(|_| t.app.exit.is_none()))
+        })?;
+        let started = self.with_task(&req.id, |t| Ok(t.vm_id.is_some()))?;
         let Some(vm_id) = vm_id else {
-            // Not started: nothing runs; it ends as a runc task killed before start.
-            self.set_exit(&req.id, 128 + req.signal, now());
+            if !started {
+                // Not started: nothing runs; it ends as a runc task killed before start.
+                self.finish(&req.id, "", 128 + req.signal, now());
+            }
             return Ok(api::Empty::default());
         };
         let vms = self.vms()?;
         let host = Host::connect();
         let vm = vms.load(&vm_id).map_err(internal)?;
-        if req.signal == libc::SIGKILL as u32 {
+        if signal == libc::SIGKILL {
             control::kill(&vms, &host, &vm).map_err(internal)?;
         } else {
             // Any other signal asks the app to stop (SIGTERM, then SIGKILL after the
-            // grace period), as `hyperxl stop` does; the wait happens elsewhere.
+            // grace period), as `hyperxl stop` does (a paused VM runs again for it);
+            // the wait happens elsewhere.
             let state_dir = self.state_dir.clone();
             std::thread::spawn(move || {
                 let host = Host::connect();
@@ -758,40 +787,38 @@ impl containerd_shim::Task for Service {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         if !req.exec_id.is_empty() {
-            let mut tasks = self.tasks();
-            let t = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
-            let pid = t.pid;
-            let e = t
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| not_found(&req.exec_id))?;
-            if e.status == Status::RUNNING {
-                return Err(ttrpc_err(
-                    containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
-                    format!("exec {} is running", req.exec_id),
-                ));
-            }
-            let (exit_status, exited_at) = e.exit.clone().unwrap_or_default();
-            t.execs.remove(&req.exec_id);
-            return Ok(api::DeleteResponse {
-                pid,
-                exit_status,
-                exited_at: Some(exited_at).into(),
-                ..Default::default()
+            return self.with_task(&req.id, |t| {
+                let pid = t.pid;
+                let p = t.process(&req.exec_id)?;
+                if p.status == Status::RUNNING {
+                    return Err(ttrpc_err(
+                        Code::FAILED_PRECONDITION,
+                        format!("exec {} is running", req.exec_id),
+                    ));
+                }
+                let (exit_status, exited_at) = p.exit.clone().unwrap_or_default();
+                t.execs.remove(&req.exec_id);
+                Ok(api::DeleteResponse {
+                    pid,
+                    exit_status,
+                    exited_at: Some(exited_at).into(),
+                    ..Default::default()
+                })
             });
         }
-        let task = {
-            let tasks = self.tasks();
-            let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            if t.status == Status::RUNNING && t.exit.is_none() {
+        let (bundle, pid, (exit_status, exited_at)) = self.with_task(&req.id, |t| {
+            if t.vm_id.is_some() && t.app.exit.is_none() {
                 return Err(ttrpc_err(
-                    containerd_shim::protos::ttrpc::Code::FAILED_PRECONDITION,
+                    Code::FAILED_PRECONDITION,
                     format!("task {} is running: kill it first", req.id),
                 ));
             }
-            (t.bundle.clone(), t.pid, t.exit.clone().unwrap_or_default())
-        };
-        let (bundle, pid, (exit_status, exited_at)) = task;
+            Ok((
+                t.bundle.clone(),
+                t.pid,
+                t.app.exit.clone().unwrap_or_default(),
+            ))
+        })?;
         self.clean_up(&req.id, &bundle);
         self.tasks().remove(&req.id);
         let event = TaskDelete {
@@ -812,19 +839,23 @@ impl containerd_shim::Task for Service {
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let tasks = self.tasks();
-        let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let pid = self.with_task(&req.id, |t| Ok(t.pid))?;
         Ok(api::PidsResponse {
             processes: vec![containerd_shim::protos::types::task::ProcessInfo {
-                pid: t.pid,
+                pid,
                 ..Default::default()
             }],
             ..Default::default()
         })
     }
 
-    fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        // stdin is not connected yet: nothing to close.
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        if req.stdin {
+            self.with_task(&req.id, |t| {
+                t.process_mut(&req.exec_id)?.close_stdin();
+                Ok(())
+            })?;
+        }
         Ok(api::Empty::default())
     }
 
@@ -842,20 +873,48 @@ impl containerd_shim::Task for Service {
         })
     }
 
+    /// What Xen knows of the VM, as cgroup v2 metrics: CPU time of its vCPUs, its
+    /// memory (all of it is the guest's, used or not) and limit.
     fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Err(unsupported("stats"))
+        use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics};
+        let (_, vm) = self.running_vm(&req.id)?;
+        let info = vm
+            .domid
+            .and_then(|d| Host::connect().info(d, &vm.domain_name()))
+            .ok_or_else(|| internal(format!("VM {} has no domain", vm.name)))?;
+        let metrics = Metrics {
+            cpu: Some(CPUStat {
+                usage_usec: info.cpu_time_ns / 1000,
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                usage: info.memory_kib * 1024,
+                usage_limit: info.max_memory_kib * 1024,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let stats = containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(internal)?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(unsupported("pause"))
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.set_paused(&req.id, true)?;
+        Ok(api::Empty::default())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(unsupported("resume"))
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.set_paused(&req.id, false)?;
+        Ok(api::Empty::default())
     }
 
     fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
@@ -879,28 +938,24 @@ impl containerd_shim::Task for Service {
             .map_err(internal)?
             .ok_or_else(|| internal("exec without a process spec"))?;
         let request = oci::exec_request(&process, req.terminal).map_err(internal)?;
-        {
-            let mut tasks = self.tasks();
-            let t = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        self.with_task(&req.id, |t| {
             if t.execs.contains_key(&req.exec_id) {
                 return Err(ttrpc_err(
-                    containerd_shim::protos::ttrpc::Code::ALREADY_EXISTS,
+                    Code::ALREADY_EXISTS,
                     format!("exec {} exists", req.exec_id),
                 ));
             }
-            t.execs.insert(
-                req.exec_id.clone(),
-                Exec {
-                    request,
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    status: Status::CREATED,
-                    exit: None,
-                },
-            );
-        }
+            let stdio = Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            let process = Process::new(stdio);
+            t.execs
+                .insert(req.exec_id.clone(), Exec { request, process });
+            Ok(())
+        })?;
         let event = TaskExecAdded {
             container_id: req.id.clone(),
             exec_id: req.exec_id.clone(),
@@ -910,13 +965,23 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::default())
     }
 
+    /// The guest terminal follows the client's (ctr resizes at start and on SIGWINCH).
     fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResizePtyRequest,
+        req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        // The guest terminal keeps the size it started with (not followed yet); ctr
-        // resizes at start and on every SIGWINCH, which is no error.
+        let size = (u16::try_from(req.height), u16::try_from(req.width));
+        let (Ok(rows), Ok(cols)) = size else {
+            return Err(ttrpc_err(
+                Code::INVALID_ARGUMENT,
+                "terminal size out of range".into(),
+            ));
+        };
+        self.with_task(&req.id, |t| {
+            t.process(&req.exec_id)?.ask(Control::Resize { rows, cols });
+            Ok(())
+        })?;
         Ok(api::Empty::default())
     }
 
