@@ -158,7 +158,7 @@ fn vms_are_managed_from_start_to_removal() {
         "{}",
         run["pause_bg"]
     );
-    assert!(pause.ends_with("rc=1\n"), "{}", run["pause_bg"]);
+    assert!(pause.ends_with("rc=125\n"), "{}", run["pause_bg"]);
     assert!(
         run["pause_bg"].stderr.contains("no-such-vm"),
         "{}",
