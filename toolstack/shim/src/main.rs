@@ -10,6 +10,14 @@ mod rootfs;
 mod service;
 
 fn main() {
+    // What containerd never asks, but an operator checking an install does.
+    if matches!(std::env::args().nth(1).as_deref(), Some("-v" | "--version" | "-version")) {
+        println!(
+            "containerd-shim-hyperxl-v2 (hyperxl {}): runtime io.containerd.hyperxl.v2, task API v2",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
     let config = containerd_shim::Config {
         // hyperxl's own children (mksquashfs, the VM's monitor) are waited for by the
         // code that starts them; a reaper would take their exit statuses first.
