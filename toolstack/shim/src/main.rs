@@ -11,7 +11,10 @@ mod service;
 
 fn main() {
     // What containerd never asks, but an operator checking an install does.
-    if matches!(std::env::args().nth(1).as_deref(), Some("-v" | "--version" | "-version")) {
+    if matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("-v" | "--version" | "-version")
+    ) {
         println!(
             "containerd-shim-hyperxl-v2 (hyperxl {}): runtime io.containerd.hyperxl.v2, task API v2",
             env!("CARGO_PKG_VERSION")

@@ -129,10 +129,14 @@ impl SessionIo {
     /// is copied from the log). A missing FIFO drops that stream.
     pub fn streams(self, output: bool) -> std::io::Result<Streams> {
         let writer = |path: &str| -> std::io::Result<Box<dyn Write + Send>> {
-            if path.is_empty() || !output {
-                return Ok(Box::new(std::io::sink()));
-            }
-            Ok(Box::new(OpenOptions::new().write(true).open(path)?))
+            let fifo = match output {
+                true => open_output(path)?,
+                false => None,
+            };
+            Ok(match fifo {
+                Some(f) => Box::new(f),
+                None => Box::new(std::io::sink()),
+            })
         };
         Ok(Streams {
             stdin: self.stdin,
@@ -146,6 +150,33 @@ impl SessionIo {
     pub fn interactive(&self) -> bool {
         self.stdin.is_some()
     }
+}
+
+/// Opens an output FIFO for writing if its reader (the client) has it open; `None` for
+/// no FIFO, or a reader already gone (`ctr run -d` exits right after the start): a
+/// plain open would wait for a reader that never comes, and with it the end of the
+/// task. The client opens its ends before it asks for the process, so a live one is
+/// there. Writes block once open (the client's pace).
+pub fn open_output(path: &str) -> std::io::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let f = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    Ok(Some(f))
 }
 
 /// Opens a stdin FIFO without waiting for its writer (a plain open blocks until one
@@ -171,6 +202,7 @@ fn open_stdin(path: &str) -> std::io::Result<(File, File)> {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn fifo(dir: &std::path::Path, name: &str) -> String {
         let p = dir.join(name);
@@ -204,6 +236,28 @@ mod tests {
         );
         p.close_stdin();
         assert_eq!(reader.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_output_fifo_without_a_reader_is_no_output_and_no_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path(), "out");
+        // No reader (the client went away): at once, nothing.
+        assert!(open_output(&path).unwrap().is_none());
+        assert!(open_output("").unwrap().is_none());
+        // With a reader: what is written arrives.
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        open_output(&path)
+            .unwrap()
+            .unwrap()
+            .write_all(b"hi")
+            .unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(reader.read(&mut buf).unwrap(), 2);
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! in sessions over the VM's control channel, as `hyperxl exec` runs them.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -493,17 +492,12 @@ fn run_exec(
 /// lines) to the task's stdout FIFO until `ended` is set and the log is read to its
 /// end.
 fn copy_output(vms: &VmStore, vm_id: &str, stdout: &str, ended: &AtomicBool) {
-    let mut out = if stdout.is_empty() {
+    // A client already gone (`ctr run -d`) is no output: the log is still followed to
+    // the end, so the task's end is not held up.
+    let mut out = crate::process::open_output(stdout).unwrap_or_else(|e| {
+        warn!("opening the task's stdout {stdout}: {e}");
         None
-    } else {
-        match OpenOptions::new().write(true).open(stdout) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                warn!("opening the task's stdout {stdout}: {e}");
-                None
-            }
-        }
-    };
+    });
     let until = || Ok(ended.load(Ordering::SeqCst));
     let result = hyperxl_core::vm::logs::read_log_until(vms, vm_id, false, until, |raw| {
         let text = String::from_utf8_lossy(raw);
