@@ -375,18 +375,7 @@ impl Service {
         for handle in outputs.into_iter().flatten() {
             let _ = handle.join();
         }
-        let exited_at = now();
-        let exit_status = u32::try_from(code).unwrap_or(255);
-        self.finish(id, "", exit_status, exited_at.clone());
-        let event = TaskExit {
-            container_id: id.to_string(),
-            id: id.to_string(),
-            pid,
-            exit_status,
-            exited_at: Some(exited_at).into(),
-            ..Default::default()
-        };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
+        self.exited(id, "", pid, code);
     }
 
     /// Starts exec `exec_id` of task `id` in its VM; its end is recorded and published
@@ -415,20 +404,26 @@ impl Service {
                     EXIT_CRASHED
                 }
             };
-            let at = now();
-            let exit_status = u32::try_from(code).unwrap_or(255);
-            this.finish(&id, &exec_id, exit_status, at.clone());
-            let event = TaskExit {
-                container_id: id.clone(),
-                id: exec_id.clone(),
-                pid,
-                exit_status,
-                exited_at: Some(at).into(),
-                ..Default::default()
-            };
-            this.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
+            this.exited(&id, &exec_id, pid, code);
         });
         Ok(pid)
+    }
+
+    /// The app (`exec_id` empty) or an exec ended with `code`: recorded, and told to
+    /// containerd (TaskExit).
+    fn exited(&self, id: &str, exec_id: &str, pid: u32, code: i32) {
+        let at = now();
+        let exit_status = u32::try_from(code).unwrap_or(255);
+        self.finish(id, exec_id, exit_status, at.clone());
+        let event = TaskExit {
+            container_id: id.to_string(),
+            id: if exec_id.is_empty() { id } else { exec_id }.to_string(),
+            pid,
+            exit_status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
     }
 
     /// Records the end of the app (`exec_id` empty) or an exec, and wakes the waiters.
@@ -741,10 +736,10 @@ impl containerd_shim::Task for Service {
                 Ok(api::Empty::default())
             });
         }
-        let vm_id = self.with_task(&req.id, |t| {
-            Ok(t.vm_id.clone().filter(|_| t.app.exit.is_none()))
+        let (vm_id, started) = self.with_task(&req.id, |t| {
+            let running = t.vm_id.clone().filter(|_| t.app.exit.is_none());
+            Ok((running, t.vm_id.is_some()))
         })?;
-        let started = self.with_task(&req.id, |t| Ok(t.vm_id.is_some()))?;
         let Some(vm_id) = vm_id else {
             if !started {
                 // Not started: nothing runs; it ends as a runc task killed before start.

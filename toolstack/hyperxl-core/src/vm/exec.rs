@@ -277,12 +277,7 @@ fn sweep_stale_sessions(domid: u32) {
 
 /// Runs `opts` in VM `which`; returns the process's exit code.
 pub fn exec(state_dir: &std::path::Path, which: &str, opts: &ExecOptions) -> anyhow::Result<i32> {
-    let vms = VmStore::open(state_dir)?;
-    let host = Host::connect();
-    reconcile_all(&vms, &host)?;
-    let vm = vms.find(which)?;
-    install_signal_handlers();
-    run_session(&vms, vm, opts, Streams::default()).map(|end| end.unwrap_or(0))
+    exec_with(state_dir, which, opts, Streams::default())
 }
 
 /// Runs `opts` in VM `which` with `streams` (`hyperxl cp`); returns the exit code. Stop
@@ -294,11 +289,9 @@ pub fn exec_with(
     streams: Streams,
 ) -> anyhow::Result<i32> {
     let vms = VmStore::open(state_dir)?;
-    let host = Host::connect();
-    reconcile_all(&vms, &host)?;
-    let vm = vms.find(which)?;
+    reconcile_all(&vms, &Host::connect())?;
     install_signal_handlers();
-    run_session(&vms, vm, opts, streams).map(|end| end.unwrap_or(0))
+    exec_on(&vms, which, opts, streams)
 }
 
 /// Runs `opts` in VM `which` for a caller that owns this process's signals (the
@@ -310,9 +303,18 @@ pub fn exec_in(
     opts: &ExecOptions,
     streams: Streams,
 ) -> anyhow::Result<i32> {
-    let vms = VmStore::open(state_dir)?;
+    exec_on(&VmStore::open(state_dir)?, which, opts, streams)
+}
+
+/// The session of [`exec_with`] and [`exec_in`], once the caller set up what it owns.
+fn exec_on(
+    vms: &VmStore,
+    which: &str,
+    opts: &ExecOptions,
+    streams: Streams,
+) -> anyhow::Result<i32> {
     let vm = vms.find(which)?;
-    run_session(&vms, vm, opts, streams).map(|end| end.unwrap_or(0))
+    run_session(vms, vm, opts, streams).map(|end| end.unwrap_or(0))
 }
 
 /// The app of VM `id`, attached for a caller that owns this process's signals and has
