@@ -33,17 +33,18 @@ fn main() {
                 continue;
             };
             let page = GrantMapping::map(0, &[ring_ref], true).expect("map the control page");
+            // cli_live (offset 20 of libxenvchan's shared page) turns 1 once the init
+            // connected: act after that, so the init's own connect cannot undo us.
+            let live = || {
+                // SAFETY: offset 20 is a byte inside the mapped page.
+                unsafe { std::ptr::read_volatile(page.ptr().add(20)) }
+            };
+            let wait_until = Instant::now() + Duration::from_secs(20);
+            while live() != 1 && Instant::now() < wait_until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             if hangup {
-                // cli_live (offset 20 of libxenvchan's shared page): once the init
-                // connected (1), say the client is gone (0).
-                let live = || {
-                    // SAFETY: offset 20 is a byte inside the mapped page.
-                    unsafe { std::ptr::read_volatile(page.ptr().add(20)) }
-                };
-                let wait_until = Instant::now() + Duration::from_secs(20);
-                while live() != 1 && Instant::now() < wait_until {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                // Say the client is gone (0).
                 // SAFETY: as above.
                 unsafe { std::ptr::write_volatile(page.ptr().add(20), 0u8) };
                 if let Ok(ev) = EventChannel::bind(0, port) {
@@ -53,6 +54,11 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(2));
                 return;
             }
+            // The init writes its first frames (hello, started) right after connecting,
+            // each write storing its own producer index: a corruption made before those
+            // would be overwritten (a race the e2e once lost). After them it stays quiet
+            // while the exec'd process prints nothing, so what we write stays.
+            std::thread::sleep(Duration::from_secs(1));
             // The left ring's producer index (offset 4): claim a gigabyte of data.
             // SAFETY: offset 4 is an aligned u32 inside the mapped page.
             unsafe { std::ptr::write_volatile(page.ptr().add(4) as *mut u32, 1 << 30) };
