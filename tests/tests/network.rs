@@ -13,7 +13,8 @@ use hyperxl_e2e::{value, Batch};
 
 /// Shell helpers every step defines: `fetch URL` (body, or nothing after 5 s), `until_up
 /// URL` (waits up to 90 s for a server to answer), `domains` (hyperxl domains in
-/// `xl list`), `vm_ip VM`.
+/// `xl list`), `vm_ip VM`, `vm_elements` (per-VM elements in hyperxl's nft sets: a vif
+/// name in the bridge table, a `: address . port` value in the port maps).
 const HELPERS: &str = r#"IP=/usr/sbin/ip
 # The test host turns networking off by default for the other tests; here it is the point.
 export HYPERXL_DEFAULT_NETWORK=hyperxl
@@ -21,11 +22,12 @@ fetch() { timeout 5 wget -q -O - "$1" 2>/dev/null; }
 until_up() { for i in $(seq 90); do fetch "$1" >/dev/null && return 0; sleep 1; done; return 1; }
 domains() { xl list | grep -c hyperxl-; }
 vm_ip() { hyperxl inspect "$1" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -1; }
+vm_elements() { { nft list table bridge hyperxl; nft list map ip hyperxl ports; nft list map ip hyperxl addr_ports; } 2>/dev/null | grep -o -e '"hx[0-9a-f]*"' -e ': [0-9][0-9.]* \. [0-9]*' | wc -l; }
 "#;
 
-/// What must be gone once no VM runs: hyperxl's per-VM nft chains and map elements,
+/// What must be gone once no VM runs: hyperxl's per-VM nft set and map elements,
 /// leases, bridge ports, vifs, domains.
-const LEFTOVERS: &str = r#"echo "nft=$(nft list ruleset | grep -c -e 'vm-' -e 'pub-' -e 'jump')"
+const LEFTOVERS: &str = r#"echo "nft=$(vm_elements)"
 echo "leases=$(cat $HYPERXL_STATE_DIR/networks/*/leases/* 2>/dev/null | wc -l)"
 echo "ports=$(for b in /sys/class/net/*/brif; do ls $b; done | grep -c .)"
 echo "deployment_bridge=$(ls /sys/class/net | grep -c '^hx-netshop$')"
@@ -91,6 +93,7 @@ fn vms_serve_publish_ports_and_stay_apart() {
                 echo "outside_8081=$($IP netns exec outside timeout 5 wget -q -O - http://198.18.0.1:8081/)"
                 echo "port:"; hyperxl port web
                 echo "port80=$(hyperxl port web 80/tcp | head -1)"
+                echo "elements=$(vm_elements)"
                 hyperxl ps -f name=web | tail -n +2 | grep -o '0.0.0.0:8080->80/tcp'"#,
             ),
         )
@@ -214,6 +217,8 @@ fn vms_serve_publish_ports_and_stay_apart() {
         "",
         "bound to 127.0.0.1 only: {publish}"
     );
+    // The vif thrice (vifs, vif_mac, vif_ip), two ports: what the teardown must remove.
+    assert_eq!(value(out, "elements="), "5", "{publish}");
     assert!(out.contains("80/tcp -> 0.0.0.0:8080\n"), "{publish}");
     assert!(out.contains("80/tcp -> 127.0.0.1:8081\n"), "{publish}");
     assert!(

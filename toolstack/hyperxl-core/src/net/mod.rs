@@ -6,6 +6,7 @@
 //! hotplug step), dom0 holds the gateway address on the bridge, and nftables does NAT,
 //! published ports, isolation and anti-spoofing (see [`nft`]).
 
+pub mod nfnl;
 pub mod nft;
 pub mod publish;
 pub mod store;
@@ -134,23 +135,57 @@ pub fn ensure_bridge(def: &NetworkDef) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies `script` (which also names the network's set elements) in one `nft` run;
-/// only when that fails for want of hyperxl's tables are they created, in the same
-/// transaction. The common case costs one process.
-fn apply_with_base(def: &NetworkDef, script: &str) -> Result<(), nft::NftError> {
-    let script = format!(
-        "{}{script}",
-        nft::network_elements(&def.bridge, &def.subnet.to_string())
-    );
-    match nft::apply(&script) {
-        Ok(()) => Ok(()),
-        Err(e) if nft::base_exists() => Err(e),
-        Err(_) => nft::apply(&format!("{}{script}", nft::base_ruleset())),
+/// Adds the network's elements with `nft`, and hyperxl's tables in the same
+/// transaction when they are missing.
+fn ensure_base(def: &NetworkDef) -> Result<(), NetError> {
+    let elements = nft::network_elements(&def.bridge, &def.subnet.to_string());
+    match nft::base_state() {
+        nft::BaseState::Current => nft::apply(&elements)?,
+        nft::BaseState::Missing => nft::apply(&format!("{}{elements}", nft::base_ruleset()))?,
+        nft::BaseState::Older => return Err(NetError::OlderTables),
+    }
+    Ok(())
+}
+
+/// Installs a VM's elements; the network's own (and the tables, after a reboot or a
+/// flush) first if they are missing. The network's elements are all added in one
+/// transaction, so its bridge in `bridges` stands for all of them.
+fn install(def: &NetworkDef, ops: &[nfnl::SetOp]) -> Result<(), NetError> {
+    let mut nl = nfnl::Nfnl::open()?;
+    let present = match nl.elements(nfnl::Family::Ip, nft::TABLE, "bridges") {
+        Ok(listed) => {
+            let name = nfnl::ifname(&def.bridge);
+            listed.iter().any(|e| e.key == name)
+        }
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !present {
+        ensure_base(def)?;
+    }
+    match nl.commit(nft::TABLE, ops) {
+        // The tables of an older hyperxl lack the sets: say so, not "not found".
+        Err(e) if e.is_not_found() && nft::base_state() == nft::BaseState::Older => {
+            Err(NetError::OlderTables)
+        }
+        r => Ok(r?),
     }
 }
 
-/// Whether dom0 itself has something on `port` (a listener another VM's DNAT would
-/// shadow, or that would shadow ours).
+/// Why a VM's rules could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// `nft` failed on the tables or a network's elements.
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
+    /// The kernel refused the VM's elements.
+    #[error(transparent)]
+    Netlink(#[from] nfnl::NfnlError),
+    /// An older hyperxl's tables are in place.
+    #[error("nftables tables of an older hyperxl are in place: remove its VMs, then run `nft delete table ip hyperxl; nft delete table bridge hyperxl`")]
+    OlderTables,
+}
+
 fn in_use_on_dom0(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {
     let addr = SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
     let err = match proto {
@@ -255,15 +290,16 @@ pub fn attach(
         store.release(&def.name, ip, id);
         return Err(e.into());
     }
-    let rules = nft::vm_rules(id, &vm_net.vif, &vm_net.mac, ip, &vm_net.ports);
-    // `nft` runs while the domain is built (the caller waits before unpausing), still
-    // under the store lock, which the rules' thread holds until they are in or undone.
+    let rules = nft::vm_elements(&vm_net.vif, subnet::mac_for(ip), ip, &vm_net.ports);
+    // The rules go in while the domain is built (the caller waits before unpausing),
+    // still under the store lock, which the rules' thread holds until they are in or
+    // undone.
     let pending = {
         let (def, id, net) = (def.clone(), id.to_string(), vm_net.clone());
         std::thread::spawn(move || {
             let _lock = lock;
             let began = std::time::Instant::now();
-            let applied = apply_with_base(&def, &rules);
+            let applied = install(&def, &rules);
             crate::vm::timing::span("nft-rules", began.elapsed());
             if applied.is_err() {
                 teardown(&store, &id, &net);
@@ -290,7 +326,7 @@ pub fn attach(
 /// A VM's rules being installed; [`PendingRules::wait`] before the guest runs. Dropped
 /// unwaited (a failed build), the install finishes on its own, and whoever tears the VM
 /// down waits for it through the store lock.
-pub struct PendingRules(std::thread::JoinHandle<Result<(), nft::NftError>>);
+pub struct PendingRules(std::thread::JoinHandle<Result<(), NetError>>);
 
 impl PendingRules {
     /// Waits for the rules; on failure they and the address are already gone.
@@ -303,26 +339,30 @@ impl PendingRules {
 }
 
 fn teardown(store: &NetStore, id: &str, net: &VmNet) {
-    // The record's ports first (one nft run); if that is refused (something already
-    // gone, or a record that lost its ports), the kernel's own map says what is left.
-    let recorded: Vec<(String, u16)> = net
-        .ports
-        .iter()
-        .map(|p| (p.proto.as_str().to_string(), p.host_port))
-        .collect();
-    let mut statements = nft::vm_removal(id, &net.vif, &recorded);
-    if recorded.is_empty() {
-        // No DNAT chain was made for it.
-        statements.pop();
-    }
-    if nft::apply(&statements.join("\n")).is_err() {
-        let (_, publ) = nft::chains(id);
-        let keys = nft::ports_jumping_to(&nft::list_ports_map(), &publ);
-        nft::apply_each(&nft::vm_removal(id, &net.vif, &keys));
-    }
+    remove_elements(&net.vif, net.ip);
     // Before the address is free again: no successor's connection may be flushed.
     forget_connections(net.ip);
     store.release(&net.network, net.ip, id);
+}
+
+/// Deletes every element of the VM with this vif and address, found in the kernel's
+/// sets (so a record that lost its ports still cleans up completely): one batch, or
+/// one element at a time if the batch is refused (something went meanwhile).
+fn remove_elements(vif: &str, ip: Ipv4Addr) {
+    let Ok(mut nl) = nfnl::Nfnl::open() else {
+        return;
+    };
+    let mut ops = Vec::new();
+    for (family, set) in nft::VM_SETS {
+        if let Ok(listed) = nl.elements(family, nft::TABLE, set) {
+            ops.extend(nft::vm_removal(family, set, &listed, vif, ip));
+        }
+    }
+    if nl.commit(nft::TABLE, &ops).is_err() {
+        for op in &ops {
+            let _ = nl.commit(nft::TABLE, std::slice::from_ref(op));
+        }
+    }
 }
 
 /// Deletes dom0's conntrack entries of a VM's address that ended (connections it
@@ -367,7 +407,7 @@ pub fn remove_network(state_dir: &Path, name: &str) -> anyhow::Result<()> {
     let _lock = store.lock()?;
     let def = store.load(name)?;
     store.remove(name)?;
-    nft::apply_each(&[nft::network_removal(&def.bridge, &def.subnet.to_string())]);
+    nft::apply_each(&nft::network_removal(&def.bridge, &def.subnet.to_string()));
     if netconf::exists(&def.bridge) {
         netconf::delete_bridge(&def.bridge)
             .with_context(|| format!("removing bridge {}", def.bridge))?;

@@ -1,15 +1,18 @@
 //! hyperxl's nftables rules: one `ip hyperxl` table (NAT, published ports, what guests
 //! may reach) and one `bridge hyperxl` table (anti-spoofing per vif).
 //!
-//! Nothing outside these two tables is touched. Per network, its bridge and subnet are
-//! elements of sets in the shared base chains; per VM there is one chain in each table,
-//! named after the VM's id, reached through a map element keyed by the VM's vif name or
-//! published port. Removing a VM deletes its elements and chains, so nothing is left.
+//! Nothing outside these two tables is touched. The tables, chains and sets are written
+//! once, by `nft`, when the first network is set up; per network, its bridge and subnet
+//! are elements of sets (also by `nft`, at network set-up). Per VM there are no rules of
+//! its own, only elements of sets and maps the shared chains look up, added and removed
+//! in one netlink batch ([`super::nfnl`]): the vif, its MAC and address, the published
+//! ports. Removing a VM deletes its elements, so nothing is left.
 //!
 //! The rules, with why:
-//! - `bridge` prerouting, per vif: frames must carry the VM's MAC and, for IPv4 and ARP,
-//!   its address; anything else (IPv6, VLANs, other ether types) is dropped. A guest
-//!   cannot impersonate another VM or dom0 on its network.
+//! - `bridge` prerouting, for a vif in `vifs`: frames must carry the MAC paired with
+//!   that vif in `vif_mac` and, for IPv4 and ARP, the address paired with it in
+//!   `vif_ip`; anything else (IPv6, VLANs, other ether types) is dropped. A guest cannot
+//!   impersonate another VM or dom0 on its network.
 //! - `ip` forward: traffic between two different hyperxl bridges is dropped (networks
 //!   are apart; within one network the bridge switches frames at layer 2 and never
 //!   reaches this hook, br_netfilter is not needed); a guest's new connections are
@@ -17,16 +20,19 @@
 //! - `ip` input: guests reach dom0 itself only for replies, ping (rate-limited) and
 //!   published ports (which are DNAT'd before input and so are forwarded, not input).
 //! - `ip` prerouting/output: published ports, for packets to any local address
-//!   (`fib daddr type local`), 127.0.0.1 included; postrouting masquerades guests'
-//!   traffic leaving their network, dom0's loopback-sourced traffic DNAT'd to a guest,
-//!   and a guest's traffic to a published port DNAT'd back onto a bridge (hairpin: the
-//!   reply must come back through dom0, not straight from the other VM).
+//!   (`fib daddr type local`), 127.0.0.1 included, DNAT'd through the maps `ports`
+//!   (`proto . port : address . port`) and `addr_ports` (the same, for one dom0
+//!   address); postrouting masquerades guests' traffic leaving their network, dom0's
+//!   loopback-sourced traffic DNAT'd to a guest, and a guest's traffic to a published
+//!   port DNAT'd back onto a bridge (hairpin: the reply must come back through dom0, not
+//!   straight from the other VM).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use super::publish::PortMap;
+use super::nfnl::{self, Element, Family, SetOp};
+use super::publish::{PortMap, Proto};
 
 /// The table both families use.
 pub const TABLE: &str = "hyperxl";
@@ -52,14 +58,17 @@ pub fn base_ruleset() -> String {
   set subnets {{ type ipv4_addr; flags interval; }}
   set same {{ type ifname . ifname; }}
   set guest_conns {{ type ipv4_addr; size 65535; flags dynamic; }}
-  map ports {{ type inet_proto . inet_service : verdict; }}
+  map ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+  map addr_ports {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
-    fib daddr type local meta l4proto . th dport vmap @ports
+    fib daddr type local dnat to ip daddr . meta l4proto . th dport map @addr_ports
+    fib daddr type local dnat to meta l4proto . th dport map @ports
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
-    fib daddr type local meta l4proto . th dport vmap @ports
+    fib daddr type local dnat to ip daddr . meta l4proto . th dport map @addr_ports
+    fib daddr type local dnat to meta l4proto . th dport map @ports
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
@@ -82,10 +91,19 @@ pub fn base_ruleset() -> String {
   }}
 }}
 table bridge {TABLE} {{
-  map vifs {{ type ifname : verdict; }}
+  set vifs {{ type ifname; }}
+  set vif_mac {{ type ifname . ether_addr; }}
+  set vif_ip {{ type ifname . ipv4_addr; }}
   chain prerouting {{
     type filter hook prerouting priority -200; policy accept;
-    iifname vmap @vifs
+    iifname @vifs jump guest
+  }}
+  chain guest {{
+    iifname . ether saddr != @vif_mac drop
+    ether type arp iifname . arp saddr ether != @vif_mac drop
+    ether type arp iifname . arp saddr ip != @vif_ip drop
+    ether type ip iifname . ip saddr != @vif_ip drop
+    ether type != {{ ip, arp }} drop
   }}
 }}
 "#
@@ -110,101 +128,87 @@ pub fn network_removal(bridge: &str, subnet: &str) -> String {
     )
 }
 
-/// The per-VM chain names, from the VM's id.
-pub fn chains(id: &str) -> (String, String) {
-    let short = &id[..id.len().min(12)];
-    (format!("vm-{short}"), format!("pub-{short}"))
-}
-
-/// What one VM needs: its anti-spoofing chain and, with published ports, its DNAT chain.
-pub fn vm_rules(id: &str, vif: &str, mac: &str, ip: Ipv4Addr, ports: &[PortMap]) -> String {
-    let (vm, publ) = chains(id);
-    let mut s = format!(
-        "add chain bridge {TABLE} {vm}\n\
-         flush chain bridge {TABLE} {vm}\n\
-         add rule bridge {TABLE} {vm} ether saddr != {mac} drop\n\
-         add rule bridge {TABLE} {vm} ether type arp arp saddr ether != {mac} drop\n\
-         add rule bridge {TABLE} {vm} ether type arp arp saddr ip != {ip} drop\n\
-         add rule bridge {TABLE} {vm} ether type ip ip saddr != {ip} drop\n\
-         add rule bridge {TABLE} {vm} ether type != {{ ip, arp }} drop\n\
-         add element bridge {TABLE} vifs {{ \"{vif}\" : jump {vm} }}\n"
-    );
-    if !ports.is_empty() {
-        s.push_str(&format!(
-            "add chain ip {TABLE} {publ}\nflush chain ip {TABLE} {publ}\n"
-        ));
-        for p in ports {
-            let only = p
-                .host_ip
-                .map(|a| format!("ip daddr {a} "))
-                .unwrap_or_default();
-            let proto = p.proto.as_str();
-            s.push_str(&format!(
-                "add rule ip {TABLE} {publ} {only}{proto} dport {} dnat to {ip}:{}\n",
-                p.host_port, p.guest_port
-            ));
-        }
-        for p in ports {
-            s.push_str(&format!(
-                "add element ip {TABLE} ports {{ {} . {} : jump {publ} }}\n",
-                p.proto.as_str(),
-                p.host_port
-            ));
-        }
-    }
-    s
-}
-
-/// The statements that remove what [`vm_rules`] added, one per line (each may fail
-/// alone if that piece is already gone). `ports` are the `proto . port` keys that jump
-/// to the VM's DNAT chain (see [`ports_jumping_to`]).
-pub fn vm_removal(id: &str, vif: &str, ports: &[(String, u16)]) -> Vec<String> {
-    let (vm, publ) = chains(id);
-    let mut out = vec![format!(
-        "delete element bridge {TABLE} vifs {{ \"{vif}\" }}"
-    )];
-    for (proto, port) in ports {
-        out.push(format!(
-            "delete element ip {TABLE} ports {{ {proto} . {port} }}"
-        ));
-    }
-    out.push(format!("delete chain bridge {TABLE} {vm}"));
-    out.push(format!("delete chain ip {TABLE} {publ}"));
-    out
-}
-
-/// The `ports` map's keys that jump to `chain`, read from `nft list map` output: the
-/// kernel's view, so a record that lost its ports still cleans up completely.
-pub fn ports_jumping_to(listing: &str, chain: &str) -> Vec<(String, u16)> {
-    let start = listing.find("elements = {").map(|i| i + 12);
-    let Some(body) = start.map(|i| &listing[i..]) else {
-        return Vec::new();
+/// The elements that give one VM its network: its vif, the vif's MAC and address, and
+/// its published ports (one netlink batch, see [`super::nfnl`]).
+pub fn vm_elements(vif: &str, mac: [u8; 6], ip: Ipv4Addr, ports: &[PortMap]) -> Vec<SetOp> {
+    let add = |family, set, key, data| SetOp {
+        delete: false,
+        family,
+        set,
+        key,
+        data,
     };
-    let body = body.split('}').next().unwrap_or("");
-    body.split(',')
-        .filter_map(|e| {
-            let (key, verdict) = e.split_once(':')?;
-            (verdict.split_whitespace().collect::<Vec<_>>() == ["jump", chain]).then_some(())?;
-            let (proto, port) = key.split_once('.')?;
-            // nft prints the protocol by number in a concatenation's key.
-            let proto = match proto.trim() {
-                "tcp" | "6" => "tcp",
-                "udp" | "17" => "udp",
-                _ => return None,
-            };
-            Some((proto.to_string(), port.trim().parse().ok()?))
+    let name = nfnl::ifname(vif);
+    let mut ops = vec![
+        add(
+            Family::Bridge,
+            "vif_mac",
+            nfnl::concat(&[&name, &mac]),
+            None,
+        ),
+        add(
+            Family::Bridge,
+            "vif_ip",
+            nfnl::concat(&[&name, &ip.octets()]),
+            None,
+        ),
+        // Last: a vif is checked from the moment it is in `vifs` (the batch is atomic,
+        // but its order is also the order of the kernel's work).
+        add(Family::Bridge, "vifs", name, None),
+    ];
+    for p in ports {
+        let (set, key) = port_key(p.host_ip, p.proto, p.host_port);
+        let to = nfnl::concat(&[&ip.octets(), &p.guest_port.to_be_bytes()]);
+        ops.push(add(Family::Ip, set, key, Some(to)));
+    }
+    ops
+}
+
+/// The map and key of a published port.
+fn port_key(host_ip: Option<Ipv4Addr>, proto: Proto, port: u16) -> (&'static str, Vec<u8>) {
+    let proto = [proto.number()];
+    let port = port.to_be_bytes();
+    match host_ip {
+        Some(a) => ("addr_ports", nfnl::concat(&[&a.octets(), &proto, &port])),
+        None => ("ports", nfnl::concat(&[&proto, &port])),
+    }
+}
+
+/// The sets and maps that hold per-VM elements, with what of an element names its VM:
+/// the vif as the key's start (bridge sets) or the address as the value's (port maps).
+pub const VM_SETS: [(Family, &str); 5] = [
+    (Family::Bridge, "vifs"),
+    (Family::Bridge, "vif_mac"),
+    (Family::Bridge, "vif_ip"),
+    (Family::Ip, "ports"),
+    (Family::Ip, "addr_ports"),
+];
+
+/// Of the elements listed in one of [`VM_SETS`], the deletions of those that belong to
+/// the VM with this vif and address: found in the kernel's view, so a record that lost
+/// its ports or MAC still cleans up completely.
+pub fn vm_removal(
+    family: Family,
+    set: &'static str,
+    listed: &[Element],
+    vif: &str,
+    ip: Ipv4Addr,
+) -> Vec<SetOp> {
+    let name = nfnl::ifname(vif);
+    listed
+        .iter()
+        .filter(|e| match family {
+            Family::Bridge => e.key.starts_with(&name),
+            Family::Ip => e.data.as_ref().is_some_and(|d| d.starts_with(&ip.octets())),
+        })
+        .map(|e| SetOp {
+            delete: true,
+            family,
+            set,
+            key: e.key.clone(),
+            data: None,
         })
         .collect()
-}
-
-/// `nft list map ip hyperxl ports`, or nothing.
-pub fn list_ports_map() -> String {
-    Command::new("nft")
-        .args(["list", "map", "ip", TABLE, "ports"])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// Runs `nft -f -` on `script` (one transaction: all of it or nothing).
@@ -235,25 +239,52 @@ pub fn apply(script: &str) -> Result<(), NftError> {
     Err(NftError::Refused(first.to_string()))
 }
 
-/// Removes statements one transaction at a time when the whole removal is refused (a
+/// Applies each line of `script` as its own transaction when the whole is refused (a
 /// piece already gone): what is left still goes.
-pub fn apply_each(statements: &[String]) {
-    if apply(&statements.join("\n")).is_ok() {
+pub fn apply_each(script: &str) {
+    if apply(script).is_ok() {
         return;
     }
-    for s in statements {
-        let _ = apply(s);
+    for line in script.lines() {
+        let _ = apply(line);
     }
 }
 
-/// Whether hyperxl's base tables exist.
-pub fn base_exists() -> bool {
-    Command::new("nft")
+/// Whether hyperxl's base tables exist, and in this layout (an older hyperxl's tables
+/// had per-VM chains and no `vif_ip` set).
+pub fn base_state() -> BaseState {
+    let listed = |family: &str, set: &str| {
+        Command::new("nft")
+            .args(["list", "set", family, TABLE, set])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if listed("bridge", "vif_ip") {
+        BaseState::Current
+    } else if Command::new("nft")
         .args(["list", "table", "ip", TABLE])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+    {
+        BaseState::Older
+    } else {
+        BaseState::Missing
+    }
+}
+
+/// What [`base_state`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseState {
+    /// No hyperxl tables.
+    Missing,
+    /// This hyperxl's tables.
+    Current,
+    /// Tables of an older hyperxl, with another layout.
+    Older,
 }
 
 #[cfg(test)]
@@ -262,7 +293,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn per_vm_rules_pin_mac_and_address_and_name_their_chains_by_id() {
+    fn per_vm_elements_pin_mac_and_address_and_publish_ports() {
         let ports = [
             PortMap {
                 host_ip: None,
@@ -278,54 +309,73 @@ mod tests {
             },
         ];
         let ip = Ipv4Addr::new(10, 88, 0, 5);
-        let s = vm_rules(
-            "0123456789abcdef",
-            "hx0123456789ab",
-            "02:48:0a:58:00:05",
-            ip,
-            &ports,
-        );
-        assert!(s.contains(
-            "add rule bridge hyperxl vm-0123456789ab ether saddr != 02:48:0a:58:00:05 drop"
-        ));
-        assert!(s.contains("arp saddr ip != 10.88.0.5 drop"));
-        assert!(s.contains("ip saddr != 10.88.0.5 drop"));
-        assert!(s.contains("{ \"hx0123456789ab\" : jump vm-0123456789ab }"));
-        assert!(s.contains(
-            "add rule ip hyperxl pub-0123456789ab tcp dport 8080 dnat to 10.88.0.5:80\n"
-        ));
-        assert!(
-            s.contains("pub-0123456789ab ip daddr 127.0.0.1 udp dport 5353 dnat to 10.88.0.5:53\n")
-        );
-        assert!(s.contains("ports { udp . 5353 : jump pub-0123456789ab }"));
-        let keys = vec![("tcp".to_string(), 8080), ("udp".to_string(), 5353)];
-        let rm = vm_removal("0123456789abcdef", "hx0123456789ab", &keys);
-        assert_eq!(rm.len(), 5);
-        assert!(rm[0].starts_with("delete element bridge hyperxl vifs"));
-        assert!(rm[1].contains("ports { tcp . 8080 }"));
-        assert!(rm
-            .last()
-            .unwrap()
-            .contains("delete chain ip hyperxl pub-0123456789ab"));
-        // Without ports there is no DNAT chain to add.
-        assert!(!vm_rules("ab", "hxab", "02:48:0a:58:00:06", ip, &[]).contains("pub-"));
+        let mac = [2, 0x48, 10, 88, 0, 5];
+        let ops = vm_elements("hx0123456789ab", mac, ip, &ports);
+        let find = |set: &str| ops.iter().find(|o| o.set == set).unwrap();
+        let vif = nfnl::ifname("hx0123456789ab");
+        assert_eq!(find("vif_mac").key, [&vif[..], &mac, &[0, 0]].concat());
+        assert_eq!(find("vif_ip").key, [&vif[..], &[10, 88, 0, 5]].concat());
+        assert_eq!(find("vifs").key, vif);
+        assert!(ops.iter().all(|o| !o.delete));
+        // The vif is enabled last, after its MAC and address.
+        assert_eq!(ops[2].set, "vifs");
+        let p = find("ports");
+        assert_eq!(p.family, Family::Ip);
+        assert_eq!(p.key, [6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        assert_eq!(p.data.as_deref(), Some(&[10, 88, 0, 5, 0, 80, 0, 0][..]));
+        let a = find("addr_ports");
+        assert_eq!(a.key, [127, 0, 0, 1, 17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
+        assert_eq!(a.data.as_deref(), Some(&[10, 88, 0, 5, 0, 53, 0, 0][..]));
+        assert_eq!(vm_elements("hxab", mac, ip, &[]).len(), 3);
     }
 
     #[test]
-    fn map_listing_is_read_for_one_chain() {
-        let listing = "table ip hyperxl {\n\tmap ports {\n\t\ttype inet_proto . inet_service : verdict\n\t\telements = { 6 . 8080 : jump pub-aaaa, 17 . 53 : jump pub-bbbb,\n\t\t\t     tcp . 8443 : jump pub-aaaa }\n\t}\n}\n";
-        assert_eq!(
-            ports_jumping_to(listing, "pub-aaaa"),
-            [("tcp".to_string(), 8080), ("tcp".to_string(), 8443)]
+    fn removal_takes_only_this_vms_elements_from_the_kernels_listing() {
+        let el = |key: Vec<u8>, data: Option<Vec<u8>>| Element { key, data };
+        let mine = nfnl::ifname("hxaaaa");
+        let other = nfnl::ifname("hxaaaab");
+        let listed = [
+            el([&mine[..], &[10, 88, 0, 5]].concat(), None),
+            el([&other[..], &[10, 88, 0, 6]].concat(), None),
+        ];
+        let rm = vm_removal(
+            Family::Bridge,
+            "vif_ip",
+            &listed,
+            "hxaaaa",
+            Ipv4Addr::new(10, 88, 0, 5),
         );
         assert_eq!(
-            ports_jumping_to(listing, "pub-bbbb"),
-            [("udp".to_string(), 53)]
+            rm.len(),
+            1,
+            "a longer vif name sharing a prefix is not ours"
         );
-        assert!(ports_jumping_to("", "pub-aaaa").is_empty());
-        assert!(
-            ports_jumping_to(listing, "pub-aa").is_empty(),
-            "whole names only"
+        assert!(rm[0].delete && rm[0].key == listed[0].key && rm[0].data.is_none());
+        let ports = [
+            el(
+                vec![6, 0, 0, 0, 0, 80, 0, 0],
+                Some(vec![10, 88, 0, 5, 0, 80, 0, 0]),
+            ),
+            el(
+                vec![6, 0, 0, 0, 0, 81, 0, 0],
+                Some(vec![10, 88, 0, 50, 0, 80, 0, 0]),
+            ),
+            el(
+                vec![17, 0, 0, 0, 0, 53, 0, 0],
+                Some(vec![10, 88, 0, 5, 0, 53, 0, 0]),
+            ),
+        ];
+        let rm = vm_removal(
+            Family::Ip,
+            "ports",
+            &ports,
+            "hxaaaa",
+            Ipv4Addr::new(10, 88, 0, 5),
+        );
+        assert_eq!(
+            rm.iter().map(|o| o.key[5]).collect::<Vec<_>>(),
+            [80, 53],
+            "matched by the whole address, not a prefix of it"
         );
     }
 

@@ -23,6 +23,14 @@ impl Proto {
             Proto::Udp => "udp",
         }
     }
+
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
 }
 
 /// What `-p` asked for; the host port may be left to hyperxl.
