@@ -4,11 +4,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::mpsc::{channel, Receiver, Sender};
 
 use containerd_shim::api::{self, Status};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use hyperxl_core::vm::exec::{Control, Streams};
+use hyperxl_core::vm::exec::{control_channel, Control, ControlReceiver, ControlSender, Streams};
 
 /// containerd's names for a process's stdio (FIFOs; empty: none) and whether it runs on
 /// a terminal.
@@ -38,7 +37,7 @@ pub struct Process {
     /// merely because the client has not opened the FIFO yet.
     stdin_keeper: Option<File>,
     /// Requests to its running session.
-    control: Option<Sender<Control>>,
+    control: Option<ControlSender>,
 }
 
 /// What a session needs, opened before its thread starts (stdin) or by it (the output
@@ -47,7 +46,7 @@ pub struct SessionIo {
     stdin: Option<File>,
     stdout: String,
     stderr: String,
-    control: Receiver<Control>,
+    control: ControlReceiver,
 }
 
 impl Process {
@@ -81,7 +80,7 @@ impl Process {
             self.stdin_keeper = Some(keeper);
             Some(reader)
         };
-        let (tx, rx) = channel();
+        let (tx, rx) = control_channel()?;
         self.control = Some(tx);
         self.status = Status::RUNNING;
         Ok(SessionIo {
@@ -100,7 +99,7 @@ impl Process {
 
     /// Asks its session for something (a resize, a signal); false if none runs.
     pub fn ask(&self, what: Control) -> bool {
-        self.control.as_ref().is_some_and(|c| c.send(what).is_ok())
+        self.control.as_ref().is_some_and(|c| c.send(what))
     }
 
     /// containerd's `State` of it.
@@ -266,10 +265,7 @@ mod tests {
         let io = p.start_session().unwrap();
         assert!(!io.interactive());
         assert!(p.ask(Control::Signal(libc::SIGTERM)));
-        assert_eq!(
-            io.control.try_recv().unwrap(),
-            Control::Signal(libc::SIGTERM)
-        );
+        assert_eq!(io.control.take(), [Control::Signal(libc::SIGTERM)]);
         p.finish(7, Timestamp::default());
         p.finish(137, Timestamp::default());
         assert_eq!(p.exit.as_ref().map(|e| e.0), Some(7));

@@ -9,6 +9,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,11 @@ const RING_BYTES: usize = 64 * 1024;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the guest may take to pick a session up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often an idle session asks libxl whether its domain still lives (and checks the
+/// rings): a destroyed guest sends no event, nor does a guest that corrupted its ring
+/// and went quiet. Everything else wakes the session at once (the guest's event, our
+/// stdin, a control request, a signal).
+const LIVENESS_CHECK: Duration = Duration::from_secs(5);
 
 /// What `hyperxl exec` asks for.
 #[derive(Debug, Clone)]
@@ -88,9 +94,57 @@ pub struct Streams {
     /// Where the process's stderr goes.
     pub stderr: Option<Box<dyn Write + Send>>,
     /// Requests from the caller while the session runs (the shim's `ResizePty` and
-    /// `Kill`), taken within a second; `None`: this process's own SIGWINCH and stop
-    /// signals stand for them.
-    pub control: Option<std::sync::mpsc::Receiver<Control>>,
+    /// `Kill`), taken at once (see [`control_channel`]); `None`: this process's own
+    /// SIGWINCH and stop signals stand for them.
+    pub control: Option<ControlReceiver>,
+}
+
+/// Makes a session's control channel: what is sent wakes the session's loop, which
+/// otherwise sleeps on the guest's event channel and its stdin (no polling).
+pub fn control_channel() -> std::io::Result<(ControlSender, ControlReceiver)> {
+    let (a, b) = UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    Ok((
+        ControlSender { tx, wake: a },
+        ControlReceiver { rx, wake: b },
+    ))
+}
+
+/// The caller's end of a session's control channel.
+#[derive(Debug)]
+pub struct ControlSender {
+    tx: std::sync::mpsc::Sender<Control>,
+    wake: UnixStream,
+}
+
+impl ControlSender {
+    /// Hands `what` to the session; false once the session has ended.
+    pub fn send(&self, what: Control) -> bool {
+        if self.tx.send(what).is_err() {
+            return false;
+        }
+        // A full socket means a wake-up is pending already.
+        let _ = (&self.wake).write(&[1]);
+        true
+    }
+}
+
+/// The session's end of its control channel.
+#[derive(Debug)]
+pub struct ControlReceiver {
+    rx: std::sync::mpsc::Receiver<Control>,
+    wake: UnixStream,
+}
+
+impl ControlReceiver {
+    /// What was sent since the last call (and the wake-ups taken).
+    pub fn take(&self) -> Vec<Control> {
+        let mut sink = [0u8; 64];
+        while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+        self.rx.try_iter().collect()
+    }
 }
 
 /// What a caller with its own [`Streams::control`] asks of a running session.
@@ -419,14 +473,12 @@ impl Client {
         Ok(())
     }
 
-    /// Waits for the event channel (or `extra`, or the timeout); takes the event.
-    fn wait(&mut self, extra: Option<BorrowedFd<'_>>, timeout: Duration) -> anyhow::Result<bool> {
+    /// Waits for the event channel (or one of `extra`, or the timeout); takes the event.
+    fn wait(&mut self, extra: &[BorrowedFd<'_>], timeout: Duration) -> anyhow::Result<()> {
         // SAFETY: the fd is the vchan's event channel, open while self.server lives.
         let vfd = unsafe { BorrowedFd::borrow_raw(self.server.fd()) };
         let mut fds = vec![PollFd::new(vfd, PollFlags::POLLIN)];
-        if let Some(fd) = extra {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
+        fds.extend(extra.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
         let ms = PollTimeout::from(timeout.as_millis().min(10_000) as u16);
         match poll(&mut fds, ms) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -435,15 +487,11 @@ impl Client {
         let fired = fds[0]
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLIN));
-        let extra_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| !r.is_empty());
         drop(fds);
         if fired {
             self.server.ack()?;
         }
-        Ok(extra_ready)
+        Ok(())
     }
 
     fn connect(&mut self, ctx: &libxl::Context, domid: u32, name: &str) -> anyhow::Result<()> {
@@ -461,7 +509,7 @@ impl Client {
                 bail!("VM {name} stopped");
             }
             interrupted()?;
-            self.wait(None, Duration::from_millis(500))?;
+            self.wait(&[], Duration::from_millis(500))?;
         }
     }
 
@@ -581,7 +629,7 @@ impl Client {
                     self.queue(&Frame::Resize { rows, cols })?;
                 }
             }
-            for c in control.iter().flat_map(|r| r.try_iter()) {
+            for c in control.iter().flat_map(|r| r.take()) {
                 match c {
                     Control::Resize { rows, cols } if tty => {
                         self.queue(&Frame::Resize { rows, cols })?
@@ -641,7 +689,7 @@ impl Client {
                 }
                 continue;
             }
-            if last_check.elapsed() > Duration::from_secs(1) {
+            if last_check.elapsed() >= LIVENESS_CHECK {
                 last_check = Instant::now();
                 if !matches!(ctx.domain_info(libxl::DomId(domid)), Ok(Some(_))) {
                     bail!("VM {name} stopped during the exec");
@@ -684,8 +732,14 @@ impl Client {
             if !drained && decoded {
                 continue; // more is waiting in the ring: no event will say so
             }
-            let extra = want_stdin.then(|| stdin.as_fd());
-            self.wait(extra, Duration::from_millis(1000))?;
+            let mut extra: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
+            if want_stdin {
+                extra.push(stdin.as_fd());
+            }
+            if let Some(c) = control.as_ref() {
+                extra.push(c.wake.as_fd());
+            }
+            self.wait(&extra, LIVENESS_CHECK)?;
         }
     }
 
@@ -718,6 +772,37 @@ fn readable(fd: BorrowedFd<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::DetachKeys;
+
+    #[test]
+    fn a_control_request_wakes_the_session_at_once() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+
+        let (tx, rx) = super::control_channel().unwrap();
+        let readable = |rx: &super::ControlReceiver| {
+            let mut fds = [PollFd::new(rx.wake.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+        };
+        assert!(!readable(&rx), "nothing sent, nothing to wake for");
+        assert!(tx.send(super::Control::Signal(15)));
+        assert!(tx.send(super::Control::Resize { rows: 2, cols: 3 }));
+        assert!(readable(&rx));
+        assert_eq!(
+            rx.take(),
+            [
+                super::Control::Signal(15),
+                super::Control::Resize { rows: 2, cols: 3 }
+            ]
+        );
+        assert!(!readable(&rx), "the wake-ups are taken with the requests");
+        // Many requests never block the sender (its socket fills; one wake suffices).
+        for _ in 0..100_000 {
+            assert!(tx.send(super::Control::Signal(1)));
+        }
+        assert_eq!(rx.take().len(), 100_000);
+        drop(rx);
+        assert!(!tx.send(super::Control::Signal(9)), "the session is gone");
+    }
 
     #[test]
     fn ctrl_p_ctrl_q_detaches_and_anything_else_passes() {
