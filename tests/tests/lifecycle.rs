@@ -41,6 +41,18 @@ fn vms_are_managed_from_start_to_removal() {
         .step("inspect_bg", "hyperxl inspect bg")
         .step("stop_again", "hyperxl stop bg")
         .step("rm_bg", "hyperxl rm bg")
+        // kill -s: a signal other than KILL reaches the app (its trap runs, the VM runs
+        // on); TERM ends it as the app's own default says (143); a bad name is refused.
+        .step(
+            "kill_signal",
+            "hyperxl run -d --name sg demo sh -c 'trap \"echo got-usr1\" USR1; echo ready; while :; do sleep 1; done' >/dev/null
+             for i in $(seq 100); do hyperxl logs sg | grep -q ready && break; sleep 0.2; done
+             echo \"sent=$(hyperxl kill -s usr1 sg)\"
+             for i in $(seq 50); do hyperxl logs sg | grep -q got-usr1 && break; sleep 0.2; done
+             echo \"trapped=$(hyperxl logs sg | grep -c got-usr1) $(hyperxl ps -f name=sg | grep -o running)\"
+             hyperxl kill -s NOPE sg; echo bad_rc=$?
+             hyperxl kill -s SIGTERM sg >/dev/null; echo \"waited=$(hyperxl wait sg)\"; hyperxl rm sg >/dev/null",
+        )
         // Two attached runs at the same time, racing for loop devices and the store.
         .step(
             "parallel",
@@ -178,6 +190,19 @@ fn vms_are_managed_from_start_to_removal() {
     );
     run["stop_again"].assert_success("stop_again");
     run["rm_bg"].assert_success("rm_bg");
+    let k = &run["kill_signal"];
+    assert!(k.stdout.contains("sent=sg\n"), "{k}");
+    assert!(k.stdout.contains("trapped=1 running\n"), "{k}");
+    assert!(k.stdout.contains("bad_rc=125\n"), "{k}");
+    assert_eq!(
+        k.stderr
+            .lines()
+            .filter(|l| l.contains("invalid signal"))
+            .count(),
+        1,
+        "{k}"
+    );
+    assert!(k.stdout.contains("waited=143\n"), "{k}");
 
     let par = &run["parallel"].stdout;
     for want in ["from-p1\nrc=11\n", "from-p2\nrc=12\n"] {

@@ -107,6 +107,12 @@ pub enum Builtin {
     },
     /// `top`: the guest's processes as a table on stdout.
     Top,
+    /// `kill -s`: send this signal to the app (its first process). Exit 0; 1 with an
+    /// Error frame when no app runs or the number is no signal.
+    Signal {
+        /// The signal's number.
+        signal: i32,
+    },
 }
 
 /// Where an unpacked stream goes (`docker cp`'s rules; see `hyperxl_tarcopy::Place`).

@@ -14,8 +14,9 @@ const COPY_OUT: &str = "copy-out";
 const COPY_IN: &str = "copy-in";
 const TOP: &str = "top";
 
-/// The session process that does `builtin`.
-pub fn as_exec(builtin: &Builtin) -> ExecRequest {
+/// The session process that does `builtin` (none for [`Builtin::Signal`], which the
+/// session does itself).
+pub fn as_exec(builtin: &Builtin) -> Option<ExecRequest> {
     let args = match builtin {
         Builtin::CopyOut { path } => vec![COPY_OUT.into(), path.clone()],
         Builtin::CopyIn { path, place } => {
@@ -27,13 +28,14 @@ pub fn as_exec(builtin: &Builtin) -> ExecRequest {
             vec![COPY_IN.into(), path.clone(), place.into()]
         }
         Builtin::Top => vec![TOP.into()],
+        Builtin::Signal { .. } => return None,
     };
-    ExecRequest {
+    Some(ExecRequest {
         args: [vec!["/proc/self/exe".to_string()], args].concat(),
         user: Some("0".into()),
         workdir: Some("/".into()),
         ..ExecRequest::default()
-    }
+    })
 }
 
 /// If this process was started as a builtin, runs it and returns its exit code.

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hyperxl_contract::control::{
-    self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
+    self, Builtin, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
 };
 use hyperxl_contract::{exit, keys, user, Rlimit};
 use hyperxl_vchan::Vchan;
@@ -600,8 +600,18 @@ impl Session {
         if req.attach {
             return self.attach(&req);
         }
-        let req = match &req.builtin {
-            Some(builtin) => crate::builtin::as_exec(builtin),
+        if let Some(Builtin::Signal { signal }) = req.builtin {
+            // Done by the init itself: it alone knows the app's pid.
+            return match crate::supervise::signal_app(signal) {
+                Ok(()) => {
+                    self.queue(&Frame::Exit(0));
+                    self.flush()
+                }
+                Err(e) => self.fail(1, &e),
+            };
+        }
+        let req = match req.builtin.as_ref().and_then(crate::builtin::as_exec) {
+            Some(builtin) => builtin,
             None => req,
         };
         let who = req.user.clone().unwrap_or_else(|| app.user.clone());

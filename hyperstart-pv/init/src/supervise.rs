@@ -80,6 +80,17 @@ pub fn request_stop(reason: &str) {
     });
 }
 
+/// Sends `signal` to the app (`hyperxl kill -s`, a containerd task's `Kill`), as
+/// `docker kill -s` does to a container's first process.
+pub fn signal_app(signal: i32) -> Result<(), String> {
+    let sig = Signal::try_from(signal).map_err(|_| format!("invalid signal {signal}"))?;
+    let pid = MAIN_PID.load(Ordering::SeqCst);
+    if pid <= 0 {
+        return Err("the app is not running".into());
+    }
+    kill(Pid::from_raw(pid), sig).map_err(|e| format!("signalling the app: {e}"))
+}
+
 /// Decides whether a watch event is a shutdown request. `first` is the event fired at
 /// registration; `value` is the key's value now (`None` when it is gone).
 ///
@@ -149,6 +160,8 @@ pub fn reap_until(main: Pid) -> i32 {
         match waitpid(Pid::from_raw(-1), None) {
             Ok(ws) if ws.pid() == Some(main) => {
                 if let Some(code) = exit_code(ws) {
+                    // Its pid may be reused from now on: no signal goes there any more.
+                    MAIN_PID.store(0, Ordering::SeqCst);
                     return code;
                 }
             }

@@ -142,6 +142,7 @@ impl SessionIo {
             stdout: Some(writer(&self.stdout)?),
             stderr: Some(writer(&self.stderr)?),
             control: Some(self.control),
+            errors: None,
         })
     }
 

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use containerd_shim::api::{self, Status};
 use containerd_shim::protos::events::task::{
@@ -753,19 +752,10 @@ impl containerd_shim::Task for Service {
         if signal == libc::SIGKILL {
             control::kill(&vms, &host, &vm).map_err(internal)?;
         } else {
-            // Any other signal asks the app to stop (SIGTERM, then SIGKILL after the
-            // grace period), as `hyperxl stop` does (a paused VM runs again for it);
-            // the wait happens elsewhere.
-            let state_dir = self.state_dir.clone();
-            std::thread::spawn(move || {
-                let host = Host::connect();
-                if let Ok(vms) = VmStore::open(&state_dir) {
-                    let grace = Duration::from_secs(10);
-                    if let Err(e) = control::stop(&vms, &host, &vm, grace) {
-                        warn!("stopping VM {}: {e:#}", vm.name);
-                    }
-                }
-            });
+            // Any other signal goes to the app, as runc's shim delivers it to the
+            // container's first process; the task runs on if the app does.
+            exec::signal_app(&vms, &host, vm, signal)
+                .map_err(|e| ttrpc_err(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
         }
         Ok(api::Empty::default())
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hyperxl_contract::control::{
-    self, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
+    self, Builtin, ExecRequest, Frame, CONTROL_VERSION, HEADER_LEN, MAX_PAYLOAD, STDIN_WINDOW,
 };
 use hyperxl_contract::keys;
 use libxl::{ClientState, DomainOps, VchanServer};
@@ -97,6 +97,9 @@ pub struct Streams {
     /// `Kill`), taken at once (see [`control_channel`]); `None`: this process's own
     /// SIGWINCH and stop signals stand for them.
     pub control: Option<ControlReceiver>,
+    /// Where the guest's one-line error about the session goes (`None`: our stderr,
+    /// as `hyperxl: MESSAGE`).
+    pub errors: Option<Capture>,
 }
 
 /// Makes a session's control channel: what is sent wakes the session's loop, which
@@ -371,6 +374,42 @@ fn exec_on(
     run_session(vms, vm, opts, streams).map(|end| end.unwrap_or(0))
 }
 
+/// Sends `signal` to the app of a running VM (`kill -s`, a containerd task's `Kill`):
+/// the guest's init delivers it, as `docker kill -s` does to a container's first
+/// process. SIGKILL is not sent this way: destroying the domain is (`control::kill`).
+pub fn signal_app(
+    vms: &VmStore,
+    host: &Host,
+    vm: super::state::VmState,
+    signal: i32,
+) -> anyhow::Result<()> {
+    let name = vm.name.clone();
+    // A paused guest cannot answer (the session would wait for it).
+    let paused = vm
+        .domid
+        .and_then(|d| host.info(d, &vm.domain_name()))
+        .is_some_and(|info| info.paused);
+    if paused {
+        bail!("VM {name} is paused: unpause it first");
+    }
+    let opts = ExecOptions {
+        request: ExecRequest::builtin(Builtin::Signal { signal }),
+        interactive: false,
+        detach_keys: false,
+    };
+    let errors = Capture::new(4096);
+    let streams = Streams {
+        stdout: Some(Box::new(std::io::sink())),
+        stderr: Some(Box::new(std::io::sink())),
+        errors: Some(errors.clone()),
+        ..Streams::default()
+    };
+    match run_session(vms, vm, &opts, streams)? {
+        Some(0) | None => Ok(()),
+        Some(_) => bail!("signalling the app of VM {name}: {}", errors.line()),
+    }
+}
+
 /// The app of VM `id`, attached for a caller that owns this process's signals and has
 /// no terminal of its own (the containerd shim's task stdio): `streams` carry its
 /// stdin (with `interactive`) and, for a tty app, its terminal's output; its size
@@ -589,6 +628,7 @@ impl Client {
                 .into(),
         };
         let control = streams.control;
+        let mut errors = streams.errors;
         let mut stdin_open = opts.interactive;
         // Stdin bytes the guest still has room for (it returns them as its process reads).
         let mut window = STDIN_WINDOW;
@@ -665,8 +705,12 @@ impl Client {
                     Frame::Error(m) => error = Some(super::host::terminal_safe(&m)),
                     Frame::Exit(code) => {
                         drop(_raw);
-                        if let Some(m) = error {
-                            eprintln!("hyperxl: {m}");
+                        match (error, errors.as_mut()) {
+                            (Some(m), Some(c)) => {
+                                let _ = writeln!(c, "{m}");
+                            }
+                            (Some(m), None) => eprintln!("hyperxl: {m}"),
+                            (None, _) => {}
                         }
                         return Ok(Some(code));
                     }

@@ -92,7 +92,7 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Stop running VMs gracefully (destroyed after a timeout).
     Stop(stop::StopArgs),
-    /// Destroy running VMs at once.
+    /// Destroy running VMs at once, or send their apps another signal (-s).
     Kill(kill::KillArgs),
     /// Pause running VMs (their vCPUs stop being scheduled).
     Pause(pause::PauseArgs),
