@@ -193,6 +193,7 @@ pub fn finish(
     if let (Some(ctx), Some(other)) = (ctx, recorded.filter(|d| Some(*d) != domid)) {
         let _ = destroy_if_present(ctx, other);
     }
+    super::timing::mark("destroy");
     // With the domain gone: its rules and its address go too, while blkback lets go of
     // the disks.
     let net_gone = {
@@ -211,6 +212,7 @@ pub fn finish(
         }
     }
     let _ = net_gone.join();
+    super::timing::mark("release");
     // The VM's own snapshots and scratch disk go with its run; volumes stay.
     crate::volume::remove_private_files(&vm);
     let record = |vm: &mut state::VmState| {
