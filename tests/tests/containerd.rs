@@ -119,7 +119,7 @@ fn ctr_runs_tasks_as_vms_like_runc() {
         .step(
             "detached",
             &step(&format!(
-                r#"ctr run -d --runtime {RUNTIME} {IMAGE} t3 sh -c 'trap "echo usr1 >/tmp/got" USR1; while :; do sleep 1; done' >/dev/null || exit 1
+                r#"ctr run -d --runtime {RUNTIME} {IMAGE} t3 sh -c 'trap "sleep $((1000+1)) &" USR1; while :; do sleep 1; done' >/dev/null || exit 1
                 until_state t3 RUNNING; echo "running=$(state t3) domains=$(domains)"
                 echo "exec=$(timeout 120 ctr task exec --exec-id e1 t3 sh -c 'echo $((6*7))')"
                 timeout 120 ctr task exec --exec-id e2 t3 sh -c 'exit 7'; echo "exec_status=$?"
@@ -130,8 +130,10 @@ fn ctr_runs_tasks_as_vms_like_runc() {
                 ctr task kill --exec-id e4 -s SIGTERM t3; wait $!; echo "exec_signalled=$? $(grep got-term /tmp/e4.out)"
                 echo "task_still=$(state t3)"
                 # A signal to the task: its app gets it (as runc's would), the task runs on.
+                # (The trap starts a marker process, `sleep 1001`, a text neither command
+                # line holds: the image's user cannot write /tmp.)
                 ctr task kill -s SIGUSR1 t3; sleep 3
-                echo "task_signalled=$(timeout 120 ctr task exec --exec-id e6 t3 cat /tmp/got) $(state t3)"
+                echo "task_signalled=$(timeout 120 ctr task exec --exec-id e6 t3 sh -c 'cat /proc/[0-9]*/cmdline | tr "\\0" " " | grep -o "sleep 100[1]" | head -1') $(state t3)"
                 ctr task metrics t3 | awk '$1 == "cpu.usage_usec" || $1 == "memory.usage_limit" {{print "metric", $1, $2}}'
                 ctr task pause t3; echo "paused=$(state t3) xl=$(xl list | awk '/hyperxl-/ {{print $5}}')"
                 ctr task resume t3; echo "resumed=$(state t3) xl=$(xl list | awk '/hyperxl-/ {{print $5}}')"
@@ -219,7 +221,9 @@ fn ctr_runs_tasks_as_vms_like_runc() {
     );
     assert!(detached.stdout.contains("task_still=RUNNING"), "{detached}");
     assert!(
-        detached.stdout.contains("task_signalled=usr1 RUNNING"),
+        detached
+            .stdout
+            .contains("task_signalled=sleep 1001 RUNNING"),
         "{detached}"
     );
     let metric = |name: &str| -> u64 {
