@@ -186,6 +186,8 @@ pub enum NetError {
     OlderTables,
 }
 
+/// Whether dom0 itself has something on `port` (a listener another VM's DNAT would
+/// shadow, or that would shadow ours).
 fn in_use_on_dom0(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {
     let addr = SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
     let err = match proto {
