@@ -110,6 +110,10 @@ fn vm_elements_go_in_and_out_of_the_kernels_tables() {
     // Deleting it again: not found, said as such.
     let err = nl.commit(nft::TABLE, &rm[..1]).unwrap_err();
     assert!(err.is_not_found(), "{err}");
+    // A batch refused at its first message leaves the kernel's replies to the others
+    // queued; the next batch on the socket must not take them for its own.
+    assert!(nl.commit(nft::TABLE, &rm).unwrap_err().is_not_found());
+    nl.commit(nft::TABLE, &a_ops).unwrap();
     // A set that does not exist.
     let err = nl
         .elements(Family::Ip, nft::TABLE, "no-such-set")

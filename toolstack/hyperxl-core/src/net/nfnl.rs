@@ -14,7 +14,7 @@
 //! are awaited with a timeout, so a wedged netlink socket cannot hang a `run`.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -156,11 +156,7 @@ impl Nfnl {
             SockProtocol::NetlinkNetFilter,
         )
         .map_err(io::Error::from)?;
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &NetlinkAddr::new(0, 0),
-        )
-        .map_err(io::Error::from)?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(io::Error::from)?;
         let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
         setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(io::Error::from)?;
         Ok(Nfnl { fd, seq: 1 })
@@ -218,13 +214,10 @@ impl Nfnl {
             NFNL_SUBSYS_NFTABLES,
             |_| {},
         );
-        send(
-            std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-            &buf,
-            MsgFlags::empty(),
-        )
-        .map_err(io::Error::from)?;
+        self.transmit(&buf)?;
         // One ack per element message, in order; the first error undid the batch.
+        // Replies to an earlier batch that ended at its first error may still be
+        // queued: only this batch's sequence numbers count.
         let what = if ops[0].delete {
             "deleting set elements"
         } else {
@@ -236,7 +229,7 @@ impl Nfnl {
             let n = self.receive(&mut reply)?;
             for msg in Messages::new(&reply[..n]) {
                 let (kind, _, seq, body) = msg?;
-                if kind != NLMSG_ERROR {
+                if kind != NLMSG_ERROR || !waiting.contains(&seq) {
                     continue;
                 }
                 let code = error_code(body)?;
@@ -274,12 +267,7 @@ impl Nfnl {
                 attr(b, NFTA_SET_ELEM_LIST_SET, &cstr(set));
             },
         );
-        send(
-            std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-            &buf,
-            MsgFlags::empty(),
-        )
-        .map_err(io::Error::from)?;
+        self.transmit(&buf)?;
         let mut out = Vec::new();
         let mut reply = vec![0u8; 64 * 1024];
         loop {
@@ -310,13 +298,14 @@ impl Nfnl {
         }
     }
 
+    fn transmit(&self, buf: &[u8]) -> Result<(), NfnlError> {
+        send(self.fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)?;
+        Ok(())
+    }
+
     fn receive(&self, buf: &mut [u8]) -> Result<usize, NfnlError> {
         loop {
-            match recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd.as_fd()),
-                buf,
-                MsgFlags::empty(),
-            ) {
+            match recv(self.fd.as_raw_fd(), buf, MsgFlags::empty()) {
                 Ok(0) => return Err(NfnlError::Malformed),
                 Ok(n) => return Ok(n),
                 Err(nix::errno::Errno::EINTR) => continue,
