@@ -94,6 +94,11 @@ echo "early_domain=$(xl list | grep -c '^hyperxl-early ')"
 echo "early_exited=$(hyperxl ps -a --filter name=early | grep -c exited)"
 echo "early_status=$(hyperxl ps -a --filter name=early | tail -n +2 | grep -oE '(created|running) \(unwatched\)|running|created|exited' | head -1)"
 hyperxl rm -f early >/dev/null && echo "early_removed=yes"
+# A reboot has no refill under way: the one the taken VM's watcher may have started
+# ends first (quiet for 1.5 s), or it boots a pool VM after the domains were destroyed.
+quiet=0; for t in $(seq 600); do
+    if ps -o args | grep -q '[p]ool fill'; then quiet=0; else quiet=$((quiet + 1)); [ $quiet -ge 3 ] && break; fi
+    sleep 0.5; done
 for d in $(xl list | awk '/^hyperxl-pool-/ {{print $1}}'); do xl destroy $d; done
 echo "left=$(xl list | grep -c '^hyperxl-pool-')"
 echo "refill_msg=$(hyperxl system reconcile | grep -c 'pool: refilling')"
