@@ -25,6 +25,11 @@ die() { printf '%s: error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
 # sha256 of its arguments (strings), short.
 hash_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
+# The median of the numbers on stdin, one a line, with DECIMALS decimals ("-" for none):
+# the benchmarks' summary statistic.
+median() {
+    sort -n | awk -v d="${1:-0}" '{a[NR]=$1} END {if (NR == 0) print "-"; else printf "%.*f\n", d, (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
+}
 
 # Runs apt-get update once per machine boot (cheap to call again).
 apt_update_once() {
