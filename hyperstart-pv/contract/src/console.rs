@@ -19,6 +19,12 @@ pub const POOLED_WAITING: &str = prefixed!("pooled: waiting for a spec");
 /// carried before it was the pooled boot, not the app's (the toolstack drops it).
 pub const SPEC_RECEIVED: &str = prefixed!("spec received");
 
+/// The start of the init's last console line of a run, `APP_EXITED` and the exit code,
+/// printed once the app's output is all on the console and before the exit code is
+/// reported: the toolstack drains the console until it sees it, not for a fixed time.
+/// (An app that prints it itself only cuts its own output short.)
+pub const APP_EXITED: &str = prefixed!("app exited with code ");
+
 /// Whether a console line is the init's own.
 pub fn is_init_line(line: &str) -> bool {
     line.starts_with(PREFIX)
@@ -31,7 +37,7 @@ mod tests {
     #[test]
     fn the_init_lines_carry_the_prefix() {
         assert_eq!(PREFIX, "hyperstart: ");
-        for line in [POOLED_WAITING, SPEC_RECEIVED] {
+        for line in [POOLED_WAITING, SPEC_RECEIVED, APP_EXITED] {
             assert!(is_init_line(line), "{line}");
         }
         assert!(!is_init_line("hyperstart without a colon"));

@@ -126,7 +126,6 @@ fn run(status: &mut Status) -> Result<(), InitError> {
             if let Some(drained) = &tty_drained {
                 session::drain_tty(drained, spec.attached, Duration::from_secs(5));
             }
-            say!("app exited with code {code}");
             status.exited(code, None);
         }
         Launch::Failed { pid, code, message } => {

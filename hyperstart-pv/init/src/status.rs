@@ -46,8 +46,10 @@ impl Status {
         self.state(State::Started);
     }
 
-    /// Reports the app's exit code, with an error text when given.
+    /// Reports the app's exit code, with an error text when given: first on the console
+    /// (the line that tells the toolstack the output is complete), then in xenstore.
     pub fn exited(&mut self, code: i32, error: Option<&str>) {
+        eprintln!("{}{code}", hyperxl_contract::console::APP_EXITED);
         if let Some(e) = error {
             self.put(status::ERROR, e);
         }

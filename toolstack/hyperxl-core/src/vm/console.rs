@@ -19,10 +19,11 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use anyhow::Context as _;
+use hyperxl_contract::console::APP_EXITED;
 use serde::{Deserialize, Serialize};
 
 /// A console line longer than this is cut into pieces of this size.
@@ -283,12 +284,15 @@ pub type LineSink = Box<dyn FnMut(&[u8]) + Send>;
 
 /// Ends a console copier: a flag, and a pipe whose other end sits in the copier's `poll`
 /// beside the console, so the copier sleeps until the guest prints or it is stopped (an
-/// idle VM costs its watcher no wake-ups).
+/// idle VM costs its watcher no wake-ups). It also tells the watcher when the init's
+/// last line of a run ([`hyperxl_contract::console::APP_EXITED`]) came through.
 #[derive(Debug)]
 pub struct CopierStop {
     flag: AtomicBool,
     wake_read: std::os::fd::OwnedFd,
     wake_write: std::os::fd::OwnedFd,
+    app_exited: Mutex<bool>,
+    app_exited_cv: Condvar,
 }
 
 impl CopierStop {
@@ -300,7 +304,27 @@ impl CopierStop {
             flag: AtomicBool::new(false),
             wake_read,
             wake_write,
+            app_exited: Mutex::new(false),
+            app_exited_cv: Condvar::new(),
         })
+    }
+
+    /// Waits until the copier passed on the init's "app exited" line, at most
+    /// `timeout`; whether it did.
+    pub fn wait_app_exited(&self, timeout: std::time::Duration) -> bool {
+        let Ok(seen) = self.app_exited.lock() else {
+            return false;
+        };
+        self.app_exited_cv
+            .wait_timeout_while(seen, timeout, |seen| !*seen)
+            .is_ok_and(|(seen, _)| *seen)
+    }
+
+    fn note_app_exited(&self) {
+        if let Ok(mut seen) = self.app_exited.lock() {
+            *seen = true;
+            self.app_exited_cv.notify_all();
+        }
     }
 
     /// Tells the copier to drain what is pending and end.
@@ -380,6 +404,10 @@ pub fn copy(
         if let Some(sink) = sink.as_mut() {
             sink(line);
         }
+        // Anywhere in the line: a kernel message may share it.
+        if contains(line, APP_EXITED.as_bytes()) {
+            stop.note_app_exited();
+        }
     };
     let mut ending_since: Option<std::time::Instant> = None;
     loop {
@@ -424,6 +452,11 @@ pub fn copy(
         }
     }
     lines.finish(&mut emit);
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -539,7 +572,7 @@ mod tests {
         let (reader, writer) = nix::unistd::pipe().unwrap();
         let (reader, mut writer) = (File::from(reader), File::from(writer));
         let log = ConsoleLog::open(&path, LogLimits::default()).unwrap();
-        let seen = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
+        let seen = Arc::new(Mutex::new((0usize, 0usize)));
         let s2 = seen.clone();
         let sink: LineSink = Box::new(move |l: &[u8]| {
             let mut s = s2.lock().unwrap();
@@ -572,7 +605,7 @@ mod tests {
         let (reader, writer) = nix::unistd::pipe().unwrap();
         let (reader, mut writer) = (File::from(reader), File::from(writer));
         let log = ConsoleLog::open(&path, LogLimits::default()).unwrap();
-        let shown = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let shown = Arc::new(Mutex::new(Vec::<String>::new()));
         let s2 = shown.clone();
         let sink: LineSink = Box::new(move |l: &[u8]| {
             s2.lock()
@@ -598,6 +631,35 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "[ 0.5] blkfront: xvda1MARK\r\napp 1\nMARK\n"
         );
+    }
+
+    /// The watcher drains the console up to the init's last line of a run, not for a
+    /// fixed time: the copier says when that line came through, and only after a pooled
+    /// VM's gate opened (a line from its boot does not count).
+    #[test]
+    fn the_init_s_last_line_is_noticed_only_when_it_came_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        let (reader, mut writer) = (File::from(reader), File::from(writer));
+        let log = ConsoleLog::open(&dir.path().join("console.log"), LogLimits::default()).unwrap();
+        let stop = Arc::new(CopierStop::new().unwrap());
+        let s2 = stop.clone();
+        let t = thread::spawn(move || copy(reader, log, None, Some("MARK"), &s2));
+        let wait = std::time::Duration::from_millis(200);
+        // Before the gate: ignored.
+        writer
+            .write_all(format!("{APP_EXITED}0\nMARK\napp output\n").as_bytes())
+            .unwrap();
+        assert!(!stop.wait_app_exited(wait));
+        // Not a whole line yet.
+        writer.write_all(APP_EXITED.as_bytes()).unwrap();
+        assert!(!stop.wait_app_exited(wait));
+        // A kernel message may share the line.
+        writer.write_all(b"3[ 1.2] xen: oops\n").unwrap();
+        assert!(stop.wait_app_exited(std::time::Duration::from_secs(5)));
+        drop(writer);
+        stop.stop();
+        t.join().unwrap();
     }
 
     /// From a review: a guest that reported its exit code and kept printing held its

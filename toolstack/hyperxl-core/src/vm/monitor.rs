@@ -108,7 +108,7 @@ pub fn supervise(
         // `kill`/`rm -f` may have come while the domain was being built.
         let vm = vms.load(id)?;
         if vm.killed {
-            return Ok(EXIT_KILLED);
+            return Ok(Ending::Killed);
         }
         // A pooled VM's domain too: `pool::take` paused it until now.
         ctx.unpause(domid).context("unpausing the domain")?;
@@ -117,13 +117,43 @@ pub fn supervise(
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)
     })();
-    // The domain is torn down by `finish`, which every caller runs next.
-    // Let the console drain what the guest wrote before it powered off.
-    thread::sleep(Duration::from_millis(100));
+    // The domain is torn down by `finish`, which every caller runs next. First the
+    // console drains what the guest wrote: after a reported exit code, up to the init's
+    // last line (written before the code, so usually through already); else (a kill,
+    // a crash, a failed init) for a moment.
+    match result {
+        Ok(Ending::Reported(_)) => {
+            if !stop.wait_app_exited(APP_EXITED_WAIT) {
+                warn("the console did not show the app's end; its output may be cut short");
+            }
+        }
+        _ => thread::sleep(Duration::from_millis(100)),
+    }
     stop.stop();
     let _ = console.join();
-    result
+    result.map(Ending::code)
 }
+
+/// How a run that was watched to its end ended.
+enum Ending {
+    /// The guest reported the app's exit code.
+    Reported(i32),
+    /// The domain went without a code after a kill (`kill`, `rm -f`, an expired stop).
+    Killed,
+}
+
+impl Ending {
+    fn code(self) -> i32 {
+        match self {
+            Ending::Reported(code) => code,
+            Ending::Killed => EXIT_KILLED,
+        }
+    }
+}
+
+/// The longest the watcher waits for the init's last console line after the exit code:
+/// a guest that never prints it only delays its own teardown.
+const APP_EXITED_WAIT: Duration = Duration::from_secs(1);
 
 /// What a watcher keeps back in the VM's dir while it runs, so that the final record
 /// can still be written when the state disk fills up meanwhile (a state file and its
@@ -258,7 +288,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
     vms: &VmStore,
     id: &str,
     mut disks: Vec<LoopDisk>,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Ending> {
     let mut stop_sent: Option<Instant> = None;
     let mut gone_at: Option<Instant> = None;
     let mut started = false;
@@ -291,7 +321,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
                 warn(&e);
                 best_effort(vms.update(id, |vm| vm.error = Some(e)));
             }
-            return Ok(code);
+            return Ok(Ending::Reported(code));
         }
         let guest_state = read_guest_key(xs, domid.0, keys::status::STATE);
         if guest_state.as_deref() == Some(State::Failed.as_str()) {
@@ -336,12 +366,12 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             if t.elapsed() > Duration::from_millis(500) || info.is_none() {
                 let killed = destroyed || vms.load(id).is_ok_and(|vm| vm.killed);
                 if read_exit_code(xs, domid.0).is_none() && killed {
-                    return Ok(EXIT_KILLED);
+                    return Ok(Ending::Killed);
                 }
                 if info.is_none() {
                     // Gone between two reads: one more look at the exit code.
                     if let Some(code) = read_exit_code(xs, domid.0) {
-                        return Ok(code);
+                        return Ok(Ending::Reported(code));
                     }
                 }
                 bail!("the VM's domain died without reporting an exit code (crashed?)");
@@ -614,6 +644,7 @@ mod tests {
 
         fn wait(s: &mut Setup) -> anyhow::Result<i32> {
             wait_for_exit(&s.xen, &mut s.xs, s.domid, 1, &s.vms, &s.id, Vec::new())
+                .map(super::super::Ending::code)
         }
 
         #[test]
