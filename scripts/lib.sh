@@ -31,6 +31,17 @@ median() {
     sort -n | awk -v d="${1:-0}" '{a[NR]=$1} END {if (NR == 0) print "-"; else printf "%.*f\n", d, (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
 }
 
+# Builds libxl's hotplug steps (hyperxl-block, hyperxl-vif) as static musl binaries and
+# prints the directory that holds them: libxl execs one per device and action, and a
+# static binary starts in about a third of the time of a dynamically linked one (no
+# loader, no shared objects to map; measured in the test host). Needs CARGO_TARGET_DIR
+# and the musl target (scripts/install-deps).
+build_hotplug() {
+    (cd "$HYPERXL_ROOT" && cargo build -q --release -p hyperxl-hotplug --target x86_64-unknown-linux-musl) \
+        || return 1
+    printf '%s\n' "${CARGO_TARGET_DIR:-$HYPERXL_ROOT/target}/x86_64-unknown-linux-musl/release"
+}
+
 # Runs apt-get update once per machine boot (cheap to call again).
 apt_update_once() {
     local stamp=/run/hyperxl-apt-updated

@@ -18,7 +18,7 @@
 //!
 //! The hotplug step libxl always runs for a `phy` disk is `hyperxl-block`, a small
 //! binary next to `hyperxl` that writes `physical-device` for blkback and exits; see
-//! `src/bin/hyperxl-block.rs`.
+//! `toolstack/hotplug/src/bin/hyperxl-block.rs`.
 
 use std::fs::File;
 use std::io;
