@@ -443,7 +443,7 @@ fn create<T: Transport>(
         let mut loops = Vec::new();
         if let Some(file) = &p.disk_file {
             let disk = LoopDisk::attach(file, &id)?;
-            vms.update(&id, |vm| {
+            vms.update_runtime(&id, |vm| {
                 vm.loop_device = Some(disk.path().to_path_buf());
                 vm.disk_file = Some(file.clone());
             })?;
@@ -487,7 +487,7 @@ fn create<T: Transport>(
                 eprintln!("hyperxl: refilling the pool: {e:#}");
             }
         }
-        let recorded = vms.update(&id, |vm| vm.domid = Some(domid.0))?;
+        let recorded = vms.update_runtime(&id, |vm| vm.domid = Some(domid.0))?;
         if recorded.killed {
             bail!("killed while its domain was being built");
         }
@@ -710,7 +710,7 @@ pub fn run_detached_with(
 /// `run -d`, unpauses it, says `ready` on stdout, and watches it to the end.
 pub fn monitor_main(vms: &VmStore, id: &str) -> anyhow::Result<i32> {
     // `run -d` put us in our own process group; SIGHUP is ignored by the stop handlers.
-    let vm = vms.update(id, |vm| vm.monitor_pid = Some(std::process::id()))?;
+    let vm = vms.update_runtime(id, |vm| vm.monitor_pid = Some(std::process::id()))?;
     let ctx = Context::new()?;
     let result = (|| {
         let domid = vm.domid.context("the VM has no domain")?;

@@ -113,7 +113,7 @@ pub fn supervise(
         // A pooled VM's domain too: `pool::take` paused it until now.
         ctx.unpause(domid).context("unpausing the domain")?;
         super::timing::mark("unpause");
-        best_effort(vms.update(id, state::VmState::mark_running));
+        best_effort(vms.update_runtime(id, state::VmState::mark_running));
         ready();
         wait_for_exit(ctx, &mut xs, domid, grace, vms, id, disks)
     })();
@@ -336,7 +336,7 @@ fn wait_for_exit<T: xenstore_wire::Transport>(
             for d in disks.drain(..) {
                 d.release();
             }
-            best_effort(vms.update(id, |vm| vm.started_at = Some(state::now())));
+            best_effort(vms.update_runtime(id, |vm| vm.started_at = Some(state::now())));
             if pooled {
                 refill_at = Some(Instant::now() + super::pool::REFILL_AFTER_START);
             }

@@ -412,10 +412,10 @@ fn boot_one(ctx: &dyn DomainOps, vms: &VmStore, shape: &Shape) -> anyhow::Result
             .context("building the domain config")?;
         let domid = ctx.create_paused(&config).context("creating the domain")?;
         built = Some(domid);
-        vms.update(&id, |v| v.domid = Some(domid.0))?;
+        vms.update_runtime(&id, |v| v.domid = Some(domid.0))?;
         ctx.unpause(domid).context("unpausing the domain")?;
         wait_pooled(ctx, domid)?;
-        vms.update(&id, |v| {
+        vms.update_runtime(&id, |v| {
             v.mark_running();
             // Nobody watches it while it waits: reconcile judges it by its domain.
             v.monitor_pid = None;

@@ -1,6 +1,9 @@
 //! The state of one VM, one JSON file per VM under `STATE_DIR/vms/<id>/state.json`,
 //! always replaced atomically (write a temp file, fsync, rename), never truncated in
-//! place, so a reader never sees half a record and a crash leaves the old one.
+//! place, so a reader never sees half a record and a crash leaves the old one. A
+//! change the user made or one that matters after a reboot is made durable (the
+//! directory is fsynced too); runtime facts, which die with the host, are not
+//! ([`VmStore::update_runtime`]).
 //!
 //! Several hyperxl processes may act at once: creation takes the store lock (so two runs
 //! cannot take the same name), and a change to one VM takes that VM's own lock.
@@ -362,9 +365,17 @@ impl VmStore {
 
     /// Atomically replaces VM `state.id`'s record.
     pub fn save(&self, state: &VmState) -> Result<(), StateError> {
+        self.save_with(state, files::write_atomic)
+    }
+
+    fn save_with(
+        &self,
+        state: &VmState,
+        write: fn(&Path, &[u8]) -> io::Result<()>,
+    ) -> Result<(), StateError> {
         let path = self.dir(&state.id).join("state.json");
         let json = serde_json::to_vec_pretty(state).expect("VmState serialises");
-        files::write_atomic(&path, &json).map_err(io_err("writing", &path))
+        write(&path, &json).map_err(io_err("writing", &path))
     }
 
     /// Atomically writes `name` (e.g. `spec.json`) in VM `id`'s directory, readable by
@@ -385,6 +396,23 @@ impl VmStore {
         let mut vm = self.load(id)?;
         change(&mut vm);
         self.save(&vm)?;
+        Ok(vm)
+    }
+
+    /// [`VmStore::update`] of runtime facts only (a domid, a loop device, the status,
+    /// the start time), which do not outlive the host: written as
+    /// [`files::write_atomic_runtime`] (after a host crash the record may be the one
+    /// before, whole). Anything the user asked for or that must be cleaned up after a
+    /// reboot (names, specs, volumes' files, the end of a run) goes through `update`.
+    pub fn update_runtime(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut VmState),
+    ) -> Result<VmState, StateError> {
+        let _lock = self.lock_vm(id)?;
+        let mut vm = self.load(id)?;
+        change(&mut vm);
+        self.save_with(&vm, files::write_atomic_runtime)?;
         Ok(vm)
     }
 
@@ -514,7 +542,8 @@ impl VmStore {
             (None, None) => "error: no exit code".into(),
         };
         let path = dir.join(&vm.id);
-        files::write_atomic(&path, text.as_bytes()).map_err(io_err("writing", &path))
+        // For `wait` on a VM removed as it exited: not kept across a host crash.
+        files::write_atomic_runtime(&path, text.as_bytes()).map_err(io_err("writing", &path))
     }
 
     /// The exit code (or error) a removed VM left with [`VmStore::bury`].
