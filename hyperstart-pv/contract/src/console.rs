@@ -25,6 +25,10 @@ pub const SPEC_RECEIVED: &str = prefixed!("spec received");
 /// (An app that prints it itself only cuts its own output short.)
 pub const APP_EXITED: &str = prefixed!("app exited with code ");
 
+/// The start of the init's timing lines (a spec with `timings`): `TIMING`, a step's
+/// name and the milliseconds from the kernel's start to that step's end.
+pub const TIMING: &str = prefixed!("timing ");
+
 /// Whether a console line is the init's own.
 pub fn is_init_line(line: &str) -> bool {
     line.starts_with(PREFIX)
@@ -37,7 +41,7 @@ mod tests {
     #[test]
     fn the_init_lines_carry_the_prefix() {
         assert_eq!(PREFIX, "hyperstart: ");
-        for line in [POOLED_WAITING, SPEC_RECEIVED, APP_EXITED] {
+        for line in [POOLED_WAITING, SPEC_RECEIVED, APP_EXITED, TIMING] {
             assert!(is_init_line(line), "{line}");
         }
         assert!(!is_init_line("hyperstart without a colon"));

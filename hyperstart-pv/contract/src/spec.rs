@@ -190,6 +190,10 @@ pub struct Spec {
     /// A job the init does itself instead of running `args` (dom0's helper VMs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<crate::job::Job>,
+    /// The init prints when it finished each of its steps, for the benchmarks
+    /// (`HYPERXL_TIMINGS=1`): [`crate::console::TIMING`] lines before its last line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timings: bool,
 }
 
 impl Spec {
@@ -213,6 +217,7 @@ impl Spec {
             mounts: Vec::new(),
             read_only: false,
             job: None,
+            timings: false,
         }
     }
 

@@ -16,6 +16,7 @@ mod net;
 mod session;
 mod status;
 mod supervise;
+mod timing;
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -38,14 +39,17 @@ fn read_or_empty(path: &str) -> String {
 }
 
 fn run(status: &mut Status) -> Result<(), InitError> {
+    timing::mark("kernel");
     mounts::early()?;
     let dev = mounts::xenbus_device()?;
     status.attach(Xenstore::open_xenbus_at(dev)?);
     let mut watch_xs = Xenstore::open_xenbus_at(dev)?;
     status.state(State::Booting);
+    timing::mark("xenbus");
 
     let raw = read_spec(status, &mut watch_xs)?;
     let spec = Spec::from_json(&raw)?;
+    timing::mark("spec");
     if let Some(job) = &spec.job {
         // A helper VM: the init does the work itself, no image, no app.
         status.started();
@@ -55,7 +59,9 @@ fn run(status: &mut Status) -> Result<(), InitError> {
     }
 
     net::configure(&spec)?;
+    timing::mark("network");
     mounts::rootfs(&spec)?;
+    timing::mark("rootfs");
     mounts::switch_root()?;
     net::write_files(&spec)?;
     if !spec.hostname.is_empty() {
@@ -72,6 +78,7 @@ fn run(status: &mut Status) -> Result<(), InitError> {
         mounts::seal_root()?;
     }
     supervise::install_signal_handlers();
+    timing::mark("root-ready");
 
     let prepared = exec::prepare(&spec, who);
     // `run -t`: the app's controlling terminal is a pty whose master the init keeps
@@ -105,9 +112,11 @@ fn run(status: &mut Status) -> Result<(), InitError> {
         }
         None => None,
     };
+    timing::mark("launch");
     match launched {
         Launch::Running(pid) => {
             status.started();
+            timing::mark("started");
             supervise::set_main(pid, spec.stop_grace_secs);
             supervise::spawn_watcher(watch_xs);
             match Xenstore::open_xenbus_at(dev) {
@@ -122,9 +131,14 @@ fn run(status: &mut Status) -> Result<(), InitError> {
                 ),
                 Err(e) => say!("exec sessions are not available: {e}"),
             }
+            timing::mark("listeners");
             let code = supervise::reap_until(pid);
+            timing::mark("app");
             if let Some(drained) = &tty_drained {
                 session::drain_tty(drained, spec.attached, Duration::from_secs(5));
+            }
+            if spec.timings {
+                timing::print();
             }
             status.exited(code, None);
         }

@@ -419,6 +419,7 @@ fn create<T: Transport>(
     let mut built: Option<DomId> = None;
     let booted = (|| {
         let mut spec = p.spec.clone();
+        spec.timings = super::timing::guest_enabled();
         let mut net = None;
         let mut pending_rules = None;
         if let Some(def) = &p.net {

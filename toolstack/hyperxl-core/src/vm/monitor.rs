@@ -441,9 +441,14 @@ fn spawn_console(
     let log_path = vms.dir(id).join("console.log");
     let log = console::ConsoleLog::open(&log_path, limits)
         .with_context(|| format!("creating {}", log_path.display()))?;
+    let timings = super::timing::guest_enabled();
     let sink: Option<console::LineSink> = match out {
-        ConsoleOut::LogOnly => None,
+        ConsoleOut::LogOnly if !timings => None,
+        ConsoleOut::LogOnly => Some(Box::new(super::timing::guest_line)),
         ConsoleOut::Attached { show_init_lines } => Some(Box::new(move |line: &[u8]| {
+            if timings {
+                super::timing::guest_line(line);
+            }
             let _ = super::logs::print_line(line, show_init_lines);
         })),
     };

@@ -1,20 +1,52 @@
 //! Where a `run`'s time goes, for the benchmarks: with `HYPERXL_TIMINGS=1` in the
 //! environment, each phase's end prints `hyperxl-timing: PHASE MS` on stderr (the time
 //! since the previous mark), and work done beside the phases (in a thread) prints
-//! `hyperxl-timing-span: NAME MS`. Off, a mark costs one environment lookup at start-up.
+//! `hyperxl-timing-span: NAME MS`. With `HYPERXL_TIMINGS=guest`, the guest's init also
+//! reports when it ended each of its steps (a spec with `timings`; an init older than
+//! that field refuses such a spec), printed as `hyperxl-guest-timing: STEP MS`. Off, a
+//! mark costs one environment lookup at start-up.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+static GUEST: AtomicBool = AtomicBool::new(false);
 
 /// Starts the clock if timings were asked for.
 pub fn start() {
-    if std::env::var_os("HYPERXL_TIMINGS").is_some_and(|v| v == "1") {
+    let asked = std::env::var_os("HYPERXL_TIMINGS");
+    let guest = asked.as_ref().is_some_and(|v| v == "guest");
+    if guest || asked.is_some_and(|v| v == "1") {
+        GUEST.store(guest, Ordering::SeqCst);
         if let Ok(mut last) = LAST.lock() {
             *last = Some(Instant::now());
         }
     }
+}
+
+/// Whether the guest's timings were asked for too.
+pub fn guest_enabled() -> bool {
+    GUEST.load(Ordering::SeqCst)
+}
+
+/// Passes on a guest's timing line (see `hyperstart-pv`'s `timing`): `line` without
+/// [`hyperxl_contract::console::TIMING`] is ignored; with it, it is printed as
+/// `hyperxl-guest-timing: STEP MS` (the step's end, in ms since the guest's kernel
+/// started).
+pub fn guest_line(line: &[u8]) {
+    if let Some(step) = guest_step(line) {
+        eprintln!("hyperxl-guest-timing: {step}");
+    }
+}
+
+/// `STEP MS` of a guest's timing line; `None` for any other line.
+fn guest_step(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let rest = text
+        .trim_end()
+        .strip_prefix(hyperxl_contract::console::TIMING)?;
+    Some(rest.to_owned())
 }
 
 /// Ends `phase`: prints its duration and starts the next one.
@@ -37,5 +69,20 @@ pub fn span(name: &str, took: std::time::Duration) {
             "hyperxl-timing-span: {name} {:.1}",
             took.as_secs_f64() * 1000.0
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_guest_s_timing_lines_are_passed_on() {
+        assert_eq!(
+            guest_step(b"hyperstart: timing rootfs 812.5\r\n").as_deref(),
+            Some("rootfs 812.5")
+        );
+        assert_eq!(guest_step(b"hyperstart: app exited with code 0\n"), None);
+        assert_eq!(guest_step(b"timing rootfs 1\n"), None);
     }
 }
