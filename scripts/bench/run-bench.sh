@@ -13,7 +13,8 @@
 # `started` key), the pool being refilled, untimed, before each pooled run.
 # Prints "hx MS RC", "hp MS RC", "xl MS EXITCODE", "xlf MS", "hxf MS", "hpf MS",
 # "phase NAME MS" (one set per timed hx run, which begins with "phase-run"; "wphase"
-# after "phase-warm" for hp), "mem MIB ok|fail" lines; diagnostics go to stderr.
+# after "phase-warm" for hp), "gstep NAME MS" (the guest init's steps of a timed hx
+# run), "mem MIB ok|fail" lines; diagnostics go to stderr.
 set -u
 rounds=${1:-5}
 # Times are $EPOCHREALTIME without its point, in microseconds (a $(...) would cost a fork).
@@ -21,11 +22,13 @@ ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (b - a) / 1000}'; }
 
 hyperxl load -i /images/demo.tar >/dev/null || { echo "hyperxl load failed" >&2; exit 1; }
 
-# One hyperxl run: prints "hx MS RC" and, with $1 = timed, its phases.
+# One hyperxl run: prints "hx MS RC" and, with $1 = timed, its phases and the guest
+# init's steps ("gstep NAME MS": the first, `kernel`, from the kernel's start to the
+# init; each other from the step before).
 hx() {
     local s e rc
     s=${EPOCHREALTIME//[.,]/}
-    HYPERXL_TIMINGS=1 hyperxl run --rm demo true >/tmp/hx.out 2>/tmp/hx.err
+    HYPERXL_TIMINGS=guest hyperxl run --rm demo true >/tmp/hx.out 2>/tmp/hx.err
     rc=$?
     e=${EPOCHREALTIME//[.,]/}
     echo "hx $(ms "$s" "$e") $rc"
@@ -33,6 +36,7 @@ hx() {
     if [ "${1:-}" = timed ]; then
         echo phase-run
         awk '$1 == "hyperxl-timing:" {print "phase", $2, $3}' /tmp/hx.err
+        awk '$1 == "hyperxl-guest-timing:" {printf "gstep %s %.1f\n", $2, $3 - prev; prev = $3}' /tmp/hx.err
     fi
 }
 
