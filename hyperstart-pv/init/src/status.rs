@@ -46,9 +46,13 @@ impl Status {
         self.state(State::Started);
     }
 
-    /// Reports the app's exit code, with an error text when given: first on the console
-    /// (the line that tells the toolstack the output is complete), then in xenstore.
+    /// Reports the app's exit code, with an error text when given. First every write
+    /// is flushed to the disks (the toolstack destroys the domain as soon as it has the
+    /// code and the console's last line: a volume must hold what the app wrote), then
+    /// the console's last line (which tells the toolstack the output is complete), then
+    /// the keys in xenstore.
     pub fn exited(&mut self, code: i32, error: Option<&str>) {
+        nix::unistd::sync();
         eprintln!("{}{code}", hyperxl_contract::console::APP_EXITED);
         if let Some(e) = error {
             self.put(status::ERROR, e);
