@@ -58,11 +58,10 @@ fn run(status: &mut Status) -> Result<(), InitError> {
         return Ok(());
     }
 
-    mounts::rootfs(&spec)?;
-    timing::mark("rootfs");
-    // After the rootfs: the vif connects while the disk is mounted (see net.rs).
     net::configure(&spec)?;
     timing::mark("network");
+    mounts::rootfs(&spec)?;
+    timing::mark("rootfs");
     mounts::switch_root()?;
     net::write_files(&spec)?;
     if !spec.hostname.is_empty() {

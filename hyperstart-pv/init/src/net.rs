@@ -12,38 +12,22 @@ use crate::error::{InitError, SysContext};
 use crate::mounts::wait_for;
 
 /// Brings `lo` up, and `eth0` with its address, MTU and default route when the spec has
-/// a network, and waits for its carrier: the app starts with a working link.
-///
-/// HyperKernel's boot does not wait for the vif (its patch 0004), so this runs after
-/// the rootfs is mounted: netfront and dom0's netback connect meanwhile, and netfront
-/// registers `eth0` once the backend waits for it.
+/// a network. Runs before the rootfs is mounted: netfront probes meanwhile.
 pub fn configure(spec: &Spec) -> Result<(), InitError> {
     netconf::set_up("lo")?;
     let Some(net) = &spec.network else {
         return Ok(());
     };
     // Generous, as for the disks: netfront is slow to connect in the emulated test host.
-    let timeout = Duration::from_secs(30);
-    wait_for(&format!("/sys/class/net/{GUEST_IFACE}"), timeout)?;
+    wait_for(
+        &format!("/sys/class/net/{GUEST_IFACE}"),
+        Duration::from_secs(30),
+    )?;
     netconf::set_mtu(GUEST_IFACE, net.mtu)?;
     netconf::set_ipv4(GUEST_IFACE, net.address, net.prefix)?;
     netconf::set_up(GUEST_IFACE)?;
     if let Some(gw) = net.gateway {
         netconf::add_default_route(gw)?;
-    }
-    wait_for_carrier(GUEST_IFACE, timeout)
-}
-
-/// Waits until `iface` (up) has its carrier: netfront turns it on once it is connected
-/// to the backend.
-fn wait_for_carrier(iface: &str, timeout: Duration) -> Result<(), InitError> {
-    let path = format!("/sys/class/net/{iface}/carrier");
-    let start = std::time::Instant::now();
-    while fs::read_to_string(&path).map_or(true, |v| v.trim() != "1") {
-        if start.elapsed() >= timeout {
-            return Err(InitError::Timeout(path, timeout.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }
