@@ -8,7 +8,8 @@
 //! `major:minor` in `physical-device`. `remove` has nothing to do: the loop device is
 //! auto-clearing and goes away when blkback closes it.
 //!
-//! On failure the reason goes to `hotplug-error`, where libxl reports it.
+//! On failure the reason goes to `hotplug-error`, where libxl reports it (see the
+//! crate's `main`).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
@@ -34,27 +35,5 @@ fn add(xs: &mut Xenstore<impl xenstore_wire::Transport>, be: &str) -> Result<(),
 }
 
 fn main() -> ExitCode {
-    let action = std::env::args().nth(1).unwrap_or_default();
-    let Some(be) = std::env::var("XENBUS_PATH").ok().filter(|p| !p.is_empty()) else {
-        eprintln!("hyperxl-block: XENBUS_PATH is not set (this is run by libxl)");
-        return ExitCode::from(2);
-    };
-    if action != "add" {
-        return ExitCode::SUCCESS;
-    }
-    let mut xs = match Xenstore::open_default() {
-        Ok(xs) => xs,
-        Err(e) => {
-            eprintln!("hyperxl-block: connecting to xenstore: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match add(&mut xs, &be) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hyperxl-block: {e}");
-            let _ = xs.write(&format!("{be}/hotplug-error"), e.as_bytes());
-            ExitCode::FAILURE
-        }
-    }
+    hyperxl_hotplug::main("hyperxl-block", &["add"], add)
 }

@@ -10,7 +10,8 @@
 //! it a port of the backend's bridge and bring it up, with ioctls. `offline` has nothing
 //! to do: the kernel drops the port with the vif.
 //!
-//! On failure the reason goes to `hotplug-error`, where libxl reports it.
+//! On failure the reason goes to `hotplug-error`, where libxl reports it (see the
+//! crate's `main`).
 
 use std::process::ExitCode;
 
@@ -39,28 +40,7 @@ fn online(
 }
 
 fn main() -> ExitCode {
-    let action = std::env::args().nth(1).unwrap_or_default();
-    let Some(be) = std::env::var("XENBUS_PATH").ok().filter(|p| !p.is_empty()) else {
-        eprintln!("hyperxl-vif: XENBUS_PATH is not set (this is run by libxl)");
-        return ExitCode::from(2);
-    };
-    if action != "online" && action != "add" {
-        return ExitCode::SUCCESS;
-    }
-    let vif = std::env::var("vif").unwrap_or_default();
-    let mut xs = match Xenstore::open_default() {
-        Ok(xs) => xs,
-        Err(e) => {
-            eprintln!("hyperxl-vif: connecting to xenstore: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match online(&mut xs, &be, &vif) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hyperxl-vif: {e}");
-            let _ = xs.write(&format!("{be}/hotplug-error"), e.as_bytes());
-            ExitCode::FAILURE
-        }
-    }
+    hyperxl_hotplug::main("hyperxl-vif", &["online", "add"], |xs, be| {
+        online(xs, be, &std::env::var("vif").unwrap_or_default())
+    })
 }

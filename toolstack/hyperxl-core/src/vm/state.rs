@@ -392,11 +392,7 @@ impl VmStore {
         id: &str,
         change: impl FnOnce(&mut VmState),
     ) -> Result<VmState, StateError> {
-        let _lock = self.lock_vm(id)?;
-        let mut vm = self.load(id)?;
-        change(&mut vm);
-        self.save(&vm)?;
-        Ok(vm)
+        self.update_with(id, change, files::write_atomic)
     }
 
     /// [`VmStore::update`] of runtime facts only (a domid, a loop device, the status,
@@ -409,10 +405,20 @@ impl VmStore {
         id: &str,
         change: impl FnOnce(&mut VmState),
     ) -> Result<VmState, StateError> {
+        self.update_with(id, change, files::write_atomic_runtime)
+    }
+
+    /// Read-modify-write under the VM's lock, the record written by `write`.
+    fn update_with(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut VmState),
+        write: fn(&Path, &[u8]) -> io::Result<()>,
+    ) -> Result<VmState, StateError> {
         let _lock = self.lock_vm(id)?;
         let mut vm = self.load(id)?;
         change(&mut vm);
-        self.save_with(&vm, files::write_atomic_runtime)?;
+        self.save_with(&vm, write)?;
         Ok(vm)
     }
 
