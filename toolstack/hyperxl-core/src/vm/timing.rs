@@ -40,13 +40,21 @@ pub fn guest_line(line: &[u8]) {
     }
 }
 
-/// `STEP MS` of a guest's timing line; `None` for any other line.
+/// `STEP MS` of a guest's timing line; `None` for any other line, and for one that is
+/// not a short step name (lowercase letters, digits, `-`) and a number: the guest
+/// writes these, so nothing else of them reaches dom0's terminal.
 fn guest_step(line: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(line);
+    let text = std::str::from_utf8(line).ok()?;
     let rest = text
         .trim_end()
         .strip_prefix(hyperxl_contract::console::TIMING)?;
-    Some(rest.to_owned())
+    let (step, ms) = rest.split_once(' ')?;
+    let step_ok = (1..=32).contains(&step.len())
+        && step
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ms: f64 = ms.parse().ok().filter(|v: &f64| v.is_finite())?;
+    step_ok.then(|| format!("{step} {ms:.1}"))
 }
 
 /// Ends `phase`: prints its duration and starts the next one.
@@ -84,5 +92,10 @@ mod tests {
         );
         assert_eq!(guest_step(b"hyperstart: app exited with code 0\n"), None);
         assert_eq!(guest_step(b"timing rootfs 1\n"), None);
+        // What a hostile guest could print after the prefix does not reach the terminal.
+        assert_eq!(guest_step(b"hyperstart: timing \x1b]0;pwned\x07 1\n"), None);
+        assert_eq!(guest_step(b"hyperstart: timing rootfs 1 \x1b[2J\n"), None);
+        assert_eq!(guest_step(b"hyperstart: timing rootfs NaN\n"), None);
+        assert_eq!(guest_step(b"hyperstart: timing rootfs\n"), None);
     }
 }
