@@ -48,6 +48,26 @@ fn oci_layout_dir_gives_exact_tree() {
 }
 
 #[test]
+fn disks_are_lz4_for_the_guests_read_speed() {
+    let (tmp, store) = store();
+    let img = TestImage::new(standard_layers());
+    let dir = tmp.path().join("layout");
+    write_dir(&dir, &img.oci_files("example.com/app:1"));
+    hyperxl_image::load::load(&store, &dir, None).unwrap();
+    let disk = check_standard_disk(&store, "example.com/app:1");
+    let out = std::process::Command::new("unsquashfs")
+        .arg("-s")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines().any(|l| l.trim() == "Compression lz4"),
+        "{text}"
+    );
+}
+
+#[test]
 fn hardlinks_share_an_inode() {
     let (tmp, store) = store();
     let img = TestImage::new(standard_layers());
