@@ -50,12 +50,17 @@ disk=$(hyperxl image disk demo) || { echo "hyperxl image disk demo failed" >&2; 
 echo "spec: $spec" >&2
 echo "disk: $disk" >&2
 
+# The kernel command line exactly as hyperxl boots its guests.
+cmdline=$(hyperxl config demo true | sed -n 's/^cmdline = "\(.*\)"$/\1/p')
+[ -n "$cmdline" ] || { echo "no cmdline in hyperxl config's output" >&2; exit 1; }
+echo "cmdline: $cmdline" >&2
+
 cat > /tmp/bench-xl.cfg <<EOF
 name="bench-xl"
 type="pvh"
 kernel="$HYPERXL_GUEST_DIR/vmlinuz"
 ramdisk="$HYPERXL_GUEST_DIR/initramfs.cpio"
-cmdline="console=hvc0 quiet loglevel=1"
+cmdline="$cmdline"
 memory=128
 vcpus=1
 disk=['format=raw, vdev=xvda, access=ro, target=$disk']
