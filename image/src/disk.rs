@@ -7,15 +7,16 @@
 //!   modes (setuid too), mtimes, hard links, symlinks, devices and fifos from the tar
 //!   headers without running as root.
 //! - Speed, measured by `scripts/bench-image` (4 gzip layers, 219 MB uncompressed,
-//!   2 CPUs, one run): hyperxl merge + disk 1.40 s (81 MB disk); `tar x` + `mkfs.erofs`
-//!   2.45 s uncompressed (218 MB), 2.28 s with lz4 (124 MB); gunzip + `tar -A` +
-//!   `mksquashfs -tar` 3.05 s. A cache hit costs about 0.2 ms over the process start.
+//!   2 CPUs, one run, when hyperxl used zstd-3): hyperxl merge + disk 1.40 s (81 MB
+//!   disk); `tar x` + `mkfs.erofs` 2.45 s uncompressed (218 MB), 2.28 s with lz4
+//!   (124 MB); gunzip + `tar -A` + `mksquashfs -tar` 3.05 s. A cache hit costs about
+//!   0.2 ms over the process start.
 //! - Compressor: lz4, for the guest's sake. Every app start reads its binaries and
 //!   libraries through the squashfs, and the guest decompresses each 128 KiB block it
 //!   touches. In the Xen test host (one boot, interleaved, medians of 5, the demo image
 //!   rebuilt each way from one tree), `true` took 98 ms from exec to reaped with lz4
 //!   against 126 ms with zstd-3 (96 against 143 in a second boot); uncompressed, 97 ms
-//!   for twice the size; 32 KiB zstd blocks, 215 ms. The disk costs about 30% more
+//!   at 1.4x lz4's size; 32 KiB zstd blocks, 215 ms. The disk costs about 30% more
 //!   than zstd-3 (2.2 MB against 1.7 for the demo; 2.0 GB against 1.5 for /usr/lib),
 //!   still well under the unpacked tree Docker's overlay2 keeps, and it builds about 4x
 //!   faster (/usr/lib, 4.1 GB: 12.6 s against 51 s; lz4hc, 353 s, was out at once).
@@ -42,7 +43,7 @@ pub enum Compressor {
     /// LZ4: fastest to build and to read in the guest; larger (the default).
     #[default]
     Lz4,
-    /// zstd at a low level: about 25% smaller, slower to build and to read.
+    /// zstd at a low level: about a fifth smaller, slower to build and to read.
     Zstd,
     /// gzip: the most widely supported.
     Gzip,
