@@ -55,12 +55,7 @@ fn disks_are_lz4_for_the_guests_read_speed() {
     write_dir(&dir, &img.oci_files("example.com/app:1"));
     hyperxl_image::load::load(&store, &dir, None).unwrap();
     let disk = check_standard_disk(&store, "example.com/app:1");
-    let out = std::process::Command::new("unsquashfs")
-        .arg("-s")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = disk_stats(&disk);
     assert!(
         text.lines().any(|l| l.trim() == "Compression lz4"),
         "{text}"
@@ -77,12 +72,7 @@ fn hardlinks_share_an_inode() {
     let disk = store
         .ensure_disk(&"example.com/app:1".parse().unwrap())
         .unwrap();
-    let out = std::process::Command::new("unsquashfs")
-        .arg("-stat")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = disk_stats(&disk);
     // 23 paths, 2 extra names for bin/sh: 21 inodes.
     assert!(text.contains("Number of inodes 21"), "{text}");
 }
@@ -198,12 +188,7 @@ fn file_capabilities_reach_the_disk() {
     write_dir(&dir, &img.oci_files("caps"));
     hyperxl_image::load::load(&store, &dir, None).unwrap();
     let disk = store.ensure_disk(&"caps".parse().unwrap()).unwrap();
-    let out = std::process::Command::new("unsquashfs")
-        .arg("-stat")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = disk_stats(&disk);
     assert!(text.contains("Number of xattr ids 1"), "{text}");
 }
 

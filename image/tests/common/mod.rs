@@ -366,6 +366,21 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, i64> {
     out
 }
 
+/// The superblock and inode statistics `unsquashfs -stat` prints for a disk.
+pub fn disk_stats(disk: &Path) -> String {
+    let out = Command::new("unsquashfs")
+        .arg("-stat")
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Reads a disk file's content with `unsquashfs -cat`.
 pub fn cat(disk: &Path, path: &str) -> Vec<u8> {
     let out = Command::new("unsquashfs")
