@@ -12,7 +12,7 @@ use hyperxl_core::vm::exec::{self, RawTerminal};
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl attach`.
+// Arguments of `hyperxl attach`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 A VM started with -t: its terminal (raw here when stdin is one, its size followed);

@@ -5,7 +5,7 @@
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
 
-/// Arguments of `hyperxl completion`.
+// Arguments of `hyperxl completion`.
 #[derive(Debug, Args)]
 #[command(after_help = "Load it in the current bash: source <(hyperxl completion bash)")]
 pub struct CompletionArgs {

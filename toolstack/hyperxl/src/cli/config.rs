@@ -62,7 +62,7 @@ pub fn config(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Arguments of `hyperxl spec`.
+// Arguments of `hyperxl spec`.
 #[derive(Debug, Args)]
 pub struct SpecArgs {
     #[command(subcommand)]

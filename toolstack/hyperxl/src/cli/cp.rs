@@ -7,7 +7,7 @@ use clap::Args;
 
 use hyperxl_core::vm::copy::{self, Endpoint};
 
-/// Arguments of `hyperxl cp`.
+// Arguments of `hyperxl cp`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 One of SRC and DEST is VM:PATH (a path in the VM, from its /); the other is a path here.

@@ -10,7 +10,7 @@ use hyperxl_contract::control::{ExecRequest, FrameError};
 use hyperxl_core::vm::exec::{self, ExecOptions};
 use hyperxl_core::vm::spec;
 
-/// Arguments of `hyperxl exec`.
+// Arguments of `hyperxl exec`.
 #[derive(Debug, Args)]
 #[command(trailing_var_arg = true)]
 pub struct ExecArgs {

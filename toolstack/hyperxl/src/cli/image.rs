@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use hyperxl_image::{DevicePolicy, Limits, Store};
 
-/// Arguments of `hyperxl image`.
+// Arguments of `hyperxl image`.
 #[derive(Debug, Args)]
 pub struct ImageArgs {
     #[command(subcommand)]
@@ -32,7 +32,7 @@ enum ImageCommand {
     },
 }
 
-/// Limits against hostile images, shared by `pull` and `load`.
+// Limits against hostile images, shared by `pull` and `load`.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Largest uncompressed layer, in bytes.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Args;
 
-/// Arguments of `hyperxl images`.
+// Arguments of `hyperxl images`.
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
     /// Output format: `table` or `json`.

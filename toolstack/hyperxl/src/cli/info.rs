@@ -8,7 +8,7 @@ use clap::Args;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl info`.
+// Arguments of `hyperxl info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// Output format: `table` or `json`.

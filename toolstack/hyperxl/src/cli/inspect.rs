@@ -8,7 +8,7 @@ use serde_json::Value;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl inspect`.
+// Arguments of `hyperxl inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// VM names or ids.

@@ -13,7 +13,7 @@ use hyperxl_core::vm::exec;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl kill`.
+// Arguments of `hyperxl kill`.
 #[derive(Debug, Args)]
 pub struct KillArgs {
     /// The signal: KILL destroys the domain; any other (TERM, SIGUSR1, 10, ...) is

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use hyperxl_image::Reference;
 
-/// Arguments of `hyperxl load`.
+// Arguments of `hyperxl load`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// The archive (tar, tar.gz) or OCI layout directory.

@@ -8,7 +8,7 @@ use clap::Args;
 use hyperxl_image::auth::{AuthFiles, Credentials};
 use hyperxl_image::pull::{PullOptions, Registry};
 
-/// Arguments of `hyperxl login`.
+// Arguments of `hyperxl login`.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// Registry host[:port] (`docker.io` for Docker Hub).
@@ -24,7 +24,7 @@ pub struct LoginArgs {
     insecure: bool,
 }
 
-/// Arguments of `hyperxl logout`.
+// Arguments of `hyperxl logout`.
 #[derive(Debug, Args)]
 pub struct LogoutArgs {
     /// Registry host[:port].

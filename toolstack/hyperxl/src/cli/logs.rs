@@ -7,7 +7,7 @@ use clap::Args;
 use hyperxl_core::vm::logs::print_log;
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl logs`.
+// Arguments of `hyperxl logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Keep following the log until the VM exits.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use hyperxl_core::vm::machine::{Guest, Kind, Machine, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 
-/// Memory, vCPUs, domain type, kernel and initramfs.
+// Memory, vCPUs, domain type, kernel and initramfs.
 #[derive(Debug, Clone, Args)]
 pub struct MachineArgs {
     /// Memory, e.g. 64m, 1g.

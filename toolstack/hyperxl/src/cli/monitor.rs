@@ -7,7 +7,7 @@ use clap::Args;
 use hyperxl_core::vm::launch;
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl monitor`.
+// Arguments of `hyperxl monitor`.
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
     /// The VM's id.

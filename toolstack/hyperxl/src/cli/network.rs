@@ -11,7 +11,7 @@ use hyperxl_core::net::subnet::Subnet;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl network`.
+// Arguments of `hyperxl network`.
 #[derive(Debug, Args)]
 pub struct NetworkArgs {
     #[command(subcommand)]

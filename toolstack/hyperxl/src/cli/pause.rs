@@ -10,7 +10,7 @@ use hyperxl_core::vm::control;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl pause` and `hyperxl unpause`.
+// Arguments of `hyperxl pause` and `hyperxl unpause`.
 #[derive(Debug, Args)]
 pub struct PauseArgs {
     /// VM names or ids.

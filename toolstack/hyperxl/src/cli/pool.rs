@@ -11,7 +11,7 @@ use hyperxl_core::vm::state::{Status, VmStore};
 
 use super::machine::MachineArgs;
 
-/// Arguments of `hyperxl pool`.
+// Arguments of `hyperxl pool`.
 #[derive(Debug, Args)]
 pub struct PoolArgs {
     #[command(subcommand)]
@@ -33,7 +33,7 @@ enum PoolCommand {
     Drain,
 }
 
-/// `pool fill`: the shape as `run` spells it.
+// `pool fill`: the shape as `run` spells it.
 #[derive(Debug, Args)]
 struct FillArgs {
     /// Keep this many VMs of this shape ready (0: none; at most 64). Without it, the

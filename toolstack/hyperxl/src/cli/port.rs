@@ -9,7 +9,7 @@ use hyperxl_core::net::publish::{self, Proto};
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl port`.
+// Arguments of `hyperxl port`.
 #[derive(Debug, Args)]
 pub struct PortArgs {
     /// The VM's name or id.

@@ -9,7 +9,7 @@ use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::reconcile::unwatched;
 use hyperxl_core::vm::state::{Status, VmState, VmStore};
 
-/// Arguments of `hyperxl ps`.
+// Arguments of `hyperxl ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
     /// Show all VMs, not only running ones.

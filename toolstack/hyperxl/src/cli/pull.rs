@@ -8,7 +8,7 @@ use hyperxl_image::platform::Platform;
 use hyperxl_image::pull::{self, PullOptions};
 use hyperxl_image::Reference;
 
-/// Arguments of `hyperxl pull`.
+// Arguments of `hyperxl pull`.
 #[derive(Debug, Args)]
 pub struct PullArgs {
     /// Image reference, e.g. `busybox`, `registry:5000/team/app:1`, `name@sha256:...`.

@@ -9,7 +9,7 @@ use hyperxl_core::vm::control;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::{StateError, VmStore};
 
-/// Arguments of `hyperxl rm`.
+// Arguments of `hyperxl rm`.
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Destroy a running VM's domain first.

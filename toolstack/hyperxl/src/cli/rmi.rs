@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Args;
 
-/// Arguments of `hyperxl rmi`.
+// Arguments of `hyperxl rmi`.
 #[derive(Debug, Args)]
 pub struct RmiArgs {
     /// Image references or ID prefixes.

@@ -17,7 +17,7 @@ use hyperxl_core::vm::state::VmStore;
 
 use super::machine::MachineArgs;
 
-/// Arguments of `hyperxl run`.
+// Arguments of `hyperxl run`.
 #[derive(Debug, Args)]
 #[command(trailing_var_arg = true)]
 pub struct RunArgs {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-/// Arguments of `hyperxl save`.
+// Arguments of `hyperxl save`.
 #[derive(Debug, Args)]
 pub struct SaveArgs {
     /// The tar file to write.

@@ -10,7 +10,7 @@ use hyperxl_core::vm::control;
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl stop`.
+// Arguments of `hyperxl stop`.
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Seconds to wait for the app to end before destroying the domain.

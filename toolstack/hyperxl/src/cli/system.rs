@@ -11,7 +11,7 @@ use hyperxl_core::usage::{self, Row};
 use hyperxl_core::vm::host::{reconcile_all, Host};
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl system`.
+// Arguments of `hyperxl system`.
 #[derive(Debug, Args)]
 pub struct SystemArgs {
     #[command(subcommand)]

@@ -9,7 +9,7 @@ use hyperxl_contract::control::{Builtin, ExecRequest};
 use hyperxl_core::vm::exec::{exec_with, Capture, ExecOptions, Streams};
 use hyperxl_core::vm::host::terminal_safe;
 
-/// Arguments of `hyperxl top`.
+// Arguments of `hyperxl top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// VM name or id.

@@ -9,7 +9,7 @@ use hyperxl_core::deploy::apply;
 use hyperxl_core::deploy::file::Deployment;
 use hyperxl_core::vm::machine::{guest_dir, Guest};
 
-/// Arguments of `hyperxl up`.
+// Arguments of `hyperxl up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// The deployment file.
@@ -21,7 +21,7 @@ pub struct UpArgs {
     pub detach: bool,
 }
 
-/// Arguments of `hyperxl down`.
+// Arguments of `hyperxl down`.
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// The deployment file.
@@ -32,7 +32,7 @@ pub struct DownArgs {
     pub volumes: bool,
 }
 
-/// Arguments of `hyperxl supervise`.
+// Arguments of `hyperxl supervise`.
 #[derive(Debug, Args)]
 pub struct FileArgs {
     /// The deployment file.

@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-/// Arguments of `hyperxl version`.
+// Arguments of `hyperxl version`.
 #[derive(Debug, Args)]
 pub struct VersionArgs {
     /// Output format: `table` or `json`.

@@ -17,7 +17,7 @@ fn helper_files() -> Guest {
     Guest::in_dir(&guest_dir())
 }
 
-/// Arguments of `hyperxl volume`.
+// Arguments of `hyperxl volume`.
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
     #[command(subcommand)]

@@ -9,7 +9,7 @@ use hyperxl_core::vm::control;
 use hyperxl_core::vm::host::Host;
 use hyperxl_core::vm::state::VmStore;
 
-/// Arguments of `hyperxl wait`.
+// Arguments of `hyperxl wait`.
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// VM names or ids.
