@@ -10,8 +10,9 @@
 # smallest --memory at which the demo image still runs.
 # Each round also times the same runs with a ready VM in the pool (`hp`; `hxf`/`hpf`: to
 # the first output line of `echo`, cold and pooled; `xlf`: the xl route to the guest's
-# `started` key), the pool being refilled, untimed, before each pooled run.
-# Prints "hx MS RC", "hp MS RC", "xl MS EXITCODE", "xlf MS", "hxf MS", "hpf MS",
+# `started` key; `xlo`: the xl route to the same `echo`'s line on the console `xl console`
+# attaches to), the pool being refilled, untimed, before each pooled run.
+# Prints "hx MS RC", "hp MS RC", "xl MS EXITCODE", "xlf MS", "xlo MS", "hxf MS", "hpf MS",
 # "phase NAME MS" (one set per timed hx run, which begins with "phase-run"; "wphase"
 # after "phase-warm" for hp), "gstep NAME MS" (the guest init's steps of a timed hx
 # run), "mem MIB ok|fail" lines; diagnostics go to stderr.
@@ -46,6 +47,10 @@ spec_file=$(find "$HYPERXL_STATE_DIR/vms" -name spec.json | head -n1)
 [ -n "$spec_file" ] || { echo "no spec.json under $HYPERXL_STATE_DIR/vms" >&2; exit 1; }
 spec=$(cat "$spec_file")
 hyperxl rm -f specsrc >/dev/null 2>&1
+# And the spec of `echo first`, for the xl route's first output line.
+hyperxl run --name spececho demo echo first >/dev/null 2>/tmp/hx.err || cat /tmp/hx.err >&2
+spec_echo=$(cat "$(find "$HYPERXL_STATE_DIR/vms" -name spec.json | head -n1)")
+hyperxl rm -f spececho >/dev/null 2>&1
 disk=$(hyperxl image disk demo) || { echo "hyperxl image disk demo failed" >&2; exit 1; }
 echo "spec: $spec" >&2
 echo "disk: $disk" >&2
@@ -100,6 +105,35 @@ xl_run() {
     [ "$code" = 0 ] || tail -n 20 /var/log/xen/console/guest-bench-xl.log >&2 2>/dev/null
 }
 
+# The xl route's first output: the same VM with the spec of `echo first`, until the line
+# is read from its console: the tty xenconsoled made for it (the one `xl console` and
+# `xl create -c` attach to), opened raw before `xl unpause`, as hyperxl opens it. Then
+# waits, untimed, until xl's monitor has destroyed the domain. Prints "xlo MS".
+xl_first_line() {
+    local s e domid tty="" fd line
+    s=${EPOCHREALTIME//[.,]/}
+    if ! xl create -p /tmp/bench-xl.cfg >/dev/null 2>/tmp/xl.err; then
+        echo "xl create failed:" >&2; cat /tmp/xl.err >&2; return
+    fi
+    domid=$(xl domid bench-xl)
+    xenstore-write "/local/domain/$domid/hyperxl/spec" "$spec_echo"
+    xenstore-chmod -r "/local/domain/$domid/hyperxl" n0 "r$domid"
+    for _ in $(seq 100); do
+        tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) && [ -n "$tty" ] && break
+        sleep 0.05
+    done
+    if [ -z "$tty" ] || ! stty raw -echo <"$tty"; then
+        echo "no console tty for bench-xl" >&2; xl destroy bench-xl; return
+    fi
+    exec {fd}<"$tty"
+    xl unpause bench-xl
+    while IFS= read -r -t 300 line <&"$fd"; do
+        [ "${line%$'\r'}" = first ] && { e=${EPOCHREALTIME//[.,]/}; echo "xlo $(ms "$s" "$e")"; break; }
+    done
+    exec {fd}<&-
+    for _ in $(seq 600); do xl list bench-xl >/dev/null 2>&1 || break; sleep 0.2; done
+}
+
 # First output: `hyperxl run --rm demo echo first` until its line is on our stdout.
 # Prints "$1 MS" (hxf: cold, hpf: from the pool).
 first_line() {
@@ -136,13 +170,15 @@ hp() {
 }
 
 exec 3>&1
-xl_run >/dev/null 3>/dev/null   # warm-up
+xl_run >/dev/null 3>/dev/null   # warm-ups
+xl_first_line >/dev/null
 r=0
 while [ $r -lt "$rounds" ]; do
     pool_off
     hx timed
     first_line hxf
     xl_run
+    xl_first_line
     pool_ready && hp
     pool_ready && first_line hpf
     r=$((r + 1))
