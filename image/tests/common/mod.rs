@@ -307,18 +307,7 @@ pub fn write_tar(path: &Path, files: &BTreeMap<String, Vec<u8>>) {
 /// `unsquashfs -lln` of a disk: one line per path, `MODE UID/GID PATH[ -> TARGET]`,
 /// with the `squashfs-root` prefix removed and the root shown as `/`.
 pub fn list_disk(disk: &Path) -> Vec<String> {
-    let out = Command::new("unsquashfs")
-        .env("TZ", "UTC")
-        .arg("-lln")
-        .arg(disk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
+    String::from_utf8(unsquashfs(&["-lln".as_ref(), disk.as_os_str()]))
         .unwrap()
         .lines()
         .filter_map(|l| {
@@ -368,25 +357,19 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, i64> {
 
 /// The superblock and inode statistics `unsquashfs -stat` prints for a disk.
 pub fn disk_stats(disk: &Path) -> String {
-    let out = Command::new("unsquashfs")
-        .arg("-stat")
-        .arg(disk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(unsquashfs(&["-stat".as_ref(), disk.as_os_str()])).unwrap()
 }
 
 /// Reads a disk file's content with `unsquashfs -cat`.
 pub fn cat(disk: &Path, path: &str) -> Vec<u8> {
+    unsquashfs(&["-cat".as_ref(), disk.as_os_str(), path.as_ref()])
+}
+
+/// `unsquashfs ARGS` (times in UTC): its stdout; fails the test with its stderr.
+fn unsquashfs(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let out = Command::new("unsquashfs")
-        .arg("-cat")
-        .arg(disk)
-        .arg(path)
+        .env("TZ", "UTC")
+        .args(args)
         .output()
         .unwrap();
     assert!(
