@@ -41,16 +41,18 @@ hx() {
     fi
 }
 
-# Warm-up of hyperxl, keeping the VM: its recorded spec is what xl hands the guest.
-hyperxl run --name specsrc demo true >/dev/null 2>/tmp/hx.err || cat /tmp/hx.err >&2
-spec_file=$(find "$HYPERXL_STATE_DIR/vms" -name spec.json | head -n1)
-[ -n "$spec_file" ] || { echo "no spec.json under $HYPERXL_STATE_DIR/vms" >&2; exit 1; }
-spec=$(cat "$spec_file")
-hyperxl rm -f specsrc >/dev/null 2>&1
-# And the spec of `echo first`, for the xl route's first output line.
-hyperxl run --name spececho demo echo first >/dev/null 2>/tmp/hx.err || cat /tmp/hx.err >&2
-spec_echo=$(cat "$(find "$HYPERXL_STATE_DIR/vms" -name spec.json | head -n1)")
-hyperxl rm -f spececho >/dev/null 2>&1
+# The spec hyperxl gives the demo image running CMD...: a run kept (a warm-up of
+# hyperxl too) until its recorded spec is read, which is what xl hands the guest.
+spec_of() {
+    local f
+    hyperxl run --name specsrc demo "$@" >/dev/null 2>/tmp/hx.err || cat /tmp/hx.err >&2
+    f=$(find "$HYPERXL_STATE_DIR/vms" -name spec.json | head -n1)
+    [ -n "$f" ] || { echo "no spec.json under $HYPERXL_STATE_DIR/vms" >&2; exit 1; }
+    cat "$f"
+    hyperxl rm -f specsrc >/dev/null 2>&1
+}
+spec=$(spec_of true) || exit 1
+spec_echo=$(spec_of echo first) || exit 1   # for the xl route's first output line
 disk=$(hyperxl image disk demo) || { echo "hyperxl image disk demo failed" >&2; exit 1; }
 echo "spec: $spec" >&2
 echo "disk: $disk" >&2
@@ -73,18 +75,25 @@ on_poweroff="destroy"
 on_crash="destroy"
 EOF
 
+# The xl route's build: `xl create -p` of bench-xl, SPEC written where the init reads it
+# (readable, not writable, by the guest). Sets $domid (no $(...): a fork in the timed
+# path); fails with xl's error.
+xl_create() {
+    if ! xl create -p /tmp/bench-xl.cfg >/dev/null 2>/tmp/xl.err; then
+        echo "xl create failed:" >&2; cat /tmp/xl.err >&2; return 1
+    fi
+    domid=$(xl domid bench-xl)
+    xenstore-write "/local/domain/$domid/hyperxl/spec" "$1"
+    xenstore-chmod -r "/local/domain/$domid/hyperxl" n0 "r$domid"
+}
+
 # One xl run: prints "xl MS EXITCODE" (EXITCODE as the guest reported it, or "none").
 # The wait is a xenstore watch, not a poll: each xenstore tool costs ~60 ms of dom0's one
 # emulated CPU, which a polling loop would take from the guest.
 xl_run() {
     local s e f="" domid code="" path wfd wpid
     s=${EPOCHREALTIME//[.,]/}
-    if ! xl create -p /tmp/bench-xl.cfg >/dev/null 2>/tmp/xl.err; then
-        echo "xl create failed:" >&2; cat /tmp/xl.err >&2; echo "xl 0 create-failed"; return
-    fi
-    domid=$(xl domid bench-xl)
-    xenstore-write "/local/domain/$domid/hyperxl/spec" "$spec"
-    xenstore-chmod -r "/local/domain/$domid/hyperxl" n0 "r$domid"
+    xl_create "$spec" || { echo "xl 0 create-failed"; return; }
     coproc W { exec xenstore-watch "/local/domain/$domid"; }
     wpid=$W_PID; exec {wfd}<&"${W[0]}"
     xl unpause bench-xl
@@ -112,12 +121,7 @@ xl_run() {
 xl_first_line() {
     local s e domid tty="" fd line
     s=${EPOCHREALTIME//[.,]/}
-    if ! xl create -p /tmp/bench-xl.cfg >/dev/null 2>/tmp/xl.err; then
-        echo "xl create failed:" >&2; cat /tmp/xl.err >&2; return
-    fi
-    domid=$(xl domid bench-xl)
-    xenstore-write "/local/domain/$domid/hyperxl/spec" "$spec_echo"
-    xenstore-chmod -r "/local/domain/$domid/hyperxl" n0 "r$domid"
+    xl_create "$spec_echo" || return
     for _ in $(seq 100); do
         tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) && [ -n "$tty" ] && break
         sleep 0.05
