@@ -173,18 +173,24 @@ hp() {
     awk '$1 == "hyperxl-timing:" {print "wphase", $2, $3}' /tmp/hp.err
 }
 
+# Each timed run starts on a quiet dom0: 2 s after the work before it returned. A run's
+# end leaves work behind in dom0 (blkback's and netback's removal of its devices on their
+# xenwatch thread, the pool's refill or drain), which would otherwise land in the next
+# run's time, whichever route that is. The same for every route.
+settle() { sleep 2; }
+
 exec 3>&1
 xl_run >/dev/null 3>/dev/null   # warm-ups
 xl_first_line >/dev/null
 r=0
 while [ $r -lt "$rounds" ]; do
     pool_off
-    hx timed
-    first_line hxf
-    xl_run
-    xl_first_line
-    pool_ready && hp
-    pool_ready && first_line hpf
+    settle; hx timed
+    settle; first_line hxf
+    settle; xl_run
+    settle; xl_first_line
+    pool_ready && settle && hp
+    pool_ready && settle && first_line hpf
     r=$((r + 1))
 done
 pool_off
@@ -196,6 +202,7 @@ block=$(dirname "$(readlink -f "$(command -v hyperxl)")")/hyperxl-block
 for i in $(seq "$rounds"); do
     for how in hyperxl-block stock-block; do
         [ $how = stock-block ] && mv "$block" "$block.off"
+        settle
         HYPERXL_TIMINGS=1 hyperxl run --rm demo true 2>&1 >/dev/null |
             awk -v h=$how '$2 == "domain-build" {print "hotplug", h, $3}'
         [ $how = stock-block ] && mv "$block.off" "$block"
