@@ -94,6 +94,10 @@ fn vms_serve_publish_ports_and_stay_apart() {
                 echo "port:"; hyperxl port web
                 echo "port80=$(hyperxl port web 80/tcp | head -1)"
                 echo "elements=$(vm_elements)"
+                # IPv4 only: no IPv6 on the guest's eth0, nor on its vif in dom0.
+                echo "guest_v6_off=$(hyperxl exec web cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6)"
+                echo "guest_v6_addrs=$(hyperxl exec web grep -c eth0 /proc/net/if_inet6)"
+                echo "vif_v6_off=$(cat /proc/sys/net/ipv6/conf/$(ls /sys/class/net | grep '^hx[0-9a-f]' | head -1)/disable_ipv6)"
                 hyperxl ps -f name=web | tail -n +2 | grep -o '0.0.0.0:8080->80/tcp'"#,
             ),
         )
@@ -219,6 +223,9 @@ fn vms_serve_publish_ports_and_stay_apart() {
     );
     // The vif thrice (vifs, vif_mac, vif_ip), two ports: what the teardown must remove.
     assert_eq!(value(out, "elements="), "5", "{publish}");
+    assert_eq!(value(out, "guest_v6_off="), "1", "{publish}");
+    assert_eq!(value(out, "guest_v6_addrs="), "0", "{publish}");
+    assert_eq!(value(out, "vif_v6_off="), "1", "{publish}");
     assert!(out.contains("80/tcp -> 0.0.0.0:8080\n"), "{publish}");
     assert!(out.contains("80/tcp -> 127.0.0.1:8081\n"), "{publish}");
     assert!(

@@ -68,10 +68,20 @@ pub fn early() -> Result<(), InitError> {
 
 /// Waits for a path to exist.
 pub fn wait_for(path: &str, timeout: Duration) -> Result<(), InitError> {
+    wait_until(path, timeout, || Path::new(path).exists())
+}
+
+/// Waits until `ready` says yes, looking every 5 ms; after `timeout`, an error naming
+/// `what`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), InitError> {
     let start = Instant::now();
-    while !Path::new(path).exists() {
+    while !ready() {
         if start.elapsed() >= timeout {
-            return Err(InitError::Timeout(path.to_string(), timeout.as_secs()));
+            return Err(InitError::Timeout(what.to_string(), timeout.as_secs()));
         }
         sleep(Duration::from_millis(5));
     }

@@ -9,27 +9,47 @@ use hyperxl_contract::Spec;
 use hyperxl_netconf as netconf;
 
 use crate::error::{InitError, SysContext};
-use crate::mounts::wait_for;
+use crate::mounts::{wait_for, wait_until};
 
 /// Brings `lo` up, and `eth0` with its address, MTU and default route when the spec has
-/// a network. Runs before the rootfs is mounted: netfront probes meanwhile.
+/// a network. Runs before the rootfs is mounted: a vif hot-added to a pooled VM probes
+/// meanwhile.
 pub fn configure(spec: &Spec) -> Result<(), InitError> {
     netconf::set_up("lo")?;
     let Some(net) = &spec.network else {
         return Ok(());
     };
     // Generous, as for the disks: netfront is slow to connect in the emulated test host.
-    wait_for(
-        &format!("/sys/class/net/{GUEST_IFACE}"),
-        Duration::from_secs(30),
-    )?;
+    let timeout = Duration::from_secs(30);
+    wait_for(&format!("/sys/class/net/{GUEST_IFACE}"), timeout)?;
+    // hyperxl's networks are IPv4 only and the bridge drops a guest's IPv6 frames, so,
+    // as Docker does on a network without IPv6, eth0 gets no IPv6 at all: no link-local
+    // address, and none of the duplicate-address, router and multicast-listener packets
+    // it would send into a bridge that drops them. `lo` keeps ::1.
+    write_sysctl(&format!("net/ipv6/conf/{GUEST_IFACE}/disable_ipv6"), "1")?;
     netconf::set_mtu(GUEST_IFACE, net.mtu)?;
     netconf::set_ipv4(GUEST_IFACE, net.address, net.prefix)?;
     netconf::set_up(GUEST_IFACE)?;
     if let Some(gw) = net.gateway {
         netconf::add_default_route(gw)?;
     }
-    Ok(())
+    // netfront registers eth0 a moment before it turns the carrier on, and a vif
+    // hot-added to a pooled VM can be seen in between: the app starts only once frames
+    // can go out.
+    let carrier = format!("/sys/class/net/{GUEST_IFACE}/carrier");
+    wait_until(&format!("{GUEST_IFACE}'s carrier"), timeout, || {
+        fs::read_to_string(&carrier).is_ok_and(|c| c.trim() == "1")
+    })
+}
+
+/// Writes `value` to `/proc/sys/<key>`; a key the kernel does not have (a kernel
+/// without IPv6) is left alone.
+fn write_sysctl(key: &str, value: &str) -> Result<(), InitError> {
+    let path = format!("/proc/sys/{key}");
+    match fs::write(&path, value) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.ctx(format!("writing {path}")),
+    }
 }
 
 /// Writes the naming files into the new root (after the switch). Without a network the
