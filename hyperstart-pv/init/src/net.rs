@@ -26,7 +26,7 @@ pub fn configure(spec: &Spec) -> Result<(), InitError> {
     // as Docker does on a network without IPv6, eth0 gets no IPv6 at all: no link-local
     // address, and none of the duplicate-address, router and multicast-listener packets
     // it would send into a bridge that drops them. `lo` keeps ::1.
-    write_sysctl(&format!("net/ipv6/conf/{GUEST_IFACE}/disable_ipv6"), "1")?;
+    netconf::disable_ipv6(GUEST_IFACE)?;
     netconf::set_mtu(GUEST_IFACE, net.mtu)?;
     netconf::set_ipv4(GUEST_IFACE, net.address, net.prefix)?;
     netconf::set_up(GUEST_IFACE)?;
@@ -40,16 +40,6 @@ pub fn configure(spec: &Spec) -> Result<(), InitError> {
     wait_until(&format!("{GUEST_IFACE}'s carrier"), timeout, || {
         fs::read_to_string(&carrier).is_ok_and(|c| c.trim() == "1")
     })
-}
-
-/// Writes `value` to `/proc/sys/<key>`; a key the kernel does not have (a kernel
-/// without IPv6) is left alone.
-fn write_sysctl(key: &str, value: &str) -> Result<(), InitError> {
-    let path = format!("/proc/sys/{key}");
-    match fs::write(&path, value) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        r => r.ctx(format!("writing {path}")),
-    }
 }
 
 /// Writes the naming files into the new root (after the switch). Without a network the

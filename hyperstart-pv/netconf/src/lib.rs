@@ -6,7 +6,8 @@
 //! ioctls (`SIOCSIFADDR`, `SIOCADDRT`, `SIOCBRADDIF`, ...) are older than netlink and
 //! cover everything hyperxl needs from IPv4; netlink would add a message codec for no
 //! gain here. Every call opens its own `AF_INET` datagram socket, the handle these
-//! ioctls are issued on.
+//! ioctls are issued on. hyperxl's networks are IPv4 only: [`disable_ipv6`] keeps an
+//! interface out of IPv6 altogether (a sysctl, as there is no ioctl for it).
 
 use std::ffi::CString;
 use std::io;
@@ -48,6 +49,8 @@ fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetconfError {
 /// Checks an interface name as the kernel would.
 pub fn check_name(name: &str) -> Result<(), NetconfError> {
     if name.is_empty()
+        || name == "."
+        || name == ".."
         || name.len() > MAX_IFNAME
         || name
             .bytes()
@@ -115,6 +118,19 @@ fn ioctl<T>(
         return Err(sys(what)(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Turns IPv6 off on the interface (`net.ipv6.conf.NAME.disable_ipv6 = 1`): no
+/// link-local address, no duplicate-address, router or multicast-listener packets when
+/// it comes up. Call it before [`set_up`]. A kernel without IPv6 has nothing to turn
+/// off: that is no error.
+pub fn disable_ipv6(name: &str) -> Result<(), NetconfError> {
+    check_name(name)?;
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(sys(format!("writing {path}"))),
+    }
 }
 
 /// Whether an interface of that name exists.
@@ -297,11 +313,12 @@ mod tests {
 
     #[test]
     fn names_are_checked_before_any_ioctl() {
-        for bad in ["", "a/b", "sixteen-chars-xx", "a b", "a\0b"] {
+        for bad in ["", ".", "..", "a/b", "sixteen-chars-xx", "a b", "a\0b"] {
             assert!(
                 matches!(check_name(bad), Err(NetconfError::BadName(_))),
                 "{bad:?}"
             );
+            assert!(matches!(disable_ipv6(bad), Err(NetconfError::BadName(_))));
             assert!(!exists(bad));
         }
         check_name("hx0123456789ab").unwrap();

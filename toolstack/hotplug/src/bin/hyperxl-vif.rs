@@ -34,22 +34,12 @@ fn online(
         }
     }
     netconf::add_bridge_port(&bridge, &dev).map_err(|e| e.to_string())?;
-    no_ipv6(&dev)?;
+    // A bridge port needs no address of its own, and hyperxl's networks are IPv4 only:
+    // dom0 sends no IPv6 packets into the guest's link.
+    netconf::disable_ipv6(&dev).map_err(|e| e.to_string())?;
     netconf::set_up(&dev).map_err(|e| e.to_string())?;
     xs.write(&format!("{be}/hotplug-status"), b"connected")
         .map_err(|e| format!("writing {be}/hotplug-status: {e}"))
-}
-
-/// Turns IPv6 off on the port before it comes up. A bridge port needs no address of its
-/// own, and hyperxl's networks are IPv4 only: without this, dom0 would give the vif a
-/// link-local address and send duplicate-address, router and multicast-listener packets
-/// into the guest's link at every start. A dom0 without IPv6 has nothing to turn off.
-fn no_ipv6(dev: &str) -> Result<(), String> {
-    let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
-    match std::fs::write(&path, "1") {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("writing {path}: {e}")),
-        _ => Ok(()),
-    }
 }
 
 fn main() -> ExitCode {
